@@ -1,0 +1,52 @@
+"""The `lit-posttrain` command: Lightning's CLI with the method chosen by `class_path`.
+
+    lit-posttrain fit --config configs/sft.yaml
+    lit-posttrain fit --config configs/sft.yaml --model.init_args.model ./my-hf-folder
+    lit-posttrain fit --help
+
+At the end of `fit` the trained policy is written as a Hugging Face folder next to the run's logs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from lit_posttrain.data.datamodule import TaskDataModule
+from lit_posttrain.methods.base import PostTrainingModule
+
+
+def _default_loggers() -> list[dict]:
+    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append({"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}})
+    return loggers
+
+
+class LitPostTrainCLI(LightningCLI):
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("trainer_defaults", {"logger": _default_loggers(), "default_root_dir": "runs"})
+        super().__init__(
+            PostTrainingModule,
+            TaskDataModule,
+            subclass_mode_model=True,
+            save_config_kwargs={"overwrite": True},
+            **kwargs,
+        )
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero or trainer.interrupted:
+            return
+        folder = self.model.export_hf(Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
+        print(f"Trained model saved to {folder.resolve()}", flush=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    LitPostTrainCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The DataModule every method shares: a Task's examples, tokenized once at start-up with the
+policy's tokenizer, served as micro-batches of token lists.
+
+Batches hold token *lists*, not tensors: what a step needs differs by method (SFT packs prompt and
+demonstration; RL methods sample from the prompt alone), so each method builds its tensors on its
+own device from the same `Batch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, IterableDataset
+from transformers import PreTrainedTokenizerBase
+
+from lit_posttrain.data.task import DataError, Example, Task
+
+log = logging.getLogger(__name__)
+
+Overflow = Literal["error", "truncate", "skip"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One tokenized example. `completion_ids` is the demonstration followed by EOS (no EOS when
+    the demonstration was truncated: the model must not learn to stop where the text was cut)."""
+
+    example: Example
+    prompt_ids: list[int]
+    completion_ids: list[int] | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A micro-batch of rows.
+
+    `window_tokens` counts the demonstration tokens of the whole gradient-accumulation window this
+    micro-batch belongs to, summed over every data-parallel rank: what an exact token mean divides by.
+    """
+
+    rows: list[Row]
+    window_tokens: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class OverflowCounts:
+    prompts_truncated: int = 0
+    completions_truncated: int = 0
+    rows_skipped: int = 0
+
+
+def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, example: Example, chat_template: bool) -> list[int]:
+    if chat_template:
+        encoded = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    text = "\n\n".join(m["content"] for m in example.messages)
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def tokenize_rows(
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    max_prompt_tokens: int,
+    max_completion_tokens: int,
+    overflow: Overflow,
+    chat_template: bool = True,
+) -> tuple[list[Row], OverflowCounts]:
+    """Tokenize every example, applying the overflow policy to prompts and demonstrations that are
+    longer than their limits. Every truncated or skipped row is counted: nothing is dropped silently."""
+    counts = OverflowCounts()
+    rows = []
+    for example in examples:
+        prompt_ids = tokenize_prompt(tokenizer, example, chat_template)
+        completion_ids = None
+        if example.demonstration is not None:
+            completion_ids = tokenizer(example.demonstration, add_special_tokens=False)["input_ids"]
+            completion_ids = [*completion_ids, tokenizer.eos_token_id]
+        too_long = []
+        if len(prompt_ids) > max_prompt_tokens:
+            too_long.append(f"prompt has {len(prompt_ids)} tokens > max_prompt_tokens={max_prompt_tokens}")
+        if completion_ids is not None and len(completion_ids) > max_completion_tokens:
+            too_long.append(
+                f"demonstration has {len(completion_ids)} tokens (EOS included) > "
+                f"max_completion_tokens={max_completion_tokens}"
+            )
+        if too_long and overflow == "error":
+            raise DataError(
+                f"{example.source or 'example'}: {'; '.join(too_long)}. Raise the limit, or set "
+                "data overflow to 'truncate' or 'skip' (affected rows are counted and logged)."
+            )
+        if too_long and overflow == "skip":
+            counts.rows_skipped += 1
+            continue
+        if len(prompt_ids) > max_prompt_tokens:
+            # Keep the end of the prompt: it holds the question and the assistant header.
+            prompt_ids = prompt_ids[-max_prompt_tokens:]
+            counts.prompts_truncated += 1
+        if completion_ids is not None and len(completion_ids) > max_completion_tokens:
+            completion_ids = completion_ids[:max_completion_tokens]
+            counts.completions_truncated += 1
+        rows.append(Row(example, prompt_ids, completion_ids))
+    return rows, counts
+
+
+def _completion_tokens(row: Row) -> int:
+    return len(row.completion_ids) if row.completion_ids is not None else 0
+
+
+class MicroBatches(IterableDataset):
+    """Shuffled micro-batches, each annotated with its accumulation window's token count.
+
+    Every rank draws the same permutation (same seed and epoch) and takes its own slice of each
+    global batch, so every rank also knows the global token count of each window without a collective.
+    """
+
+    def __init__(
+        self,
+        rows: list[Row],
+        batch_size: int,
+        accumulate: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch_fn: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.rows, self.batch_size, self.accumulate = rows, batch_size, accumulate
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed, self.epoch_fn = shuffle, seed, epoch_fn
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        return -(-len(self.rows) // global_batch)
+
+    def _global_batches(self) -> list[list[Row]]:
+        order = list(range(len(self.rows)))
+        if self.shuffle:
+            random.Random(f"{self.seed}:{self.epoch_fn()}").shuffle(order)
+        global_batch = self.batch_size * self.world_size
+        return [[self.rows[i] for i in order[s : s + global_batch]] for s in range(0, len(order), global_batch)]
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = self._global_batches()
+        for start in range(0, len(batches), self.accumulate):
+            window = batches[start : start + self.accumulate]
+            window_tokens = sum(_completion_tokens(row) for batch in window for row in batch)
+            for global_rows in window:
+                # Round-robin so that a short last batch still gives every rank what it can.
+                mine = global_rows[self.rank :: self.world_size]
+                yield Batch(mine, window_tokens)
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Serves a Task's training and held-out examples, tokenized once with the policy's tokenizer.
+
+    Args:
+        task: the Task whose examples are served (its `train_examples` and `eval_examples`).
+        batch_size: examples per micro-batch on each process.
+        max_prompt_tokens: longest prompt, in tokens, after the chat template is applied.
+        max_completion_tokens: longest demonstration, in tokens, EOS included.
+        overflow: what to do with a row over either limit: "error" stops at start-up naming the row; "truncate" keeps the prompt's end and the demonstration's start; "skip" drops the row. Truncated and skipped rows are counted and logged.
+        chat_template: format prompts with the tokenizer's chat template (False joins the messages as plain text).
+        shuffle: reshuffle the training examples every epoch (deterministic by seed and epoch).
+        seed: seed of the shuffle.
+        eval_batch_size: examples per held-out batch; defaults to batch_size.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        batch_size: int = 8,
+        max_prompt_tokens: int = 512,
+        max_completion_tokens: int = 256,
+        overflow: Overflow = "error",
+        chat_template: bool = True,
+        shuffle: bool = True,
+        seed: int = 0,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data batch_size must be at least 1, got {batch_size}")
+        self.task = task
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_prompt_tokens, self.max_completion_tokens = max_prompt_tokens, max_completion_tokens
+        self.overflow, self.chat_template = overflow, chat_template
+        self.shuffle, self.seed = shuffle, seed
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_rows: list[Row] | None = None
+        self.eval_rows: list[Row] | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.train_rows is not None:
+            return
+        if self.tokenizer is None:
+            # The module owns the tokenizer: one source of truth for how text becomes tokens.
+            self.tokenizer = self.trainer.lightning_module.tokenizer
+        self.train_rows, train_counts = self._tokenize(self.task.train_examples(), "train")
+        self.eval_rows, eval_counts = self._tokenize(self.task.eval_examples(), "eval")
+        if not self.train_rows:
+            raise DataError(f"task {self.task.name!r} has no training rows left (overflow={self.overflow!r})")
+        self.overflow_counts = {"train": train_counts, "eval": eval_counts}
+
+    def _tokenize(self, examples: Sequence[Example], split: str) -> tuple[list[Row], OverflowCounts]:
+        rows, counts = tokenize_rows(
+            examples,
+            self.tokenizer,
+            self.max_prompt_tokens,
+            self.max_completion_tokens,
+            self.overflow,
+            self.chat_template,
+        )
+        if counts.prompts_truncated or counts.completions_truncated or counts.rows_skipped:
+            log.warning(
+                "task %r %s split: %d prompts truncated, %d demonstrations truncated, %d rows skipped "
+                "(overflow=%r, max_prompt_tokens=%d, max_completion_tokens=%d)",
+                self.task.name, split, counts.prompts_truncated, counts.completions_truncated,
+                counts.rows_skipped, self.overflow, self.max_prompt_tokens, self.max_completion_tokens,
+            )  # fmt: skip
+        return rows, counts
+
+    def _loader(self, rows: list[Row], batch_size: int, accumulate: int, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        dataset = MicroBatches(
+            rows,
+            batch_size,
+            accumulate=accumulate,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+            shuffle=shuffle,
+            seed=self.seed,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
+        )
+        # batch_size=None: the dataset yields whole micro-batches.
+        return DataLoader(dataset, batch_size=None)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # Batches are token lists; methods build their tensors directly on their own device.
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
+        return self._loader(self.train_rows, self.batch_size, accumulate, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_rows, self.eval_batch_size, 1, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+def pack_demonstrations(rows: Sequence[Row], pad_id: int, device=None):
+    """Prompt + demonstration per row, right-padded: `(tokens_BT, attention_BT, loss_mask_BT)`.
+
+    `loss_mask_BT` marks demonstration tokens (EOS included); prompt and padding are masked out.
+    """
+    import torch
+
+    missing = [row.example.source or str(i) for i, row in enumerate(rows) if row.completion_ids is None]
+    if missing:
+        raise DataError(f"rows without a demonstration cannot be trained on with SFT: {', '.join(missing[:5])}")
+    length = max(len(r.prompt_ids) + len(r.completion_ids) for r in rows)
+    tokens_BT = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_BT = torch.zeros((len(rows), length), dtype=torch.long)
+    loss_mask_BT = torch.zeros((len(rows), length), dtype=torch.bool)
+    for b, row in enumerate(rows):
+        prompt, completion = len(row.prompt_ids), len(row.completion_ids)
+        tokens_BT[b, : prompt + completion] = torch.tensor(row.prompt_ids + row.completion_ids)
+        attention_BT[b, : prompt + completion] = 1
+        loss_mask_BT[b, prompt : prompt + completion] = True
+    return tokens_BT.to(device), attention_BT.to(device), loss_mask_BT.to(device)

@@ -1,0 +1,59 @@
+"""The `Task` type: a named source of prompts, the way to score a completion, and, where it has
+them, demonstrations. Training rewards, evaluation, HPT's gate and the forgetting probes all score
+through the same object."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lit_posttrain.rewards import Verifier
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+class DataError(ValueError):
+    """Malformed input data. The message names the file, the row and the field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt of a task.
+
+    `messages` is the prompt as a chat that ends with a user turn (plain-text prompts become a
+    single user message; the tokenizer's chat template turns it into tokens). `answer` is what the
+    verifier compares a completion against; `demonstration` is a reference completion (the SFT
+    target, HPT's SFT route). `source` locates the row for error messages, e.g. "gsm8k.jsonl:row 12".
+    """
+
+    messages: list[Message]
+    answer: str | None = None
+    demonstration: str | None = None
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+class Task:
+    """Prompts plus their verifier. Subclasses fill `train_examples` and `eval_examples`.
+
+    The held-out split never overlaps the training split; each subclass states how it ensures it.
+    """
+
+    name: str = "task"
+    verifier: Verifier
+
+    def train_examples(self) -> Sequence[Example]:
+        raise NotImplementedError
+
+    def eval_examples(self) -> Sequence[Example]:
+        raise NotImplementedError
+
+    @property
+    def has_demonstrations(self) -> bool:
+        return all(ex.demonstration is not None for ex in self.train_examples())
+
+    def reward(self, prompt: list[Message], completion: str, answer: str | None) -> float:
+        """Score one completion. `prompt` is accepted so that prompt-aware rewards can subclass."""
+        if answer is None:
+            raise DataError(f"task {self.name!r} has no answer for prompt {prompt!r}: cannot score it")
+        return float(self.verifier(completion, answer))

@@ -1,0 +1,224 @@
+"""The shared base of every method: the models, per-token log-probs of given tokens, the optimizer
+and its schedule, token normalisation under accumulation, and the export of the trained model.
+
+It holds no method-specific branches: a method subclasses it and writes `training_step`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+
+from lit_posttrain.models import (
+    DType,
+    LoRA,
+    apply_lora,
+    check_same_tokenizer,
+    freeze,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_source,
+)
+
+
+@dataclass
+class Optim:
+    """AdamW with linear warm-up and an optional decay.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+        betas: AdamW's moment coefficients.
+        eps: AdamW's epsilon.
+        warmup_steps: optimizer steps of linear warm-up from 0 to lr.
+        decay: shape of the learning rate after warm-up: "constant", "linear" or "cosine" (to min_lr_ratio * lr at the last step).
+        min_lr_ratio: final learning rate as a fraction of lr, for "linear" and "cosine".
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    decay: Literal["constant", "linear", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, decay: str, min_lr_ratio: float) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+def gather_logp(logits_BTV: Tensor, tokens_BT: Tensor) -> Tensor:
+    """log softmax(logits)[token] in float32, one row at a time: a float32 copy of a whole batch's
+    logits (B x T x 49k vocabulary) would cost more memory than the model."""
+    rows = []
+    for logits_TV, tokens_T in zip(logits_BTV, tokens_BT, strict=True):
+        logits_TV = logits_TV.float()
+        picked_T = logits_TV.gather(-1, tokens_T.unsqueeze(-1)).squeeze(-1)
+        rows.append(picked_T - torch.logsumexp(logits_TV, dim=-1))
+    return torch.stack(rows)
+
+
+class PostTrainingModule(L.LightningModule):
+    """Policy, reference and teacher models plus what every method needs around them.
+
+    Args:
+        model: model source: "builtin:smollm2-135m-instruct", "tiny-random-llama[:SEED]", a local Hugging Face folder, or a hub id.
+        lora: train LoRA adapters instead of every weight (null: full fine-tuning).
+        dtype: weight dtype: "auto" (bfloat16 where the hardware supports it, else float32), "bfloat16", "float32" or "float16".
+        teacher: model source of a frozen teacher (distillation methods); it must share the policy's tokenizer.
+        optim: optimizer and learning-rate schedule.
+        gradient_checkpointing: recompute activations in the backward pass (less memory, ~20% slower).
+        trust_remote_code: allow model folders to run their own Python code; off unless you trust the source.
+    """
+
+    def __init__(
+        self,
+        model: str = "builtin:smollm2-135m-instruct",
+        lora: LoRA | None = None,
+        dtype: DType = "auto",
+        teacher: str | None = None,
+        optim: Optim | None = None,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.lora = lora
+        self.optim = optim or Optim()
+        self.gradient_checkpointing = gradient_checkpointing
+        self.trust_remote_code = trust_remote_code
+        # Resolve sources and load tokenizers now, so that a bad source or a teacher with another
+        # tokenizer stops the run at start-up, before any data or weights are loaded.
+        self.model_folder = resolve_model_source(model)
+        self.tokenizer = load_tokenizer(self.model_folder, trust_remote_code)
+        self.teacher_folder = None
+        if teacher is not None:
+            self.teacher_folder = resolve_model_source(teacher)
+            check_same_tokenizer(self.tokenizer, load_tokenizer(self.teacher_folder, trust_remote_code), teacher)
+        self.weight_dtype = resolve_dtype(dtype)
+        self.policy: torch.nn.Module | None = None
+        self.teacher: torch.nn.Module | None = None
+        self._reference: torch.nn.Module | None = None
+
+    # --- models -------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        # Weights are created here, not in __init__, so that sharding strategies can wrap them as
+        # they are built. Lightning calls this hook once per trainer entry point: build once.
+        if self.policy is not None:
+            return
+        policy = load_model(self.model_folder, self.weight_dtype, self.trust_remote_code)
+        if self.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+            policy.config.use_cache = False
+            # Frozen embeddings under LoRA would leave the checkpointed blocks without an input
+            # that requires grad, and no gradient would reach the adapters.
+            policy.enable_input_require_grads()
+        # from_pretrained returns eval mode; Lightning restores whatever mode fit starts from.
+        policy.train()
+        self.policy = apply_lora(policy, self.lora) if self.lora is not None else policy
+        if self.teacher_folder is not None:
+            self.teacher = freeze(load_model(self.teacher_folder, self.weight_dtype, self.trust_remote_code))
+
+    @contextmanager
+    def reference(self):
+        """The frozen starting model. With LoRA it is the policy with its adapters disabled, which
+        costs no memory; with full fine-tuning a frozen copy is loaded on first use."""
+        if self.lora is not None:
+            with self.policy.disable_adapter():
+                yield self.policy
+            return
+        if self._reference is None:
+            reference = freeze(load_model(self.model_folder, self.weight_dtype, self.trust_remote_code))
+            # Kept out of the module's children so it is neither checkpointed nor optimised.
+            self.__dict__["_reference"] = reference.to(self.device)
+        yield self._reference
+
+    def _token_logp(self, model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor) -> Tensor:
+        """`logp_BT[b, t] = log p(tokens[b, t] | tokens[b, <t])`; position 0 has no context and gets 0.
+
+        Positions come from the attention mask, so left- and right-padded rows are both exact.
+        """
+        position_ids_BT = (attention_BT.long().cumsum(-1) - 1).clamp(min=0)
+        logits_BTV = model(input_ids=tokens_BT, attention_mask=attention_BT, position_ids=position_ids_BT).logits
+        logp_BT = gather_logp(logits_BTV[:, :-1], tokens_BT[:, 1:])
+        return torch.nn.functional.pad(logp_BT, (1, 0))
+
+    def policy_logp(self, tokens_BT: Tensor, attention_BT: Tensor) -> Tensor:
+        """Per-token log-probs under the policy, with gradients."""
+        return self._token_logp(self.policy, tokens_BT, attention_BT)
+
+    @torch.no_grad()
+    def reference_logp(self, tokens_BT: Tensor, attention_BT: Tensor) -> Tensor:
+        """Per-token log-probs under the frozen starting model."""
+        with self.reference() as reference:
+            return self._token_logp(reference, tokens_BT, attention_BT)
+
+    @torch.no_grad()
+    def teacher_logp(self, tokens_BT: Tensor, attention_BT: Tensor) -> Tensor:
+        """Per-token log-probs under the frozen teacher."""
+        if self.teacher is None:
+            raise RuntimeError("this module was built without a teacher: set `teacher:` to a model source")
+        return self._token_logp(self.teacher, tokens_BT, attention_BT)
+
+    def token_normaliser(self, window_tokens: int) -> float:
+        """This micro-batch's share of its accumulation window's token count.
+
+        Lightning divides each micro-batch loss by `accumulate_grad_batches` and data-parallel
+        strategies average gradients over ranks; dividing the summed loss by this share undoes both,
+        so the window's gradient is exactly the token mean over all of its tokens on all ranks.
+        """
+        share = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return max(window_tokens, 1) / share
+
+    # --- optimisation -------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the policy has no trainable parameters")
+        opt = self.optim
+        optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, opt.warmup_steps, total, opt.decay, opt.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- export -------------------------------------------------------------------------------
+
+    def export_hf(self, folder: str | Path) -> Path:
+        """Write the policy as a Hugging Face folder with its tokenizer. With LoRA: a merged full
+        model when `lora.merge_on_save`, else a peft adapter folder (which transformers also loads
+        when peft is installed). Written to a temporary sibling and renamed, so a crash while
+        saving never leaves a half-written folder under the final name."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy = self.policy
+        if self.lora is not None and self.lora.merge_on_save:
+            # Merge a copy: merging in place would change the live model (and in bf16 drift it).
+            policy = copy.deepcopy(policy).merge_and_unload()
+        policy.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        return folder

