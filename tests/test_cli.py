@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_posttrain.cli import LitPostTrainCLI
+from lit_posttrain.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -135,3 +136,46 @@ def test_every_argument_has_help(help_args, capsys):
         if not text or text.startswith(("(type:", "--")):
             undocumented.append(head)
     assert not undocumented, undocumented
+
+
+def test_file_task_through_the_cli(in_tmp):
+    cli = run_cli(
+        "fit", "--config", TINY, "--trainer.max_steps", "2",
+        "--data.task", "lit_posttrain.data.files.FileTask",
+        "--data.task.train", str(ROOT / "tests" / "data" / "gsm8k.jsonl"),
+        "--data.task.eval_fraction", "0.34",
+        "--data.task.verifier", "lit_posttrain.rewards.NumericMatch", "--data.task.verifier.extract", "last",
+        "--data.max_prompt_tokens", "1000", "--data.max_completion_tokens", "1000",
+    )  # fmt: skip
+    task = cli.datamodule.task
+    assert len(task.train_examples()) == 2 and len(task.eval_examples()) == 1
+    assert task.reward([], "so the answer is 1,234.", "1234") == 1.0
+
+
+def test_bad_row_stops_the_run_at_start_up_and_writes_nothing(in_tmp):
+    bad = in_tmp / "bad.jsonl"
+    bad.write_text('{"prompt": "What is 1 + 1?", "completion": "2"}\n{"prompt": 5, "completion": "3"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl: row 2: field 'prompt'"):
+        run_cli("fit", "--config", TINY, "--data.task", "lit_posttrain.data.files.FileTask", "--data.task.train", str(bad))
+    assert not list(in_tmp.rglob("hf_model")) and not list(in_tmp.rglob("*.ckpt"))
+
+
+def test_long_prompts_are_refused_or_counted(in_tmp):
+    with pytest.raises(DataError, match="max_prompt_tokens=20"):
+        run_cli("fit", "--config", TINY, "--data.max_prompt_tokens", "20")
+    cli = run_cli("fit", "--config", TINY, "--data.max_prompt_tokens", "20", "--data.overflow", "truncate", "--trainer.max_steps", "1")
+    metrics = (Path(cli.trainer.log_dir) / "metrics.csv").read_text()
+    assert "data/train_prompts_truncated" in metrics
+    assert cli.datamodule.overflow_counts["train"].prompts_truncated == 16
+
+
+def test_teacher_with_another_tokenizer_stops_at_start_up(in_tmp, tiny_model_dir):
+    import shutil
+
+    other = in_tmp / "other-teacher"
+    shutil.copytree(tiny_model_dir, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ValueError, match="does not share the policy's tokenizer"):
+        run_cli("fit", "--config", TINY, "--model.init_args.teacher", str(other))

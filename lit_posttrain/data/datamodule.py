@@ -209,6 +209,10 @@ class TaskDataModule(L.LightningDataModule):
         if not self.train_rows:
             raise DataError(f"task {self.task.name!r} has no training rows left (overflow={self.overflow!r})")
         self.overflow_counts = {"train": train_counts, "eval": eval_counts}
+        if self.trainer is not None:
+            counts = {f"data/{split}_{k}": v for split, c in self.overflow_counts.items() for k, v in vars(c).items()}
+            for logger in self.trainer.loggers:
+                logger.log_metrics(counts, step=0)
 
     def _tokenize(self, examples: Sequence[Example], split: str) -> tuple[list[Row], OverflowCounts]:
         rows, counts = tokenize_rows(

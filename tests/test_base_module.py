@@ -1,0 +1,66 @@
+import math
+
+import pytest
+import torch
+
+from lit_posttrain.methods.base import lr_multiplier
+from lit_posttrain.methods.sft import SFT
+from lit_posttrain.models import LoRA
+
+
+def _module(**kwargs) -> SFT:
+    module = SFT(model="tiny-random-llama", dtype="float32", **kwargs)
+    module.configure_model()
+    return module
+
+
+TOKENS_BT = torch.tensor([[5, 20, 21, 22, 23], [5, 30, 31, 32, 33]])
+ATTENTION_BT = torch.ones_like(TOKENS_BT)
+
+
+def _perturb(module: SFT) -> None:
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("lora", [None, LoRA(r=4)])
+def test_reference_is_the_starting_model(lora):
+    module = _module(lora=lora)
+    start_BT = module.policy_logp(TOKENS_BT, ATTENTION_BT).detach()
+    assert torch.allclose(module.reference_logp(TOKENS_BT, ATTENTION_BT), start_BT, atol=1e-6)
+    _perturb(module)
+    assert not torch.allclose(module.policy_logp(TOKENS_BT, ATTENTION_BT), start_BT, atol=1e-3)
+    assert torch.allclose(module.reference_logp(TOKENS_BT, ATTENTION_BT), start_BT, atol=1e-6)
+    # The frozen copy is neither a child module (checkpointed) nor trainable.
+    assert all("_reference" not in name for name, _ in module.named_parameters())
+
+
+def test_teacher_is_frozen_and_scores_the_same_tokens(tiny_model_dir):
+    module = _module(teacher=tiny_model_dir)
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+    logp_BT = module.teacher_logp(TOKENS_BT, ATTENTION_BT)
+    assert logp_BT.shape == TOKENS_BT.shape and not logp_BT.requires_grad
+    assert torch.allclose(logp_BT, module.policy_logp(TOKENS_BT, ATTENTION_BT), atol=1e-6)
+
+
+def test_token_logp_matches_a_manual_log_softmax_and_ignores_left_padding():
+    module = _module()
+    logp_BT = module.policy_logp(TOKENS_BT, ATTENTION_BT)
+    logits_BTV = module.policy(TOKENS_BT).logits
+    manual = torch.log_softmax(logits_BTV[0, 1], -1)[TOKENS_BT[0, 2]]  # p(token 2 | tokens 0..1)
+    assert math.isclose(logp_BT[0, 2].item(), manual.item(), rel_tol=1e-5)
+    assert (logp_BT[:, 0] == 0).all()
+    pad = module.tokenizer.pad_token_id
+    padded_BT = torch.cat([torch.full((2, 3), pad), TOKENS_BT], dim=1)
+    attention_BT = torch.cat([torch.zeros(2, 3, dtype=torch.long), ATTENTION_BT], dim=1)
+    assert torch.allclose(module.policy_logp(padded_BT, attention_BT)[:, 4:], logp_BT[:, 1:], atol=1e-5)
+
+
+def test_learning_rate_schedule_hand_computed():
+    assert lr_multiplier(0, warmup_steps=4, total_steps=10, decay="constant", min_lr_ratio=0.0) == 0.25
+    assert lr_multiplier(3, 4, 10, "constant", 0.0) == 1.0
+    assert lr_multiplier(7, 4, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_multiplier(7, 4, 10, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_multiplier(10, 4, 10, "cosine", 0.1) == pytest.approx(0.1)
