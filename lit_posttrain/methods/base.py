@@ -152,32 +152,37 @@ class PostTrainingModule(L.LightningModule):
             self.__dict__["_reference"] = reference.to(self.device)
         yield self._reference
 
-    def _token_logp(self, model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor) -> Tensor:
-        """`logp_BT[b, t] = log p(tokens[b, t] | tokens[b, <t])`; position 0 has no context and gets 0.
+    def _token_logp(
+        self, model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0
+    ) -> Tensor:
+        """`logp_BT[b, t] = log p(tokens[b, t] | tokens[b, <t])` at `temperature`; position 0 has no
+        context and gets 0.
 
         Positions come from the attention mask, so left- and right-padded rows are both exact.
         """
         position_ids_BT = (attention_BT.long().cumsum(-1) - 1).clamp(min=0)
         logits_BTV = model(input_ids=tokens_BT, attention_mask=attention_BT, position_ids=position_ids_BT).logits
+        if temperature != 1.0:
+            logits_BTV = logits_BTV / temperature
         logp_BT = gather_logp(logits_BTV[:, :-1], tokens_BT[:, 1:])
         return torch.nn.functional.pad(logp_BT, (1, 0))
 
-    def policy_logp(self, tokens_BT: Tensor, attention_BT: Tensor) -> Tensor:
+    def policy_logp(self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0) -> Tensor:
         """Per-token log-probs under the policy, with gradients."""
-        return self._token_logp(self.policy, tokens_BT, attention_BT)
+        return self._token_logp(self.policy, tokens_BT, attention_BT, temperature)
 
     @torch.no_grad()
-    def reference_logp(self, tokens_BT: Tensor, attention_BT: Tensor) -> Tensor:
+    def reference_logp(self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0) -> Tensor:
         """Per-token log-probs under the frozen starting model."""
         with self.reference() as reference:
-            return self._token_logp(reference, tokens_BT, attention_BT)
+            return self._token_logp(reference, tokens_BT, attention_BT, temperature)
 
     @torch.no_grad()
-    def teacher_logp(self, tokens_BT: Tensor, attention_BT: Tensor) -> Tensor:
+    def teacher_logp(self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0) -> Tensor:
         """Per-token log-probs under the frozen teacher."""
         if self.teacher is None:
             raise RuntimeError("this module was built without a teacher: set `teacher:` to a model source")
-        return self._token_logp(self.teacher, tokens_BT, attention_BT)
+        return self._token_logp(self.teacher, tokens_BT, attention_BT, temperature)
 
     def token_normaliser(self, window_tokens: int) -> float:
         """This micro-batch's share of its accumulation window's token count.

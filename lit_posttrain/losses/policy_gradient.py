@@ -1,0 +1,275 @@
+"""The unified policy-gradient estimator (HPT paper, "a unified view"):
+
+    grad = E[ stable_mask * (1 / denominator) * A_t * grad pi(o_t) ]
+
+assembled from small parts, each a callable selectable by `class_path`:
+
+- denominator: `Current` (pi itself: the term is grad log pi, as in SFT and REINFORCE), `Old`
+  (pi_old: the importance ratio of PPO / GRPO), `One` (no denominator: the term is grad pi);
+- advantage: `GroupNormalized`, `BatchNormalized`, `GroupCentered` (Dr.GRPO), `Constant` (SFT);
+- stabilization mask: `NoMask`, `PPOClip` (separate low and high epsilon);
+- aggregation over tokens: `SequenceMean` (GRPO), `TokenMean` (DAPO / BNPO, and SFT's exact token
+  mean under accumulation), `ConstantLength` (Dr.GRPO).
+
+The fourth part of the paper's view, the data source (demonstrations or own rollouts), is which
+rows a method feeds in. Every named method is a preset: `sft_preset()`, `grpo_preset()`.
+
+Each part is a pure function of tensors; `PolicyGradientLoss` composes them and returns
+`(loss, metrics)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+# --- denominators: return log(denominator) per token ---------------------------------------------
+
+
+class Denominator(Protocol):
+    def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Current:
+    """pi itself (detached): the term becomes grad log pi."""
+
+    def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor:
+        return logp_BT.detach()
+
+
+@dataclass(frozen=True)
+class Old:
+    """pi_old, the policy that sampled the rows: the importance ratio pi / pi_old."""
+
+    def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor:
+        if old_logp_BT is None:
+            raise ValueError("the Old denominator needs old_logp_BT (the sampler's log-probs)")
+        return old_logp_BT
+
+
+@dataclass(frozen=True)
+class One:
+    """No denominator: the term is grad pi itself."""
+
+    def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor:
+        return torch.zeros_like(logp_BT)
+
+
+# --- advantages: from rewards and group ids to one advantage per sequence ---------------------------
+
+
+class Advantage(Protocol):
+    def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor: ...
+
+
+def _group_stats(reward_B: Tensor, group_B: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and (unbiased) standard deviation of each sequence's group, per sequence."""
+    _, group_B = torch.unique(group_B, return_inverse=True)
+    groups = int(group_B.max()) + 1
+    count_G = torch.zeros(groups, device=reward_B.device).index_add_(0, group_B, torch.ones_like(reward_B))
+    mean_G = torch.zeros(groups, device=reward_B.device).index_add_(0, group_B, reward_B) / count_G
+    sq_G = torch.zeros(groups, device=reward_B.device).index_add_(0, group_B, (reward_B - mean_G[group_B]) ** 2)
+    std_G = (sq_G / (count_G - 1).clamp(min=1)).sqrt()
+    return mean_G[group_B], std_G[group_B]
+
+
+@dataclass(frozen=True)
+class GroupNormalized:
+    """GRPO: `(r - mean of the group) / (std of the group + eps)`. A group whose rewards are all
+    equal gets zero advantage (0 / eps), never NaN."""
+
+    eps: float = 1e-4
+
+    def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
+        mean_B, std_B = _group_stats(reward_B, group_B)
+        return (reward_B - mean_B) / (std_B + self.eps)
+
+
+@dataclass(frozen=True)
+class BatchNormalized:
+    """Centred within the group, scaled by the whole batch's reward std (Lite PPO / REINFORCE++)."""
+
+    eps: float = 1e-4
+
+    def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
+        mean_B, _ = _group_stats(reward_B, group_B)
+        std = reward_B.std() if len(reward_B) > 1 else reward_B.new_zeros(())
+        return (reward_B - mean_B) / (std + self.eps)
+
+
+@dataclass(frozen=True)
+class GroupCentered:
+    """Dr.GRPO: `r - mean of the group`, no scaling (std scaling favours easy and hard prompts)."""
+
+    def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
+        mean_B, _ = _group_stats(reward_B, group_B)
+        return reward_B - mean_B
+
+
+@dataclass(frozen=True)
+class Constant:
+    """The same advantage for every sequence: 1 for SFT on demonstrations."""
+
+    value: float = 1.0
+
+    def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
+        return torch.full(group_B.shape, self.value, dtype=torch.float32, device=group_B.device)
+
+
+# --- stabilization masks: which token terms keep their gradient ----------------------------------------
+
+
+class StabilizationMask(Protocol):
+    """`__call__` says which token terms keep their gradient; `clipped` is the value a dropped
+    term keeps in the loss."""
+
+    def __call__(self, ratio_BT: Tensor, adv_BT: Tensor) -> Tensor: ...
+
+    def clipped(self, ratio_BT: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class NoMask:
+    """Every term keeps its gradient."""
+
+    def __call__(self, ratio_BT: Tensor, adv_BT: Tensor) -> Tensor:
+        return torch.ones_like(ratio_BT, dtype=torch.bool)
+
+    def clipped(self, ratio_BT: Tensor) -> Tensor:
+        return ratio_BT
+
+
+@dataclass(frozen=True)
+class PPOClip:
+    """PPO's clip as a mask: a token whose ratio left `[1 - eps_low, 1 + eps_high]` on the side the
+    advantage pushes toward loses its gradient. Identical to `-min(rho A, clip(rho) A)`."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+
+    def __call__(self, ratio_BT: Tensor, adv_BT: Tensor) -> Tensor:
+        too_high_BT = (adv_BT > 0) & (ratio_BT > 1 + self.eps_high)
+        too_low_BT = (adv_BT < 0) & (ratio_BT < 1 - self.eps_low)
+        return ~(too_high_BT | too_low_BT)
+
+    def clipped(self, ratio_BT: Tensor) -> Tensor:
+        return ratio_BT.clamp(1 - self.eps_low, 1 + self.eps_high)
+
+
+# --- aggregations: per-token losses to one number ---------------------------------------------------------
+
+
+class Aggregation(Protocol):
+    def __call__(self, loss_BT: Tensor, mask_BT: Tensor, num_tokens: float | None = None) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class SequenceMean:
+    """GRPO's original: mean over each sequence's tokens, then over sequences."""
+
+    def __call__(self, loss_BT: Tensor, mask_BT: Tensor, num_tokens: float | None = None) -> Tensor:
+        per_sequence_B = (loss_BT * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1)
+        return per_sequence_B.mean()
+
+
+@dataclass(frozen=True)
+class TokenMean:
+    """Sum over every token divided by the token count (DAPO, BNPO, SFT). `num_tokens`, when given,
+    replaces this batch's count: the accumulation window's share, for an exact mean."""
+
+    def __call__(self, loss_BT: Tensor, mask_BT: Tensor, num_tokens: float | None = None) -> Tensor:
+        denominator = mask_BT.sum().clamp(min=1) if num_tokens is None else num_tokens
+        return (loss_BT * mask_BT).sum() / denominator
+
+
+@dataclass(frozen=True)
+class ConstantLength:
+    """Dr.GRPO: sum over tokens divided by `batch size * max_tokens`, a constant, so that long
+    and short completions are not weighted differently."""
+
+    max_tokens: int = 64
+
+    def __call__(self, loss_BT: Tensor, mask_BT: Tensor, num_tokens: float | None = None) -> Tensor:
+        return (loss_BT * mask_BT).sum() / (mask_BT.shape[0] * self.max_tokens)
+
+
+# --- the composed estimator -----------------------------------------------------------------------------
+
+
+def k3_kl(logp_BT: Tensor, ref_logp_BT: Tensor) -> Tensor:
+    """Per-token k3 estimator of KL(pi || pi_ref): `exp(ref - logp) - (ref - logp) - 1` (>= 0)."""
+    diff_BT = ref_logp_BT - logp_BT
+    return torch.exp(diff_BT) - diff_BT - 1
+
+
+@dataclass
+class PolicyGradientLoss:
+    """`loss = aggregate( -where(mask, ratio * A, clipped_ratio * A (no gradient)) + beta * k3 )`.
+
+    Args:
+        denominator: what the likelihood gradient is divided by: Current (pi), Old (pi_old) or One.
+        advantage: rewards and group ids to a per-sequence advantage.
+        stabilization: which token terms keep their gradient (PPOClip or NoMask).
+        aggregation: how per-token losses become one number.
+        beta: weight of the k3 KL penalty to the reference model (0: off, and no reference forward pass).
+    """
+
+    denominator: Denominator = field(default_factory=Old)
+    advantage: Advantage = field(default_factory=GroupNormalized)
+    stabilization: StabilizationMask = field(default_factory=PPOClip)
+    aggregation: Aggregation = field(default_factory=SequenceMean)
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.beta < 0:
+            raise ValueError(f"PolicyGradientLoss beta must be >= 0, got {self.beta}")
+
+    def __call__(
+        self,
+        logp_BT: Tensor,
+        mask_BT: Tensor,
+        adv_B: Tensor | None = None,
+        adv_BT: Tensor | None = None,
+        old_logp_BT: Tensor | None = None,
+        ref_logp_BT: Tensor | None = None,
+        num_tokens: float | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-sequence advantages `adv_B` or per-token `adv_BT` (distillation); see the class doc."""
+        if (adv_B is None) == (adv_BT is None):
+            raise ValueError("pass exactly one of adv_B and adv_BT")
+        if adv_BT is None:
+            adv_BT = adv_B[:, None].expand_as(logp_BT)
+        mask_BT = mask_BT.to(logp_BT.dtype)
+        ratio_BT = torch.exp(logp_BT - self.denominator(logp_BT, old_logp_BT))
+        keep_BT = self.stabilization(ratio_BT.detach(), adv_BT)
+        clipped_BT = self.stabilization.clipped(ratio_BT)
+        # Where the mask drops a term its value stays in the loss (so the loss equals PPO's
+        # clipped surrogate exactly) but carries no gradient.
+        surrogate_BT = torch.where(keep_BT, ratio_BT * adv_BT, (clipped_BT * adv_BT).detach())
+        loss_BT = -surrogate_BT
+        metrics = {"clip_fraction": ((~keep_BT).to(logp_BT.dtype) * mask_BT).sum() / mask_BT.sum().clamp(min=1)}
+        if self.beta > 0:
+            if ref_logp_BT is None:
+                raise ValueError("beta > 0 needs ref_logp_BT")
+            kl_BT = k3_kl(logp_BT, ref_logp_BT)
+            loss_BT = loss_BT + self.beta * kl_BT
+            metrics["kl"] = ((kl_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)).detach()
+        loss = self.aggregation(loss_BT, mask_BT, num_tokens)
+        return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def sft_preset() -> PolicyGradientLoss:
+    """SFT as a policy gradient: demonstrations, denominator pi, advantage 1, no mask, token mean.
+    Its gradient is exactly cross-entropy's."""
+    return PolicyGradientLoss(Current(), Constant(1.0), NoMask(), TokenMean())
+
+
+def grpo_preset(
+    eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0, scale: Advantage | None = None
+) -> PolicyGradientLoss:
+    """GRPO: own rollouts, denominator pi_old, group-normalised advantage, PPO clip, sequence mean."""
+    return PolicyGradientLoss(Old(), scale or GroupNormalized(), PPOClip(eps_low, eps_high), SequenceMean(), beta)

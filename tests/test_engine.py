@@ -1,0 +1,124 @@
+"""The rollout-engine conformance test: every engine must pass it. `VLLMEngine` runs it only where
+a GPU and vllm are present."""
+
+import pytest
+import torch
+
+from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.models import LoRA
+from lit_posttrain.rollout import HFEngine, Rollout, concat_rollouts
+
+
+def _module(lora=None) -> PostTrainingModule:
+    module = PostTrainingModule(model="tiny-random-llama", dtype="float32", lora=lora)
+    module.configure_model()
+    return module
+
+
+def _engines():
+    yield pytest.param(HFEngine, id="hf")
+    yield pytest.param(
+        lambda **kw: __import__("lit_posttrain.rollout.vllm", fromlist=["VLLMEngine"]).VLLMEngine(**kw),
+        id="vllm",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM needs a GPU"),
+    )
+
+
+PROMPTS = [[5, 20, 21], [5, 30, 31, 32, 33, 34], [5, 40]]
+
+
+@pytest.fixture(params=list(_engines()))
+def engine_and_module(request):
+    module = _module()
+    engine = request.param(temperature=1.0, max_new_tokens=12)
+    engine.setup(module.policy, module.tokenizer)
+    return engine, module
+
+
+def test_shapes_groups_and_masks(engine_and_module):
+    engine, module = engine_and_module
+    rollout = engine.generate(PROMPTS, n=4, seed=0)
+    B = len(PROMPTS) * 4
+    assert isinstance(rollout, Rollout) and len(rollout) == B
+    assert rollout.tokens_BT.shape == rollout.attention_BT.shape == rollout.mask_BT.shape == rollout.logp_BT.shape
+    assert rollout.group_B.tolist() == [g for g in range(3) for _ in range(4)]
+    assert rollout.tokens_BT.shape[1] <= rollout.prompt_width + 12
+    assert len(rollout.completions) == B
+    # prompts right-aligned in the prompt block; nothing masked in it
+    for b in range(B):
+        prompt = PROMPTS[b // 4]
+        assert rollout.tokens_BT[b, rollout.prompt_width - len(prompt) : rollout.prompt_width].tolist() == prompt
+    assert not rollout.mask_BT[:, : rollout.prompt_width].any()
+    assert (rollout.logp_BT[~rollout.mask_BT] == 0).all() and (rollout.logp_BT[rollout.mask_BT] <= 0).all()
+
+
+def test_completion_stops_at_the_first_eos(engine_and_module):
+    engine, module = engine_and_module
+    eos = module.tokenizer.eos_token_id
+    rollout = engine.generate(PROMPTS, n=8, seed=1, max_new_tokens=30)
+    for b in range(len(rollout)):
+        completion = rollout.tokens_BT[b][rollout.mask_BT[b]].tolist()
+        assert eos not in completion[:-1], "nothing after the first EOS belongs to the completion"
+        assert rollout.truncated_B[b] == (completion[-1] != eos)
+        assert rollout.attention_BT[b, rollout.prompt_width :].sum() == len(completion)
+        assert rollout.completions[b] == module.tokenizer.decode(completion, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logp_equals_a_teacher_forced_forward_pass(engine_and_module, temperature):
+    engine, module = engine_and_module
+    rollout = engine.generate(PROMPTS, n=2, seed=2, temperature=temperature)
+    with torch.no_grad():
+        logp_BT = module.policy_logp(rollout.tokens_BT, rollout.attention_BT, temperature=temperature)
+    assert torch.allclose(rollout.logp_BT[rollout.mask_BT], logp_BT[rollout.mask_BT], atol=1e-4)
+
+
+def test_determinism_under_a_seed_and_training_state_untouched(engine_and_module):
+    engine, module = engine_and_module
+    module.policy.train()
+    a, b = engine.generate(PROMPTS, n=3, seed=7), engine.generate(PROMPTS, n=3, seed=7)
+    assert torch.equal(a.tokens_BT, b.tokens_BT) and a.completions == b.completions
+    c = engine.generate(PROMPTS, n=3, seed=8)
+    assert not torch.equal(a.tokens_BT, c.tokens_BT) if a.tokens_BT.shape == c.tokens_BT.shape else True
+    assert module.policy.training
+    assert all(p.grad is None for p in module.policy.parameters())
+
+
+def test_greedy_is_the_argmax(engine_and_module):
+    engine, module = engine_and_module
+    rollout = engine.generate(PROMPTS[:1], greedy=True, max_new_tokens=5)
+    tokens = PROMPTS[0]
+    with torch.no_grad():
+        for _ in range(int(rollout.mask_BT.sum())):
+            tokens = tokens + [int(module.policy(torch.tensor([tokens])).logits[0, -1].argmax())]
+    assert rollout.tokens_BT[0, rollout.prompt_width - 3 :][: len(tokens)].tolist() == tokens
+
+
+def test_lora_merged_copy_samples_from_the_current_adapters():
+    module = _module(lora=LoRA(r=4))
+    engine = HFEngine(max_new_tokens=6)
+    engine.setup(module.policy, module.tokenizer)
+    with torch.no_grad():
+        for name, p in module.policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    engine.sync_weights(module.policy)
+    rollout = engine.generate(PROMPTS, n=2, seed=3)
+    with torch.no_grad():
+        logp_BT = module.policy_logp(rollout.tokens_BT, rollout.attention_BT)
+    assert torch.allclose(rollout.logp_BT[rollout.mask_BT], logp_BT[rollout.mask_BT], atol=1e-4)
+    assert engine.model is not module.policy and not any(p.requires_grad for p in engine.model.parameters())
+
+
+def test_select_and_concat_round_trip(engine_and_module):
+    engine, module = engine_and_module
+    rollout = engine.generate(PROMPTS, n=2, seed=4).with_rewards(torch.arange(6.0))
+    parts = [rollout.select([0, 1]), rollout.select([2, 3]), rollout.select([4, 5])]
+    joined = concat_rollouts(parts, module.tokenizer.pad_token_id)
+    assert joined.group_B.tolist() == [0, 0, 1, 1, 2, 2]
+    assert joined.reward_B.tolist() == rollout.reward_B.tolist()
+    for b in range(6):
+        for name in ("tokens_BT", "mask_BT", "logp_BT"):
+            mine = getattr(joined, name)[b][joined.attention_BT[b].bool()]
+            theirs = getattr(rollout, name)[b][rollout.attention_BT[b].bool()]
+            assert torch.equal(mine, theirs), name

@@ -1,0 +1,159 @@
+"""The unified estimator's parts against hand-computed values and known identities."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_posttrain.losses.policy_gradient import (
+    BatchNormalized,
+    Constant,
+    ConstantLength,
+    Current,
+    GroupCentered,
+    GroupNormalized,
+    NoMask,
+    One,
+    PolicyGradientLoss,
+    PPOClip,
+    SequenceMean,
+    TokenMean,
+    grpo_preset,
+    k3_kl,
+    sft_preset,
+)
+
+REWARD_B = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+GROUP_B = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_group_normalized_advantage_hand_computed():
+    adv_B = GroupNormalized()(REWARD_B, GROUP_B)
+    std = math.sqrt(4 * 0.25 / 3)  # unbiased std of [1, 0, 0, 1]
+    expected = 0.5 / (std + 1e-4)
+    assert torch.allclose(adv_B, torch.tensor([expected, -expected, -expected, expected, 0, 0, 0, 0]))
+
+
+def test_batch_normalized_advantage_hand_computed():
+    adv_B = BatchNormalized()(REWARD_B, GROUP_B)
+    batch_std = math.sqrt((2 * 0.75**2 + 6 * 0.25**2) / 7)
+    expected = 0.5 / (batch_std + 1e-4)
+    assert torch.allclose(adv_B, torch.tensor([expected, -expected, -expected, expected, 0, 0, 0, 0]))
+
+
+def test_group_centered_and_constant_advantages():
+    assert GroupCentered()(REWARD_B, GROUP_B).tolist() == [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]
+    assert Constant(1.0)(REWARD_B, GROUP_B).tolist() == [1.0] * 8
+
+
+@pytest.mark.parametrize("advantage", [GroupNormalized(), BatchNormalized(), GroupCentered()])
+def test_zero_variance_groups_give_zero_advantage_and_no_nan(advantage):
+    equal_B = torch.ones(8)
+    adv_B = advantage(equal_B, GROUP_B)
+    assert torch.equal(adv_B, torch.zeros(8))
+    single_B = advantage(torch.tensor([3.0]), torch.tensor([0]))  # a group of one
+    assert torch.isfinite(single_B).all()
+    logp_BT = torch.randn(8, 3, requires_grad=True)
+    loss, _ = grpo_preset(scale=advantage)(logp_BT, torch.ones(8, 3), adv_B=adv_B, old_logp_BT=logp_BT.detach())
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logp_BT.grad, torch.zeros(8, 3))
+
+
+def test_aggregations_hand_computed():
+    loss_BT = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    mask_BT = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert SequenceMean()(loss_BT, mask_BT).item() == pytest.approx((2.0 + 4.0) / 2)
+    assert TokenMean()(loss_BT, mask_BT).item() == pytest.approx(10.0 / 4)
+    assert TokenMean()(loss_BT, mask_BT, num_tokens=8).item() == pytest.approx(10.0 / 8)
+    assert ConstantLength(max_tokens=4)(loss_BT, mask_BT).item() == pytest.approx(10.0 / (2 * 4))
+
+
+def test_clipped_surrogate_hand_computed():
+    # ratio = e on every token: above 1 + 0.2.
+    logp_BT = torch.zeros(2, 3, requires_grad=True)
+    old_BT = torch.full((2, 3), -1.0)
+    adv_B = torch.tensor([1.0, -1.0])
+    loss, metrics = grpo_preset()(logp_BT, torch.ones(2, 3), adv_B=adv_B, old_logp_BT=old_BT)
+    # A = +1: min(e, 1.2) = 1.2, clipped, no gradient. A = -1: min(-e, -1.2) = -e, gradient -A * e = e.
+    assert loss.item() == pytest.approx((-1.2 + math.e) / 2)
+    assert metrics["clip_fraction"].item() == pytest.approx(0.5)
+    loss.backward()
+    assert torch.allclose(logp_BT.grad[0], torch.zeros(3))
+    assert torch.allclose(logp_BT.grad[1], torch.full((3,), math.e / 3 / 2))
+
+
+def test_clip_epsilons_are_separate():
+    clip = PPOClip(eps_low=0.1, eps_high=0.3)
+    ratio_BT = torch.tensor([[1.25, 1.35, 0.95, 0.85]])
+    assert clip(ratio_BT, torch.ones(1, 4)).tolist() == [[True, False, True, True]]
+    assert clip(ratio_BT, -torch.ones(1, 4)).tolist() == [[True, True, True, False]]
+
+
+def test_k3_kl_hand_computed_and_in_the_loss():
+    logp_BT, ref_BT = torch.log(torch.tensor([[0.5]])), torch.log(torch.tensor([[0.25]]))
+    assert k3_kl(logp_BT, ref_BT).item() == pytest.approx(0.5 + math.log(2) - 1)
+    assert k3_kl(ref_BT, ref_BT).item() == 0.0
+    loss, metrics = grpo_preset(beta=0.1)(logp_BT, torch.ones(1, 1), adv_B=torch.zeros(1), old_logp_BT=logp_BT, ref_logp_BT=ref_BT)
+    assert loss.item() == pytest.approx(0.1 * (0.5 + math.log(2) - 1))
+    assert "kl" in metrics
+    with pytest.raises(ValueError, match="ref_logp_BT"):
+        grpo_preset(beta=0.1)(logp_BT, torch.ones(1, 1), adv_B=torch.zeros(1), old_logp_BT=logp_BT)
+
+
+def test_sft_preset_gradient_is_cross_entropys():
+    torch.manual_seed(0)
+    logits_BTV = torch.randn(3, 5, 7, requires_grad=True)
+    targets_BT = torch.randint(0, 7, (3, 5))
+    mask_BT = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 1, 1, 0], [0, 1, 0, 0, 0]], dtype=torch.bool)
+    logp_BT = torch.log_softmax(logits_BTV, -1).gather(-1, targets_BT[..., None]).squeeze(-1)
+    loss, _ = sft_preset()(logp_BT, mask_BT, adv_B=torch.ones(3))
+    (grad_preset,) = torch.autograd.grad(loss, logits_BTV)
+    ce = F.cross_entropy(logits_BTV[mask_BT], targets_BT[mask_BT])
+    (grad_ce,) = torch.autograd.grad(ce, logits_BTV)
+    assert loss.item() == pytest.approx(-1.0)  # the ratio pi / pi is 1 in value, times A = 1, negated
+    assert torch.allclose(grad_preset, grad_ce, atol=1e-6)
+
+
+def test_grpo_preset_gradient_is_the_clipped_ppo_surrogates():
+    torch.manual_seed(1)
+    logp_BT = (torch.randn(4, 6) * 0.3 - 1).requires_grad_()
+    old_BT = logp_BT.detach() + torch.randn(4, 6) * 0.3  # ratios on both sides of the clip range
+    mask_BT = torch.rand(4, 6) > 0.2
+    reward_B, group_B = torch.tensor([1.0, 0.0, 0.5, 1.0]), torch.tensor([0, 0, 1, 1])
+    adv_B = GroupNormalized()(reward_B, group_B)
+    loss, metrics = grpo_preset(eps_low=0.2, eps_high=0.28)(logp_BT, mask_BT, adv_B=adv_B, old_logp_BT=old_BT)
+    (grad,) = torch.autograd.grad(loss, logp_BT)
+
+    ratio = torch.exp(logp_BT - old_BT)
+    A = adv_B[:, None]
+    per_token = -torch.min(ratio * A, ratio.clamp(0.8, 1.28) * A)
+    reference = ((per_token * mask_BT).sum(-1) / mask_BT.sum(-1)).mean()
+    (grad_reference,) = torch.autograd.grad(reference, logp_BT)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert torch.allclose(grad, grad_reference, atol=1e-6)
+    assert 0 < metrics["clip_fraction"] < 1
+
+
+def test_denominators():
+    logp_BT = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    # One: the term is pi itself, gradient pi * grad log pi
+    loss, _ = PolicyGradientLoss(One(), Constant(), NoMask(), TokenMean())(logp_BT, torch.ones(1, 2), adv_B=torch.ones(1))
+    (grad,) = torch.autograd.grad(loss, logp_BT)
+    assert torch.allclose(grad, -torch.exp(logp_BT.detach()) / 2)
+    # Current: value 1 per token, gradient of log pi
+    loss, _ = PolicyGradientLoss(Current(), Constant(), NoMask(), TokenMean())(logp_BT, torch.ones(1, 2), adv_B=torch.ones(1))
+    (grad,) = torch.autograd.grad(loss, logp_BT)
+    assert loss.item() == -1.0 and torch.allclose(grad, torch.full((1, 2), -0.5))
+
+
+def test_per_token_advantages_and_argument_checks():
+    logp_BT = torch.zeros(1, 2, requires_grad=True)
+    loss, _ = PolicyGradientLoss(Current(), Constant(), NoMask(), TokenMean())(
+        logp_BT, torch.ones(1, 2), adv_BT=torch.tensor([[2.0, -1.0]])
+    )
+    assert loss.item() == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        sft_preset()(logp_BT, torch.ones(1, 2))
+    with pytest.raises(ValueError, match="beta"):
+        PolicyGradientLoss(beta=-1.0)
