@@ -10,10 +10,12 @@ At the end of `fit` the trained policy is written as a Hugging Face folder next 
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from lit_posttrain.callbacks import HeldOutEvaluation
 from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.methods.base import PostTrainingModule
 
@@ -36,12 +38,26 @@ class LitPostTrainCLI(LightningCLI):
             **kwargs,
         )
 
+    def before_fit(self) -> None:
+        self._fit_start = time.perf_counter()
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if not trainer.is_global_zero or trainer.interrupted:
             return
         folder = self.model.export_hf(Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
-        print(f"Trained model saved to {folder.resolve()}", flush=True)
+        lines = [f"Run summary: {trainer.global_step} optimizer steps in {time.perf_counter() - self._fit_start:.0f} s"]
+        for callback in trainer.callbacks:
+            if isinstance(callback, HeldOutEvaluation) and len(callback.history) >= 2:
+                first, last = callback.history[0], callback.history[-1]
+                best = max(callback.history, key=lambda h: h["accuracy"])
+                lines.append(
+                    f"  held-out accuracy: {first['accuracy']:.3f} at step {first['step']} -> "
+                    f"{last['accuracy']:.3f} at step {last['step']} (best {best['accuracy']:.3f} at step {best['step']})"
+                )
+        lines.append(f"  logs: {Path(trainer.log_dir).resolve() if trainer.log_dir else '-'}")
+        lines.append(f"Trained model saved to {folder.resolve()}")
+        print("\n".join(lines), flush=True)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -56,3 +56,10 @@ def test_impossible_request_is_refused():
         Arithmetic(ops=["^"])
     with pytest.raises(ValueError, match=r"\{b\}"):
         Arithmetic(template="What is {a} {op}?")
+
+
+def test_max_operand_overrides_digits():
+    task = Arithmetic(max_operand=20, num_train=300, num_eval=100)
+    assert task.num_problems() == 21 * 21
+    operands = {int(x) for ex in task.train_examples() for x in ex.messages[-1]["content"].split("?")[0].split()[2::2]}
+    assert max(operands) == 20 and min(operands) == 0

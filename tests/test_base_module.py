@@ -64,3 +64,29 @@ def test_learning_rate_schedule_hand_computed():
     assert lr_multiplier(7, 4, 10, "linear", 0.0) == pytest.approx(0.5)
     assert lr_multiplier(7, 4, 10, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_multiplier(10, 4, 10, "cosine", 0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("lora", [None, LoRA(r=4)])
+def test_shared_prompt_logp_equals_the_full_forward_and_its_gradient(lora):
+    from lit_posttrain.rollout import HFEngine
+
+    torch.manual_seed(0)
+    module = _module(lora=lora)
+    _perturb(module)
+    engine = HFEngine(max_new_tokens=6, temperature=0.8)
+    engine.setup(module.policy, module.tokenizer)
+    rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33], [5, 40]], n=3, seed=0)
+    rows = torch.tensor([True, False, True, True, True, False, False, False, True])
+
+    shared_BT = module.rollout_logp(rollout, rows)
+    full_BT = module.policy_logp(rollout.tokens_BT, rollout.attention_BT, temperature=0.8)
+    full_BT = torch.where(rollout.mask_BT & rows[:, None], full_BT, 0.0)
+    assert shared_BT.shape == rollout.tokens_BT.shape
+    assert torch.allclose(shared_BT, full_BT, atol=1e-5)
+
+    weights_BT = torch.randn(shared_BT.shape)
+    trainable = [p for p in module.policy.parameters() if p.requires_grad]
+    grads_shared = torch.autograd.grad((shared_BT * weights_BT).sum(), trainable)
+    grads_full = torch.autograd.grad((full_BT * weights_BT).sum(), trainable)
+    for a, b in zip(grads_shared, grads_full, strict=True):
+        assert (a - b).norm() <= 1e-5 * b.norm(), ((a - b).norm(), b.norm())  # fp32 sums in another order

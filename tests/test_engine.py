@@ -122,3 +122,27 @@ def test_select_and_concat_round_trip(engine_and_module):
             mine = getattr(joined, name)[b][joined.attention_BT[b].bool()]
             theirs = getattr(rollout, name)[b][rollout.attention_BT[b].bool()]
             assert torch.equal(mine, theirs), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the start-up error where vLLM cannot run")
+def test_vllm_engine_without_gpu_fails_at_start_up_with_what_to_do():
+    from lit_posttrain.rollout.vllm import VLLMEngine
+
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[vllm\]'.*HFEngine"):
+        VLLMEngine()
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(3, 1.0), (0, 0.5)])
+def test_top_k_and_top_p_sample_only_from_the_kept_tokens(top_k, top_p):
+    module = _module()
+    engine = HFEngine(max_new_tokens=1, top_k=top_k, top_p=top_p)
+    engine.setup(module.policy, module.tokenizer)
+    rollout = engine.generate(PROMPTS[:1], n=64, seed=5)
+    with torch.no_grad():
+        probs_V = torch.softmax(module.policy(torch.tensor([PROMPTS[0]])).logits[0, -1], -1)
+    order = probs_V.argsort(descending=True)
+    kept = order[:top_k] if top_k else order[: int((probs_V[order].cumsum(0) < top_p).sum()) + 1]
+    sampled = rollout.tokens_BT[:, rollout.prompt_width]
+    assert set(sampled.tolist()) <= set(kept.tolist())
+    renormalised = torch.log(probs_V[sampled] / probs_V[kept].sum())
+    assert torch.allclose(rollout.logp_BT[:, rollout.prompt_width], renormalised, atol=1e-5)

@@ -258,3 +258,14 @@ def test_forked_copy_gets_its_own_worker(scripted: MathVerifier) -> None:
 def test_math_verifier_rejects_bad_timeout() -> None:
     with pytest.raises(ValueError, match="timeout_s"):
         MathVerifier(timeout_s=0)
+
+
+def test_regex_match_whole_or_prefix():
+    from lit_posttrain.rewards import RegexMatch
+
+    assert RegexMatch(r"\d+")("123", "ignored") == 1.0
+    assert RegexMatch(r"\d+")("123 apples", "") == 0.0
+    assert RegexMatch(r"\d", whole=False)("1 apple", "") == 1.0
+    assert RegexMatch(r"\d", whole=False)("a1", "") == 0.0
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        RegexMatch("(")

@@ -28,6 +28,7 @@ class Arithmetic(Task):
     Args:
         ops: operations to draw from, any of "+", "-", "*".
         digits: operands have at most this many digits (0 to 10**digits - 1).
+        max_operand: the largest operand, overriding digits (e.g. 20: operands 0 to 20).
         num_train: number of training problems.
         num_eval: number of held-out problems.
         shots: worked examples shown before the question as earlier chat turns (a user question answered with just the number).
@@ -41,6 +42,7 @@ class Arithmetic(Task):
         self,
         ops: Sequence[str] = ("+",),
         digits: int = 2,
+        max_operand: int | None = None,
         num_train: int = 256,
         num_eval: int = 64,
         shots: int = 1,
@@ -54,32 +56,35 @@ class Arithmetic(Task):
             raise ValueError(f"Arithmetic ops: {list(ops)!r} has unknown operations {unknown}; choose from {list(OPERATIONS)}")
         if digits < 1:
             raise ValueError(f"Arithmetic digits must be at least 1, got {digits}")
+        if max_operand is not None and max_operand < 1:
+            raise ValueError(f"Arithmetic max_operand must be at least 1, got {max_operand}")
         if min(num_train, num_eval, shots) < 0:
             raise ValueError("Arithmetic num_train, num_eval and shots must be non-negative")
         for field in ("{a}", "{op}", "{b}"):
             if field not in template:
                 raise ValueError(f"Arithmetic template {template!r} must contain {field}")
         self.ops, self.digits = list(ops), digits
+        self.operands = max_operand + 1 if max_operand is not None else 10**digits  # operands 0 .. operands - 1
         self.num_train, self.num_eval, self.shots = num_train, num_eval, shots
         self.template, self.system_prompt = template, system_prompt
         self.verifier = verifier or ExactMatch()
         self.seed = seed
-        self.name = f"arithmetic[{''.join(self.ops)},{digits}d]"
+        self.name = f"arithmetic[{''.join(self.ops)},0..{self.operands - 1}]"
         needed, available = shots + num_eval + num_train, self.num_problems()
         if needed > available:
             raise ValueError(
                 f"Arithmetic: shots + num_eval + num_train = {needed} distinct problems requested, but ops "
-                f"{self.ops} with {digits} digit(s) have only {available}"
+                f"{self.ops} with operands 0..{self.operands - 1} have only {available}"
             )
 
     def num_problems(self) -> int:
-        n = 10**self.digits
+        n = self.operands
         return sum(n * (n + 1) // 2 if op == "-" else n * n for op in self.ops)
 
     @cached_property
     def _problems(self) -> list[tuple[int, str, int]]:
         rng = random.Random(self.seed)
-        n = 10**self.digits
+        n = self.operands
         seen: set[tuple[int, str, int]] = set()
         problems = []
         while len(problems) < self.shots + self.num_eval + self.num_train:

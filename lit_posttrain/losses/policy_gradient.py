@@ -20,7 +20,7 @@ Each part is a pure function of tensors; `PolicyGradientLoss` composes them and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -206,27 +206,36 @@ def k3_kl(logp_BT: Tensor, ref_logp_BT: Tensor) -> Tensor:
     return torch.exp(diff_BT) - diff_BT - 1
 
 
-@dataclass
 class PolicyGradientLoss:
     """`loss = aggregate( -where(mask, ratio * A, clipped_ratio * A (no gradient)) + beta * k3 )`.
 
     Args:
-        denominator: what the likelihood gradient is divided by: Current (pi), Old (pi_old) or One.
-        advantage: rewards and group ids to a per-sequence advantage.
-        stabilization: which token terms keep their gradient (PPOClip or NoMask).
-        aggregation: how per-token losses become one number.
+        denominator: what the likelihood gradient is divided by: Current (pi), Old (pi_old, the default) or One.
+        advantage: rewards and group ids to a per-sequence advantage (default GroupNormalized).
+        stabilization: which token terms keep their gradient (default PPOClip(0.2, 0.2); NoMask: all).
+        aggregation: how per-token losses become one number (default SequenceMean).
         beta: weight of the k3 KL penalty to the reference model (0: off, and no reference forward pass).
     """
 
-    denominator: Denominator = field(default_factory=Old)
-    advantage: Advantage = field(default_factory=GroupNormalized)
-    stabilization: StabilizationMask = field(default_factory=PPOClip)
-    aggregation: Aggregation = field(default_factory=SequenceMean)
-    beta: float = 0.0
+    def __init__(
+        self,
+        denominator: Denominator | None = None,
+        advantage: Advantage | None = None,
+        stabilization: StabilizationMask | None = None,
+        aggregation: Aggregation | None = None,
+        beta: float = 0.0,
+    ) -> None:
+        if beta < 0:
+            raise ValueError(f"PolicyGradientLoss beta must be >= 0, got {beta}")
+        self.denominator = denominator or Old()
+        self.advantage = advantage or GroupNormalized()
+        self.stabilization = stabilization or PPOClip()
+        self.aggregation = aggregation or SequenceMean()
+        self.beta = beta
 
-    def __post_init__(self) -> None:
-        if self.beta < 0:
-            raise ValueError(f"PolicyGradientLoss beta must be >= 0, got {self.beta}")
+    def __repr__(self) -> str:
+        parts = (self.denominator, self.advantage, self.stabilization, self.aggregation)
+        return f"PolicyGradientLoss({', '.join(map(repr, parts))}, beta={self.beta})"
 
     def __call__(
         self,

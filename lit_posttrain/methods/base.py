@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from lit_posttrain.data.datamodule import Row
+from lit_posttrain.data.task import Task
 from lit_posttrain.models import (
     DType,
     LoRA,
@@ -30,6 +33,7 @@ from lit_posttrain.models import (
     resolve_dtype,
     resolve_model_source,
 )
+from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 
 
 @dataclass
@@ -85,6 +89,7 @@ class PostTrainingModule(L.LightningModule):
         dtype: weight dtype: "auto" (bfloat16 where the hardware supports it, else float32), "bfloat16", "float32" or "float16".
         teacher: model source of a frozen teacher (distillation methods); it must share the policy's tokenizer.
         optim: optimizer and learning-rate schedule.
+        engine: how completions are sampled (rollouts, evaluation); default HFEngine().
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~20% slower).
         trust_remote_code: allow model folders to run their own Python code; off unless you trust the source.
     """
@@ -96,6 +101,7 @@ class PostTrainingModule(L.LightningModule):
         dtype: DType = "auto",
         teacher: str | None = None,
         optim: Optim | None = None,
+        engine: RolloutEngine | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
@@ -103,6 +109,8 @@ class PostTrainingModule(L.LightningModule):
         self.save_hyperparameters()
         self.lora = lora
         self.optim = optim or Optim()
+        self.engine = engine or HFEngine()
+        self._engine_ready = False
         self.gradient_checkpointing = gradient_checkpointing
         self.trust_remote_code = trust_remote_code
         # Resolve sources and load tokenizers now, so that a bad source or a teacher with another
@@ -171,6 +179,53 @@ class PostTrainingModule(L.LightningModule):
         """Per-token log-probs under the policy, with gradients."""
         return self._token_logp(self.policy, tokens_BT, attention_BT, temperature)
 
+    def rollout_logp(self, rollout: Rollout, rows: Tensor | None = None) -> Tensor:
+        """Policy log-probs (with gradients) of a rollout's tokens at its sampling temperature.
+
+        Each prompt is run once and its key/value cache shared by its group's completions, which
+        gives the same log-probs and gradient as running every row in full at a fraction of the
+        cost (prompts are usually most of the tokens). `rows` selects rows to compute; the others
+        get zeros with no gradient. Gradient checkpointing disables the cache, so the plain
+        full-row forward is used then.
+        """
+        rows = torch.ones(len(rollout), dtype=torch.bool, device=rollout.tokens_BT.device) if rows is None else rows
+        logp_BT = torch.zeros(rollout.tokens_BT.shape, device=rollout.tokens_BT.device)
+        index_R = rows.nonzero().squeeze(-1)
+        tokens_RT, attention_RT = rollout.tokens_BT[index_R], rollout.attention_BT[index_R]
+        if self.gradient_checkpointing:
+            logp_RT = self.policy_logp(tokens_RT, attention_RT, rollout.temperature)
+        else:
+            logp_RT = self._shared_prompt_logp(tokens_RT, attention_RT, rollout.group_B[index_R], rollout)
+        return logp_BT.index_put((index_R,), logp_RT)
+
+    def _shared_prompt_logp(self, tokens_RT: Tensor, attention_RT: Tensor, group_R: Tensor, rollout: Rollout) -> Tensor:
+        from transformers import DynamicCache
+
+        width = rollout.prompt_width
+        groups_U, prompt_of_R = torch.unique_consecutive(group_R, return_inverse=True)
+        first_U = torch.searchsorted(group_R, groups_U)  # rows of a group are contiguous
+        prompt_UW, prompt_attention_UW = tokens_RT[first_U, :width], attention_RT[first_U, :width]
+        position_UW = (prompt_attention_UW.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.policy.config)
+        out = self.policy(
+            input_ids=prompt_UW, attention_mask=prompt_attention_UW, position_ids=position_UW,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
+        cache.batch_select_indices(prompt_of_R)  # a differentiable gather: gradients reach the prompt pass
+        completion_RC, completion_attention_RC = tokens_RT[:, width:], attention_RT[:, width:]
+        position_RC = position_UW[prompt_of_R, -1:] + 1 + torch.arange(completion_RC.shape[1], device=tokens_RT.device)
+        completion_logits_RCV = self.policy(
+            input_ids=completion_RC, attention_mask=attention_RT, position_ids=position_RC,
+            past_key_values=cache, use_cache=True,
+        ).logits  # fmt: skip
+        # The prompt's last position predicts the first completion token; completion position c
+        # predicts token c + 1.
+        logits_RCV = torch.cat([out.logits[prompt_of_R, -1:], completion_logits_RCV[:, :-1]], 1)
+        if rollout.temperature != 1.0:
+            logits_RCV = logits_RCV / rollout.temperature
+        logp_RC = gather_logp(logits_RCV, completion_RC) * completion_attention_RC
+        return torch.nn.functional.pad(logp_RC, (width, 0))
+
     @torch.no_grad()
     def reference_logp(self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0) -> Tensor:
         """Per-token log-probs under the frozen starting model."""
@@ -183,6 +238,53 @@ class PostTrainingModule(L.LightningModule):
         if self.teacher is None:
             raise RuntimeError("this module was built without a teacher: set `teacher:` to a model source")
         return self._token_logp(self.teacher, tokens_BT, attention_BT, temperature)
+
+    # --- sampling and scoring -------------------------------------------------------------------
+
+    @property
+    def task(self) -> Task:
+        return self.trainer.datamodule.task
+
+    def _ready_engine(self) -> RolloutEngine:
+        if not self._engine_ready:
+            self.engine.setup(self.policy, self.tokenizer)
+            self._engine_ready = True
+        return self.engine
+
+    @torch.no_grad()
+    def sample(self, rows: list[Row], n: int = 1, score: bool = True, **generate_kwargs) -> Rollout:
+        """Sample `n` completions per row with the current weights; score them with the task."""
+        rollout = self._ready_engine().generate([row.prompt_ids for row in rows], n, **generate_kwargs)
+        if not score:
+            return rollout
+        start = time.perf_counter()
+        reward_B = torch.tensor(
+            [
+                self.task.reward(rows[g].example.messages, text, rows[g].example.answer)
+                for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
+            ]
+        )
+        rollout.timing["score_s"] = time.perf_counter() - start
+        return rollout.with_rewards(reward_B)
+
+    @torch.no_grad()
+    def evaluate(self, rows: list[Row], batch_size: int = 64) -> dict:
+        """Greedy held-out evaluation: accuracy under the task's verifier, mean completion length,
+        truncation rate, and the per-example rewards (for comparisons example by example)."""
+        rollouts = [self.sample(rows[i : i + batch_size], greedy=True) for i in range(0, len(rows), batch_size)]
+        reward_B = torch.cat([r.reward_B for r in rollouts])
+        return {
+            "accuracy": reward_B.mean().item(),
+            "completion_length": torch.cat([r.completion_lengths_B for r in rollouts]).float().mean().item(),
+            "truncated": torch.cat([r.truncated_B for r in rollouts]).float().mean().item(),
+            "per_example": reward_B.tolist(),
+        }
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # An engine sampling from its own copy of the weights must see every update.
+        if self._engine_ready:
+            self.engine.sync_weights(self.policy)
 
     def token_normaliser(self, window_tokens: int) -> float:
         """This micro-batch's share of its accumulation window's token count.

@@ -5,7 +5,7 @@ worker subprocess.
 """
 
 from lit_posttrain.rewards.base import Verifier
-from lit_posttrain.rewards.exact import ExactMatch, NumericMatch
+from lit_posttrain.rewards.exact import ExactMatch, NumericMatch, RegexMatch
 from lit_posttrain.rewards.math import MathVerifier
 
-__all__ = ["ExactMatch", "MathVerifier", "NumericMatch", "Verifier"]
+__all__ = ["ExactMatch", "MathVerifier", "NumericMatch", "RegexMatch", "Verifier"]

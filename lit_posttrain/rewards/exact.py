@@ -96,3 +96,27 @@ class NumericMatch:
                 return 0.0
             predicted = matches[-1]
         return 1.0 if abs(_to_decimal(predicted) - gold) <= Decimal(str(self.tolerance)) else 0.0
+
+
+@dataclass(frozen=True)
+class RegexMatch:
+    """Reward 1.0 iff the completion matches a regular expression: a format reward, independent of
+    the answer (e.g. `^\\d+$`: the reply is only digits).
+
+    Args:
+        pattern: the regular expression (Python `re` syntax).
+        whole: the whole completion must match (True), or only its start (False).
+    """
+
+    pattern: str
+    whole: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "_compiled", re.compile(self.pattern))
+        except re.error as err:
+            raise ValueError(f"RegexMatch pattern {self.pattern!r} is not a valid regular expression: {err}") from None
+
+    def __call__(self, completion: str, answer: str) -> float:
+        match = self._compiled.fullmatch if self.whole else self._compiled.match
+        return 1.0 if match(completion) else 0.0

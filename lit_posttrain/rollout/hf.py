@@ -6,7 +6,7 @@ import contextlib
 import time
 
 import torch
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.rollout.engine import completion_mask, left_pad
 from lit_posttrain.rollout.types import Rollout
@@ -20,6 +20,10 @@ def _lora_layers(policy: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 class HFEngine:
     """Batched sampling with a KV cache, left-padded prompts, stop at EOS.
+
+    Each prompt is prefilled once and its cache shared by its `n` samples (with one-shot chat
+    prompts of ~70 tokens and 8-token answers, prefill is most of the work); rows leave the batch
+    at their EOS.
 
     With LoRA it samples from a plain copy of the model whose weights are the base weights plus the
     adapters' product, refreshed after every optimizer step (`sync_weights`): generating through the
@@ -109,56 +113,98 @@ class HFEngine:
     ) -> Rollout:
         if self.model is None:
             raise RuntimeError("HFEngine.generate called before setup(policy, tokenizer)")
-        temperature = self.temperature if temperature is None else temperature
+        temperature = 1.0 if greedy else (self.temperature if temperature is None else temperature)
         max_new_tokens = max_new_tokens or self.max_new_tokens
         device = next(self.model.parameters()).device
-        prompt_BT, prompt_attention_BT = left_pad(prompt_ids, self.pad_id)
-        prompt_BT = prompt_BT.repeat_interleave(n, 0).to(device)
-        prompt_attention_BT = prompt_attention_BT.repeat_interleave(n, 0).to(device)
-        config = GenerationConfig(
-            do_sample=not greedy,
-            temperature=1.0 if greedy else temperature,
-            top_p=1.0 if greedy else self.top_p,
-            top_k=0 if greedy else self.top_k,  # 0, not None: None falls back to transformers' default of 50
-            max_new_tokens=max_new_tokens,
-            eos_token_id=self.eos_ids.tolist(),
-            pad_token_id=self.pad_id,
-            use_cache=True,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
+        prompt_PT, prompt_attention_PT = (t.to(device) for t in left_pad(prompt_ids, self.pad_id))
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
         start = time.perf_counter()
-        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None else contextlib.nullcontext()
-        with rng, self._eval_mode():
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = self.model.generate(input_ids=prompt_BT, attention_mask=prompt_attention_BT, generation_config=config)
-        width = prompt_BT.shape[1]
-        completion_BT = out.sequences[:, width:]
+        with self._eval_mode():
+            completion_BT, logp_BT = self._decode(
+                prompt_PT, prompt_attention_PT, n, max_new_tokens, temperature, greedy, generator
+            )
+        prompt_BT = prompt_PT.repeat_interleave(n, 0)
+        prompt_attention_BT = prompt_attention_PT.repeat_interleave(n, 0)
         mask_BT, truncated_B = completion_mask(completion_BT, self.eos_ids.to(device))
-        # scores are the processed logits each token was sampled from: temperature, top-k and
-        # top-p already applied, so their log-softmax is the sampler's log-prob.
-        logp_BT = torch.stack(
-            [torch.log_softmax(s.float(), -1).gather(-1, completion_BT[:, t, None]).squeeze(-1) for t, s in enumerate(out.scores)],
-            dim=1,
-        )
         logp_BT = torch.where(mask_BT, logp_BT, 0.0)
         completion_BT = torch.where(mask_BT, completion_BT, self.pad_id)
         texts = self.tokenizer.batch_decode(
             [row[m].tolist() for row, m in zip(completion_BT, mask_BT, strict=True)], skip_special_tokens=True
         )
-        zeros = torch.zeros_like(prompt_BT, dtype=torch.float32)
+        width = prompt_BT.shape[1]
         return Rollout(
             tokens_BT=torch.cat([prompt_BT, completion_BT], 1),
             attention_BT=torch.cat([prompt_attention_BT, mask_BT.long()], 1),
             mask_BT=torch.cat([torch.zeros_like(prompt_BT, dtype=torch.bool), mask_BT], 1),
-            logp_BT=torch.cat([zeros, logp_BT], 1),
+            logp_BT=torch.cat([torch.zeros_like(prompt_BT, dtype=torch.float32), logp_BT], 1),
             group_B=torch.arange(len(prompt_ids), device=device).repeat_interleave(n),
             truncated_B=truncated_B,
             prompt_width=width,
             completions=texts,
-            temperature=1.0 if greedy else temperature,
+            temperature=temperature,
             age_B=torch.zeros(len(prompt_ids) * n, dtype=torch.long, device=device),
             timing={"generate_s": time.perf_counter() - start},
         )
 
+    def _decode(self, prompt_PT, attention_PT, n, max_new_tokens, temperature, greedy, generator):
+        """Prefill each prompt once, share its KV cache among its `n` samples, then decode token by
+        token; rows that reached EOS leave the batch. Returns completion tokens (pad after EOS) and
+        the sampler's log-probs, each `(P * n, max_new_tokens)` or shorter if all rows stopped."""
+        from transformers import DynamicCache
+
+        model, B = self.model, prompt_PT.shape[0] * n
+        position_PT = (attention_PT.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        out = model(
+            input_ids=prompt_PT, attention_mask=attention_PT, position_ids=position_PT,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
+        cache.batch_repeat_interleave(n)
+        logits_AV = out.logits[:, -1].repeat_interleave(n, 0)  # A: rows still decoding
+        attention_AT = attention_PT.repeat_interleave(n, 0)
+        position_A1 = position_PT[:, -1:].repeat_interleave(n, 0) + 1
+        alive_A = torch.arange(B, device=prompt_PT.device)
+        tokens_BT = torch.full((B, max_new_tokens), self.pad_id, dtype=torch.long, device=prompt_PT.device)
+        logp_BT = torch.zeros((B, max_new_tokens), device=prompt_PT.device)
+        eos_ids = self.eos_ids.to(prompt_PT.device)
+        for t in range(max_new_tokens):
+            scores_AV = self._warp(logits_AV.float(), temperature, greedy)
+            logp_AV = torch.log_softmax(scores_AV, -1)
+            if greedy:
+                token_A = scores_AV.argmax(-1)
+            else:
+                token_A = torch.multinomial(logp_AV.exp(), 1, generator=generator).squeeze(-1)
+            tokens_BT[alive_A, t] = token_A
+            logp_BT[alive_A, t] = logp_AV.gather(-1, token_A[:, None]).squeeze(-1)
+            going_A = ~torch.isin(token_A, eos_ids)
+            if t == max_new_tokens - 1 or not going_A.any():
+                return tokens_BT[:, : t + 1], logp_BT[:, : t + 1]
+            if not going_A.all():
+                keep = going_A.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                alive_A, token_A = alive_A[keep], token_A[keep]
+                attention_AT, position_A1 = attention_AT[keep], position_A1[keep]
+            attention_AT = torch.cat([attention_AT, torch.ones_like(attention_AT[:, :1])], 1)
+            out = model(
+                input_ids=token_A[:, None], attention_mask=attention_AT, position_ids=position_A1,
+                past_key_values=cache, use_cache=True,
+            )  # fmt: skip
+            logits_AV, position_A1 = out.logits[:, -1], position_A1 + 1
+        raise AssertionError("unreachable: the loop returns at its last step")
+
+    def _warp(self, logits_AV, temperature: float, greedy: bool):
+        """The sampling distribution's logits: temperature, then top-k, then top-p."""
+        if greedy:
+            return logits_AV
+        scores_AV = logits_AV / temperature
+        if self.top_k > 0 and self.top_k < scores_AV.shape[-1]:
+            kth_A1 = scores_AV.topk(self.top_k, -1).values[:, -1:]
+            scores_AV = scores_AV.masked_fill(scores_AV < kth_A1, -float("inf"))
+        if self.top_p < 1.0:
+            sorted_AV, order_AV = scores_AV.sort(-1, descending=True)
+            cumulative_AV = sorted_AV.softmax(-1).cumsum(-1)
+            # Drop a token when the tokens before it already reach top_p; the first always stays.
+            drop_sorted_AV = (cumulative_AV - sorted_AV.softmax(-1)) >= self.top_p
+            drop_AV = drop_sorted_AV.scatter(-1, order_AV, drop_sorted_AV)
+            scores_AV = scores_AV.masked_fill(drop_AV, -float("inf"))
+        return scores_AV

@@ -61,6 +61,7 @@ class Rollout:
                 completions=[self.completions[i] for i in idx.tolist()],
                 reward_B=None if self.reward_B is None else self.reward_B[idx],
                 age_B=None if self.age_B is None else self.age_B[idx],
+                timing={},  # the time spent producing them belongs to the whole batch
             )
         )
 
