@@ -69,3 +69,18 @@ def test_offline_cadence_samples_everything_once_before_training():
 def test_group_size_below_two_is_refused():
     with pytest.raises(ValueError, match="group_size must be at least 2"):
         GRPO(model="tiny-random-llama", group_size=1)
+
+
+def test_loss_parts_are_chosen_by_class_path():
+    from lit_posttrain.losses import policy_gradient as pg
+
+    cli = LitPostTrainCLI(
+        args=[
+            "--config", str(ROOT / "configs" / "grpo.yaml"),
+            "--model.init_args.loss.advantage", "lit_posttrain.losses.policy_gradient.GroupCentered",
+        ],
+        run=False,
+    )  # fmt: skip
+    loss = cli.model.loss
+    assert isinstance(loss.advantage, pg.GroupCentered) and isinstance(loss.aggregation, pg.TokenMean)
+    assert (loss.stabilization.eps_low, loss.stabilization.eps_high) == (0.2, 0.28)

@@ -21,7 +21,6 @@ Each part is a pure function of tensors; `PolicyGradientLoss` composes them and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -29,12 +28,15 @@ from torch import Tensor
 # --- denominators: return log(denominator) per token ---------------------------------------------
 
 
-class Denominator(Protocol):
-    def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor: ...
+class Denominator:
+    """Base of the denominators: log(denominator) per token."""
+
+    def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class Current:
+class Current(Denominator):
     """pi itself (detached): the term becomes grad log pi."""
 
     def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor:
@@ -42,7 +44,7 @@ class Current:
 
 
 @dataclass(frozen=True)
-class Old:
+class Old(Denominator):
     """pi_old, the policy that sampled the rows: the importance ratio pi / pi_old."""
 
     def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor:
@@ -52,7 +54,7 @@ class Old:
 
 
 @dataclass(frozen=True)
-class One:
+class One(Denominator):
     """No denominator: the term is grad pi itself."""
 
     def __call__(self, logp_BT: Tensor, old_logp_BT: Tensor | None) -> Tensor:
@@ -62,8 +64,11 @@ class One:
 # --- advantages: from rewards and group ids to one advantage per sequence ---------------------------
 
 
-class Advantage(Protocol):
-    def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor: ...
+class Advantage:
+    """Base of the advantages: rewards and group ids to one advantage per sequence."""
+
+    def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
+        raise NotImplementedError
 
 
 def _group_stats(reward_B: Tensor, group_B: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,7 +83,7 @@ def _group_stats(reward_B: Tensor, group_B: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class GroupNormalized:
+class GroupNormalized(Advantage):
     """GRPO: `(r - mean of the group) / (std of the group + eps)`. A group whose rewards are all
     equal gets zero advantage (0 / eps), never NaN."""
 
@@ -90,7 +95,7 @@ class GroupNormalized:
 
 
 @dataclass(frozen=True)
-class BatchNormalized:
+class BatchNormalized(Advantage):
     """Centred within the group, scaled by the whole batch's reward std (Lite PPO / REINFORCE++)."""
 
     eps: float = 1e-4
@@ -102,7 +107,7 @@ class BatchNormalized:
 
 
 @dataclass(frozen=True)
-class GroupCentered:
+class GroupCentered(Advantage):
     """Dr.GRPO: `r - mean of the group`, no scaling (std scaling favours easy and hard prompts)."""
 
     def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
@@ -111,7 +116,7 @@ class GroupCentered:
 
 
 @dataclass(frozen=True)
-class Constant:
+class Constant(Advantage):
     """The same advantage for every sequence: 1 for SFT on demonstrations."""
 
     value: float = 1.0
@@ -123,17 +128,19 @@ class Constant:
 # --- stabilization masks: which token terms keep their gradient ----------------------------------------
 
 
-class StabilizationMask(Protocol):
-    """`__call__` says which token terms keep their gradient; `clipped` is the value a dropped
-    term keeps in the loss."""
+class StabilizationMask:
+    """Base of the masks: `__call__` says which token terms keep their gradient; `clipped` is the
+    value a dropped term keeps in the loss."""
 
-    def __call__(self, ratio_BT: Tensor, adv_BT: Tensor) -> Tensor: ...
+    def __call__(self, ratio_BT: Tensor, adv_BT: Tensor) -> Tensor:
+        raise NotImplementedError
 
-    def clipped(self, ratio_BT: Tensor) -> Tensor: ...
+    def clipped(self, ratio_BT: Tensor) -> Tensor:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class NoMask:
+class NoMask(StabilizationMask):
     """Every term keeps its gradient."""
 
     def __call__(self, ratio_BT: Tensor, adv_BT: Tensor) -> Tensor:
@@ -144,7 +151,7 @@ class NoMask:
 
 
 @dataclass(frozen=True)
-class PPOClip:
+class PPOClip(StabilizationMask):
     """PPO's clip as a mask: a token whose ratio left `[1 - eps_low, 1 + eps_high]` on the side the
     advantage pushes toward loses its gradient. Identical to `-min(rho A, clip(rho) A)`."""
 
@@ -163,12 +170,15 @@ class PPOClip:
 # --- aggregations: per-token losses to one number ---------------------------------------------------------
 
 
-class Aggregation(Protocol):
-    def __call__(self, loss_BT: Tensor, mask_BT: Tensor, num_tokens: float | None = None) -> Tensor: ...
+class Aggregation:
+    """Base of the aggregations: per-token losses (and their mask) to one number."""
+
+    def __call__(self, loss_BT: Tensor, mask_BT: Tensor, num_tokens: float | None = None) -> Tensor:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class SequenceMean:
+class SequenceMean(Aggregation):
     """GRPO's original: mean over each sequence's tokens, then over sequences."""
 
     def __call__(self, loss_BT: Tensor, mask_BT: Tensor, num_tokens: float | None = None) -> Tensor:
@@ -177,7 +187,7 @@ class SequenceMean:
 
 
 @dataclass(frozen=True)
-class TokenMean:
+class TokenMean(Aggregation):
     """Sum over every token divided by the token count (DAPO, BNPO, SFT). `num_tokens`, when given,
     replaces this batch's count: the accumulation window's share, for an exact mean."""
 
@@ -187,7 +197,7 @@ class TokenMean:
 
 
 @dataclass(frozen=True)
-class ConstantLength:
+class ConstantLength(Aggregation):
     """Dr.GRPO: sum over tokens divided by `batch size * max_tokens`, a constant, so that long
     and short completions are not weighted differently."""
 
