@@ -101,13 +101,24 @@ class GRPO(PostTrainingModule):
             "train/completion_length": rollout.completion_lengths_B.float().mean(),
             "train/truncated": rollout.truncated_B.float().mean(),
             "train/rows_trained": active_B.float().mean(),
+            # Token counts for throughput: generated tokens, and tokens the loss forward ran on
+            # (each active group's prompt once, plus its active completions).
+            "tokens/prompts": self._prompt_tokens(rollout, torch.ones_like(active_B)),
+            "tokens/generated": rollout.mask_BT.sum().float(),
+            "tokens/trained": self._prompt_tokens(rollout, active_B) + rollout.mask_BT[active_B].sum(),
             "time/generate_s": torch.tensor(rollout.timing.get("generate_s", 0.0)),
             "time/score_s": torch.tensor(rollout.timing.get("score_s", 0.0)),
             "time/loss_forward_s": torch.tensor(loss_s),
             **{f"train/{k}": v for k, v in metrics.items()},
         }
-        self.log_dict(values, batch_size=len(rollout))
+        self.log_dict(values, batch_size=len(rollout), reduce_fx="mean")
         self.log("train/reward_mean", values["train/reward"], prog_bar=True, batch_size=len(rollout), logger=False)
+
+    @staticmethod
+    def _prompt_tokens(rollout: Rollout, rows_B: Tensor) -> Tensor:
+        """Prompt tokens of the groups that have a row in `rows_B`, each prompt counted once."""
+        first_of_group = torch.searchsorted(rollout.group_B, rollout.group_B[rows_B].unique())
+        return rollout.attention_BT[first_of_group, : rollout.prompt_width].sum().float()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         result = self.evaluate(batch.rows)
