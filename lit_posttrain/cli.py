@@ -38,6 +38,14 @@ class LitPostTrainCLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--export_to",
+            type=str | None,
+            default=None,
+            help="folder the trained model is saved to at the end of fit (default: <log dir>/hf_model)",
+        )
+
     def before_fit(self) -> None:
         self._fit_start = time.perf_counter()
 
@@ -45,7 +53,8 @@ class LitPostTrainCLI(LightningCLI):
         trainer = self.trainer
         if not trainer.is_global_zero or trainer.interrupted:
             return
-        folder = self.model.export_hf(Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
+        export_to = self.config[self.subcommand].get("export_to")
+        folder = self.model.export_hf(export_to or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
         lines = [f"Run summary: {trainer.global_step} optimizer steps in {time.perf_counter() - self._fit_start:.0f} s"]
         for callback in trainer.callbacks:
             if isinstance(callback, HeldOutEvaluation) and len(callback.history) >= 2:

@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -292,14 +292,3 @@ def check_same_tokenizer(student: PreTrainedTokenizerBase, teacher: PreTrainedTo
             f"{student.eos_token_id}: they must share special tokens"
         )
 
-
-@dataclass
-class ModelSpec:
-    """What the shared base module needs to build its models (kept together for one signature)."""
-
-    source: str
-    dtype: DType = "auto"
-    lora: LoRA | None = None
-    teacher: str | None = None
-    trust_remote_code: bool = False
-    extra: dict = field(default_factory=dict)

@@ -90,3 +90,14 @@ def test_shared_prompt_logp_equals_the_full_forward_and_its_gradient(lora):
     grads_full = torch.autograd.grad((full_BT * weights_BT).sum(), trainable)
     for a, b in zip(grads_shared, grads_full, strict=True):
         assert (a - b).norm() <= 1e-5 * b.norm(), ((a - b).norm(), b.norm())  # fp32 sums in another order
+
+
+def test_scoring_from_a_later_position_gives_the_same_log_probs():
+    module = _module()
+    full_BT = module.policy_logp(TOKENS_BT, ATTENTION_BT)
+    late_BT = module.policy_logp(TOKENS_BT, ATTENTION_BT, first_scored=3)
+    assert torch.allclose(late_BT[:, 3:], full_BT[:, 3:], atol=1e-6)
+    assert (late_BT[:, :3] == 0).all()
+    logits_BKV = module.forward_logits(module.policy, TOKENS_BT, ATTENTION_BT, keep_last=2)
+    assert logits_BKV.shape == (2, 2, module.policy.config.vocab_size)
+    assert torch.allclose(logits_BKV, module.forward_logits(module.policy, TOKENS_BT, ATTENTION_BT)[:, -2:], atol=1e-6)

@@ -38,7 +38,7 @@ class RolloutRefresh(L.Callback):
                 self._sample(module, rows[start : start + self.batch_size], step=trainer.global_step)
 
     def _sample(self, module, rows: list[Row], step: int) -> None:
-        rollout = module.sample(rows, n=module.group_size)
+        rollout = module.sample_rollouts(rows)
         for g, row in enumerate(rows):
             part = rollout.select((rollout.group_B == g).nonzero().squeeze(-1).tolist())
             # The call's time is charged to its first group only, so that sums over groups are right.

@@ -20,23 +20,19 @@ Where it departs from the paper, or chooses:
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import Tensor
 
-from lit_posttrain.callbacks.rollout_refresh import RolloutRefresh
 from lit_posttrain.data.datamodule import Batch
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss, grpo_preset
-from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.methods.on_policy import OnPolicyModule
 from lit_posttrain.rollout import Rollout
 
 
-class GRPO(PostTrainingModule):
+class GRPO(OnPolicyModule):
     """Group relative policy optimisation (see the module docstring).
 
     Args:
-        group_size: completions sampled per prompt (G).
         loss: the policy-gradient loss; default: GRPO's preset (group-normalised advantage, PPO clip 0.2/0.2, sequence mean, no KL).
         skip_zero_advantage: skip the forward pass of rows with zero advantage when there is no KL term (same gradient, less compute).
     """
@@ -44,29 +40,25 @@ class GRPO(PostTrainingModule):
     def __init__(
         self,
         *args,
-        group_size: int = 8,
         loss: PolicyGradientLoss | None = None,
         skip_zero_advantage: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if group_size < 2:
-            raise ValueError(f"GRPO group_size must be at least 2 (advantages compare completions of a prompt), got {group_size}")
-        self.group_size = group_size
+        if self.group_size < 2:
+            raise ValueError(
+                f"GRPO group_size must be at least 2 (advantages compare completions of a prompt), got {self.group_size}"
+            )
         self.loss = loss or grpo_preset()
         self.skip_zero_advantage = skip_zero_advantage
-        self.rollout: Rollout | None = None  # set by RolloutRefresh before every step
-
-    def configure_callbacks(self):
-        # Rollouts reach the module through RolloutRefresh; add the strictly on-policy default only
-        # when the run's configuration has not chosen a cadence.
-        if any(isinstance(cb, RolloutRefresh) for cb in self.trainer.callbacks):
-            return []
-        return [RolloutRefresh()]
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        rollout = self.rollout
-        start = time.perf_counter()
+        loss, metrics, trained_B = self.policy_gradient_loss(self.rollout)
+        self.log_rollout_step(self.rollout, metrics, trained_B=trained_B)
+        return loss
+
+    def policy_gradient_loss(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """The loss of a scored rollout batch, its metrics, and which rows ran the forward pass."""
         adv_B = self.loss.advantage(rollout.reward_B, rollout.group_B)
         active_B = torch.ones_like(adv_B, dtype=torch.bool)
         if self.skip_zero_advantage and self.loss.beta == 0:
@@ -79,52 +71,6 @@ class GRPO(PostTrainingModule):
         old_logp_BT = torch.where(fresh_BT, logp_BT.detach(), rollout.logp_BT)
         ref_logp_BT = None
         if self.loss.beta > 0:
-            ref_logp_BT = self.reference_logp(rollout.tokens_BT, rollout.attention_BT, rollout.temperature)
+            ref_logp_BT = self.reference_logp(rollout.tokens_BT, rollout.attention_BT, rollout.temperature, rollout.prompt_width)
         loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_B=adv_B, old_logp_BT=old_logp_BT, ref_logp_BT=ref_logp_BT)
-        self._log_step(rollout, metrics, active_B, time.perf_counter() - start)
-        self._backward_start = time.perf_counter()
-        return loss
-
-    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
-        # Backward and optimizer step happen between training_step's return and this hook.
-        self.log("time/backward_step_s", time.perf_counter() - self._backward_start, batch_size=len(batch))
-
-    def _log_step(self, rollout: Rollout, metrics: dict, active_B: Tensor, loss_s: float) -> None:
-        _, group_B = torch.unique(rollout.group_B, return_inverse=True)
-        groups = int(group_B.max()) + 1
-        reward_max_G = torch.full((groups,), -float("inf")).scatter_reduce(0, group_B, rollout.reward_B, "amax")
-        reward_min_G = torch.full((groups,), float("inf")).scatter_reduce(0, group_B, rollout.reward_B, "amin")
-        values = {
-            "train/reward": rollout.reward_B.mean(),
-            "train/reward_std": rollout.reward_B.std() if len(rollout) > 1 else torch.tensor(0.0),
-            "train/zero_variance_groups": (reward_max_G == reward_min_G).float().mean(),
-            "train/completion_length": rollout.completion_lengths_B.float().mean(),
-            "train/truncated": rollout.truncated_B.float().mean(),
-            "train/rows_trained": active_B.float().mean(),
-            # Token counts for throughput: generated tokens, and tokens the loss forward ran on
-            # (each active group's prompt once, plus its active completions).
-            "tokens/prompts": self._prompt_tokens(rollout, torch.ones_like(active_B)),
-            "tokens/generated": rollout.mask_BT.sum().float(),
-            "tokens/trained": self._prompt_tokens(rollout, active_B) + rollout.mask_BT[active_B].sum(),
-            "time/generate_s": torch.tensor(rollout.timing.get("generate_s", 0.0)),
-            "time/score_s": torch.tensor(rollout.timing.get("score_s", 0.0)),
-            "time/loss_forward_s": torch.tensor(loss_s),
-            **{f"train/{k}": v for k, v in metrics.items()},
-        }
-        self.log_dict(values, batch_size=len(rollout), reduce_fx="mean")
-        self.log("train/reward_mean", values["train/reward"], prog_bar=True, batch_size=len(rollout), logger=False)
-
-    @staticmethod
-    def _prompt_tokens(rollout: Rollout, rows_B: Tensor) -> Tensor:
-        """Prompt tokens of the groups that have a row in `rows_B`, each prompt counted once."""
-        first_of_group = torch.searchsorted(rollout.group_B, rollout.group_B[rows_B].unique())
-        return rollout.attention_BT[first_of_group, : rollout.prompt_width].sum().float()
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        result = self.evaluate(batch.rows)
-        self.log("val/accuracy", result["accuracy"], prog_bar=True, batch_size=len(batch))
-        self.log("val/completion_length", result["completion_length"], batch_size=len(batch))
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        result = self.evaluate(batch.rows)
-        self.log("test/accuracy", result["accuracy"], batch_size=len(batch))
+        return loss, metrics, active_B

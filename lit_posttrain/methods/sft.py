@@ -17,11 +17,13 @@ from torchmetrics import MeanMetric
 
 from lit_posttrain.data.datamodule import Batch, pack_demonstrations
 from lit_posttrain.losses import token_mean_nll
-from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.methods.base import PostTrainingModule, first_masked
 
 
 class SFT(PostTrainingModule):
     """Supervised fine-tuning on the task's demonstrations (see the module docstring)."""
+
+    needs_demonstrations = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -31,7 +33,7 @@ class SFT(PostTrainingModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
-        logp_BT = self.policy_logp(tokens_BT, attention_BT)
+        logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
         loss, metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=self.token_normaliser(batch.window_tokens))
         self.log("train/nll", metrics["nll"], prog_bar=True, batch_size=len(batch))
         self.log("train/tokens", metrics["tokens"], reduce_fx="sum", batch_size=len(batch))
@@ -39,7 +41,7 @@ class SFT(PostTrainingModule):
 
     def _held_out_nll(self, batch: Batch, metric: MeanMetric, name: str) -> None:
         tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
-        logp_BT = self.policy_logp(tokens_BT, attention_BT)
+        logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
         _, metrics = token_mean_nll(logp_BT, mask_BT)
         metric.update(metrics["nll"], weight=metrics["tokens"])
         self.log(name, metric, prog_bar=True, batch_size=len(batch))

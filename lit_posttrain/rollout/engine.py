@@ -58,3 +58,10 @@ def completion_mask(completion_BT: Tensor, eos_ids: Tensor) -> tuple[Tensor, Ten
     is_eos_BT = torch.isin(completion_BT, eos_ids)
     eos_before_BT = is_eos_BT.long().cumsum(-1) - is_eos_BT.long()  # EOS strictly before each position
     return eos_before_BT == 0, ~is_eos_BT.any(-1)
+
+
+def last_position(tokens_BT: Tensor) -> Tensor:
+    """`logits_to_keep` for the last position only, as an index tensor: an int makes transformers
+    take a strided slice of the hidden states, which sends the output head down a batched-matmul
+    path that copies its weight per row on CPU (see PostTrainingModule.forward_logits)."""
+    return torch.tensor([tokens_BT.shape[1] - 1], device=tokens_BT.device)

@@ -8,7 +8,7 @@ import time
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import completion_mask, left_pad
+from lit_posttrain.rollout.engine import completion_mask, last_position, left_pad
 from lit_posttrain.rollout.types import Rollout
 
 
@@ -157,7 +157,7 @@ class HFEngine:
         cache = DynamicCache(config=model.config)
         out = model(
             input_ids=prompt_PT, attention_mask=attention_PT, position_ids=position_PT,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
+            past_key_values=cache, use_cache=True, logits_to_keep=last_position(prompt_PT),
         )  # fmt: skip
         cache.batch_repeat_interleave(n)
         logits_AV = out.logits[:, -1].repeat_interleave(n, 0)  # A: rows still decoding

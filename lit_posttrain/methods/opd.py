@@ -1,0 +1,104 @@
+"""On-policy distillation (OPD): the student samples, a frozen teacher scores the same tokens.
+
+Objective, two estimators (the `estimator:` part):
+- `SampledReverseKL` (the default): per-token advantage A_t = -(log pi(o_t) - log pi_T(o_t)), a
+  one-sample estimate of -KL(pi || pi_T), optionally summed over future tokens with a discount,
+  trained with the policy-gradient loss (denominator pi_old, no clip by default, token mean):
+      grad L = -E_{o ~ pi}[ sum_t A_t grad log pi(o_t) ].
+- `FullVocabJSD`: the generalized Jensen-Shannon divergence between the two full next-token
+  distributions at every sampled position (GKD): beta = 1 reverse KL, 0 forward KL, in between JSD.
+No environment reward is needed; held-out accuracy is still evaluated by the task's verifier.
+
+Departures and choices:
+1. Teacher and student must share the tokenizer; a mismatch stops the run at start-up.
+2. Both distributions are taken at the sampling temperature (1.0 by default).
+3. One completion per prompt by default (`group_size: 1`): the teacher provides a per-token
+   baseline, so no group is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.losses.distillation import generalized_jsd, reverse_kl_advantages
+from lit_posttrain.losses.policy_gradient import Constant, NoMask, Old, PolicyGradientLoss, TokenMean
+from lit_posttrain.methods.on_policy import OnPolicyModule
+from lit_posttrain.rollout import Rollout
+
+
+class DistillationEstimator:
+    """Base of OPD's estimators: the loss of one rollout batch, given the module's models."""
+
+    def __call__(self, module: OPD, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+
+class SampledReverseKL(DistillationEstimator):
+    """Per-token reverse-KL advantages with the policy-gradient loss.
+
+    Args:
+        discount: weight of future tokens' advantages in each token's (0: each token alone).
+        loss: the policy-gradient loss the advantages go through (default: denominator pi_old, no clip, token mean).
+    """
+
+    def __init__(self, discount: float = 0.0, loss: PolicyGradientLoss | None = None) -> None:
+        if not 0.0 <= discount <= 1.0:
+            raise ValueError(f"SampledReverseKL discount must be in [0, 1], got {discount}")
+        self.discount = discount
+        self.loss = loss or PolicyGradientLoss(Old(), Constant(), NoMask(), TokenMean())
+
+    def __call__(self, module: OPD, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        logp_BT = module.rollout_logp(rollout)
+        teacher_logp_BT = module.teacher_logp(rollout.tokens_BT, rollout.attention_BT, rollout.temperature, rollout.prompt_width)
+        mask_BT = rollout.mask_BT.to(logp_BT.dtype)
+        adv_BT = reverse_kl_advantages(logp_BT, teacher_logp_BT, mask_BT, self.discount)
+        old_logp_BT = torch.where((rollout.age_B == 0)[:, None], logp_BT.detach(), rollout.logp_BT)
+        loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_BT=adv_BT, old_logp_BT=old_logp_BT)
+        metrics["reverse_kl"] = -(adv_BT if self.discount == 0 else reverse_kl_advantages(logp_BT, teacher_logp_BT, mask_BT)).sum() / mask_BT.sum().clamp(min=1)
+        return loss, metrics
+
+
+class FullVocabJSD(DistillationEstimator):
+    """The generalized JSD over the full vocabulary at each sampled position, token mean.
+
+    Args:
+        beta: 1.0 reverse KL(student || teacher), 0.0 forward KL(teacher || student), in between the mixture JSD.
+    """
+
+    def __init__(self, beta: float = 1.0) -> None:
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"FullVocabJSD beta must be in [0, 1], got {beta}")
+        self.beta = beta
+
+    def __call__(self, module: OPD, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        # Logits only where a completion token is predicted: positions W - 1 .. T - 2.
+        width, tokens_BT, attention_BT = rollout.prompt_width, rollout.tokens_BT, rollout.attention_BT
+        keep, predicts_BS = tokens_BT.shape[1] - width + 1, rollout.mask_BT[:, width:]
+        student_NV = module.forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+        with torch.no_grad():
+            teacher_NV = module.forward_logits(module.teacher, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+        # Teachers may pad their vocabulary past the tokenizer's; compare the real vocabulary only.
+        vocab = min(student_NV.shape[-1], teacher_NV.shape[-1], len(module.tokenizer))
+        jsd_N = generalized_jsd(student_NV[:, :vocab] / rollout.temperature, teacher_NV[:, :vocab] / rollout.temperature, self.beta)
+        return jsd_N.mean(), {"jsd": jsd_N.mean().detach()}
+
+
+class OPD(OnPolicyModule):
+    """On-policy distillation from a frozen teacher (see the module docstring).
+
+    Args:
+        estimator: how the teacher's scores become a loss: SampledReverseKL (default) or FullVocabJSD.
+    """
+
+    def __init__(self, *args, estimator: DistillationEstimator | None = None, group_size: int = 1, **kwargs) -> None:
+        super().__init__(*args, group_size=group_size, **kwargs)
+        if self.teacher_folder is None:
+            raise ValueError("OPD needs a teacher: set `teacher:` to a model source that shares the policy's tokenizer")
+        self.estimator = estimator or SampledReverseKL()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, metrics = self.estimator(self, self.rollout)
+        self.log_rollout_step(self.rollout, metrics)
+        return loss

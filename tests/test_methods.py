@@ -1,0 +1,153 @@
+"""Every method through the real CLI on the tiny model: a few steps, finite losses, weights that
+move; the class_path swap between all six; each method's own start-up checks and hand values."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lit_posttrain.cli import LitPostTrainCLI
+from lit_posttrain.methods.hpt import route_to_sft
+from lit_posttrain.methods.opd import OPD
+from lit_posttrain.methods.sept import SePT
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_GRPO = str(ROOT / "configs" / "tiny_grpo.yaml")
+METHODS = {
+    "sft": ["--model.class_path", "lit_posttrain.methods.sft.SFT"],
+    "grpo": [],
+    "opd": ["--model.class_path", "lit_posttrain.methods.opd.OPD", "--model.init_args.teacher", "tiny-random-llama:1"],
+    "otr": ["--model.class_path", "lit_posttrain.methods.otr.OTR", "--model.init_args.k", "64"],
+    "sept": ["--model.class_path", "lit_posttrain.methods.sept.SePT", "--model.init_args.start_temperature", "0.6"],
+    "hpt": ["--model.class_path", "lit_posttrain.methods.hpt.HPT"],
+}
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def run(*args: str) -> LitPostTrainCLI:
+    return LitPostTrainCLI(args=["fit", "--config", TINY_GRPO, "--trainer.max_steps", "3", *args])
+
+
+def logged(cli: LitPostTrainCLI) -> list[dict]:
+    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_switching_class_path_trains_every_method(method, tiny_model_dir):
+    cli = run(*METHODS[method])
+    assert type(cli.model).__name__.lower() == method
+    assert cli.trainer.global_step == 3
+    loss = [float(r["train/loss"]) for r in logged(cli) if r.get("train/loss")]
+    assert len(loss) == 3 and all(math.isfinite(x) for x in loss)
+    values = [float(v) for row in logged(cli) for k, v in row.items() if v and k.startswith("train/")]
+    assert all(math.isfinite(x) for x in values)
+    before = load_file(Path(tiny_model_dir) / "model.safetensors")
+    after = load_file(Path(cli.trainer.log_dir) / "hf_model" / "model.safetensors")
+    assert all(not torch.equal(before[k], after[k]) for k in before), "every weight trains in full fine-tuning"
+
+
+def test_every_method_runs_with_lora(tiny_model_dir):
+    for method, args in METHODS.items():
+        cli = run(*args, "--model.init_args.lora", "{}", "--trainer.max_steps", "2")
+        assert cli.trainer.global_step == 2, method
+
+
+@pytest.mark.parametrize(
+    ("solved", "gamma", "to_sft"),
+    [(0, 0.0, True), (1, 0.0, False), (2, 2 / 8, True), (3, 2 / 8, False), (2, 0.2, False), (8, 1.0, True)],
+)
+def test_hpt_gate_at_its_boundary(solved, gamma, to_sft):
+    reward_B = torch.tensor([1.0] * solved + [0.0] * (8 - solved) + [1.0] * 8)
+    group_B = torch.tensor([0] * 8 + [1] * 8)
+    assert route_to_sft(reward_B, group_B, gamma).tolist() == [to_sft, gamma == 1.0]
+
+
+def test_hpt_partial_credit_is_not_solved():
+    assert route_to_sft(torch.tensor([0.5, 0.5]), torch.tensor([0, 0]), gamma=0.0).tolist() == [True]
+    assert route_to_sft(torch.tensor([0.5, 0.5]), torch.tensor([0, 0]), gamma=0.0, solved_threshold=0.5).tolist() == [False]
+
+
+@pytest.mark.parametrize(("gamma", "pattern", "sft_fraction"), [(1.0, r"\d", 1.0), (0.0, ".*", 0.0)])
+def test_hpt_all_sft_or_all_rl_batches_are_finite(gamma, pattern, sft_fraction):
+    cli = run(
+        *METHODS["hpt"], "--model.init_args.gamma", str(gamma),
+        "--data.task.init_args.verifier.init_args.pattern", pattern,
+    )  # fmt: skip
+    rows = [r for r in logged(cli) if r.get("train/sft_fraction")]
+    assert [float(r["train/sft_fraction"]) for r in rows] == [sft_fraction] * 3
+    assert all(math.isfinite(float(r["train/rows_trained"])) for r in rows)
+    assert all(torch.isfinite(p).all() for p in cli.model.policy.parameters())
+
+
+def test_methods_that_need_demonstrations_refuse_a_task_without_them(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is 1 + 1?", "answer": "2"}\n{"prompt": "What is 2 + 2?", "answer": "4"}\n')
+    for method in ("sft", "otr", "hpt"):
+        with pytest.raises(ValueError, match="trains on demonstrations"):
+            run(*METHODS[method], "--data.task", "lit_posttrain.data.files.FileTask", "--data.task.train", str(prompts),
+                "--data.task.eval_fraction", "0.5")  # fmt: skip
+
+
+def test_opd_needs_a_teacher_and_runs_the_full_vocabulary_jsd():
+    with pytest.raises(ValueError, match="OPD needs a teacher"):
+        OPD(model="tiny-random-llama")
+    cli = run(*METHODS["opd"], "--model.init_args.estimator", "lit_posttrain.methods.opd.FullVocabJSD",
+              "--model.init_args.estimator.beta", "0.5")  # fmt: skip
+    jsd = [float(r["train/jsd"]) for r in logged(cli) if r.get("train/jsd")]
+    assert len(jsd) == 3 and all(x > 0 for x in jsd)
+
+
+def test_opd_reverse_kl_is_zero_when_the_teacher_is_the_student(tiny_model_dir):
+    cli = run(*METHODS["opd"][:-1], tiny_model_dir, "--trainer.max_steps", "1")
+    (kl,) = [float(r["train/reverse_kl"]) for r in logged(cli) if r.get("train/reverse_kl")]
+    assert kl == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sept_refuses_sampling_hotter_than_training_or_equal_throughout():
+    with pytest.raises(ValueError, match="exceeds the training temperature"):
+        SePT(model="tiny-random-llama", start_temperature=1.2)
+    with pytest.raises(ValueError, match="exceeds the training temperature"):
+        SePT(model="tiny-random-llama", start_temperature=0.6, end_temperature=1.0, train_temperature=0.8)
+    with pytest.raises(ValueError, match="expected gradient"):
+        SePT(model="tiny-random-llama", start_temperature=1.0)
+
+
+def test_sept_temperature_schedule_hand_computed():
+    sept = SePT(model="tiny-random-llama", start_temperature=0.6, ramp_fraction=0.5)
+    assert sept.sampling_temperature(0, 100) == pytest.approx(0.6)
+    assert sept.sampling_temperature(25, 100) == pytest.approx(0.8)
+    assert sept.sampling_temperature(50, 100) == pytest.approx(1.0)
+    assert sept.sampling_temperature(90, 100) == pytest.approx(1.0)
+
+
+def test_sept_online_refreshes_and_offline_samples_once():
+    online = run(*METHODS["sept"], "--trainer.max_steps", "4")
+    temperatures = [float(r["train/sampling_temperature"]) for r in logged(online) if r.get("train/sampling_temperature")]
+    assert temperatures[0] == pytest.approx(0.6) and temperatures == sorted(temperatures) and temperatures[-1] > 0.6
+    offline = run(*METHODS["sept"], "--trainer.max_steps", "4", "--trainer.callbacks+",
+                  "lit_posttrain.callbacks.RolloutRefresh", "--trainer.callbacks.every_n_steps", "null")  # fmt: skip
+    temperatures = [float(r["train/sampling_temperature"]) for r in logged(offline) if r.get("train/sampling_temperature")]
+    assert temperatures == [pytest.approx(0.6)] * 4  # every sample came from the start, before training
+
+
+def test_otr_can_force_the_target_into_its_samples():
+    cli = run(*METHODS["otr"], "--model.init_args.force_target", "true", "--model.init_args.k", "2")
+    hit_rate = [float(r["train/sample_hit_rate"]) for r in logged(cli) if r.get("train/sample_hit_rate")]
+    assert all(h >= 0.5 for h in hit_rate)  # at least one of the 2 samples is the target, at every position
+
+
+def test_otr_scores_the_same_tokens_as_sft():
+    # Same weights, same first batch: the NLL OTR logs must be SFT's, position for position.
+    nll = {}
+    for method in ("sft", "otr"):
+        cli = run(*METHODS[method], "--trainer.max_steps", "1", "--data.shuffle", "false")
+        (nll[method],) = [float(r["train/nll"]) for r in logged(cli) if r.get("train/nll")]
+    assert nll["otr"] == pytest.approx(nll["sft"], rel=1e-5)
