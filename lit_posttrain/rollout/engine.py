@@ -65,3 +65,38 @@ def last_position(tokens_BT: Tensor) -> Tensor:
     take a strided slice of the hidden states, which sends the output head down a batched-matmul
     path that copies its weight per row on CPU (see PostTrainingModule.forward_logits)."""
     return torch.tensor([tokens_BT.shape[1] - 1], device=tokens_BT.device)
+
+
+def assemble_rollout(
+    prompt_PT: Tensor,
+    prompt_attention_PT: Tensor,
+    n: int,
+    completion_BT: Tensor,
+    sampler_logp_BT: Tensor,
+    eos_ids: Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    temperature: float,
+    generate_s: float,
+) -> Rollout:
+    """A `Rollout` from left-padded prompts (one row each) and the `n` sampled completions per
+    prompt (rows of one prompt contiguous), cut after their first EOS. All on one device."""
+    device = completion_BT.device
+    pad_id = tokenizer.pad_token_id
+    prompt_BT = prompt_PT.repeat_interleave(n, 0)
+    prompt_attention_BT = prompt_attention_PT.repeat_interleave(n, 0)
+    mask_BT, truncated_B = completion_mask(completion_BT, eos_ids.to(device))
+    completion_BT = torch.where(mask_BT, completion_BT, pad_id)
+    texts = tokenizer.batch_decode([row[m].tolist() for row, m in zip(completion_BT, mask_BT, strict=True)], skip_special_tokens=True)
+    return Rollout(
+        tokens_BT=torch.cat([prompt_BT, completion_BT], 1),
+        attention_BT=torch.cat([prompt_attention_BT, mask_BT.long()], 1),
+        mask_BT=torch.cat([torch.zeros_like(prompt_BT, dtype=torch.bool), mask_BT], 1),
+        logp_BT=torch.cat([torch.zeros_like(prompt_BT, dtype=torch.float32), torch.where(mask_BT, sampler_logp_BT.float(), 0.0)], 1),
+        group_B=torch.arange(prompt_PT.shape[0], device=device).repeat_interleave(n),
+        truncated_B=truncated_B,
+        prompt_width=prompt_BT.shape[1],
+        completions=texts,
+        temperature=temperature,
+        age_B=torch.zeros(prompt_BT.shape[0], dtype=torch.long, device=device),
+        timing={"generate_s": generate_s},
+    )

@@ -8,7 +8,7 @@ import time
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import completion_mask, last_position, left_pad
+from lit_posttrain.rollout.engine import assemble_rollout, last_position, left_pad
 from lit_posttrain.rollout.types import Rollout
 
 
@@ -123,28 +123,10 @@ class HFEngine:
             completion_BT, logp_BT = self._decode(
                 prompt_PT, prompt_attention_PT, n, max_new_tokens, temperature, greedy, generator
             )
-        prompt_BT = prompt_PT.repeat_interleave(n, 0)
-        prompt_attention_BT = prompt_attention_PT.repeat_interleave(n, 0)
-        mask_BT, truncated_B = completion_mask(completion_BT, self.eos_ids.to(device))
-        logp_BT = torch.where(mask_BT, logp_BT, 0.0)
-        completion_BT = torch.where(mask_BT, completion_BT, self.pad_id)
-        texts = self.tokenizer.batch_decode(
-            [row[m].tolist() for row, m in zip(completion_BT, mask_BT, strict=True)], skip_special_tokens=True
-        )
-        width = prompt_BT.shape[1]
-        return Rollout(
-            tokens_BT=torch.cat([prompt_BT, completion_BT], 1),
-            attention_BT=torch.cat([prompt_attention_BT, mask_BT.long()], 1),
-            mask_BT=torch.cat([torch.zeros_like(prompt_BT, dtype=torch.bool), mask_BT], 1),
-            logp_BT=torch.cat([torch.zeros_like(prompt_BT, dtype=torch.float32), logp_BT], 1),
-            group_B=torch.arange(len(prompt_ids), device=device).repeat_interleave(n),
-            truncated_B=truncated_B,
-            prompt_width=width,
-            completions=texts,
-            temperature=temperature,
-            age_B=torch.zeros(len(prompt_ids) * n, dtype=torch.long, device=device),
-            timing={"generate_s": time.perf_counter() - start},
-        )
+        return assemble_rollout(
+            prompt_PT, prompt_attention_PT, n, completion_BT, logp_BT, self.eos_ids, self.tokenizer, temperature,
+            time.perf_counter() - start,
+        )  # fmt: skip
 
     def _decode(self, prompt_PT, attention_PT, n, max_new_tokens, temperature, greedy, generator):
         """Prefill each prompt once, share its KV cache among its `n` samples, then decode token by

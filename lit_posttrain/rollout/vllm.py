@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import completion_mask, left_pad
+from lit_posttrain.rollout.engine import assemble_rollout, left_pad
 from lit_posttrain.rollout.types import Rollout
 
 INSTALL_HINT = (
@@ -139,27 +139,12 @@ class VLLMEngine:
         for b, c in enumerate(completions):
             completion_BT[b, : len(c.token_ids)] = torch.tensor(c.token_ids)
             sampler_BT[b, : len(c.token_ids)] = torch.tensor([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)])
-        mask_BT, truncated_B = completion_mask(completion_BT, self.eos_ids)
         prompt_PT, prompt_attention_PT = left_pad(prompt_ids, self.pad_id)
-        prompt_BT, prompt_attention_BT = prompt_PT.repeat_interleave(n, 0), prompt_attention_PT.repeat_interleave(n, 0)
-        completion_BT = torch.where(mask_BT, completion_BT, self.pad_id)
-        device = torch.device("cuda", torch.cuda.current_device())
-        rollout = Rollout(
-            tokens_BT=torch.cat([prompt_BT, completion_BT], 1),
-            attention_BT=torch.cat([prompt_attention_BT, mask_BT.long()], 1),
-            mask_BT=torch.cat([torch.zeros_like(prompt_BT, dtype=torch.bool), mask_BT], 1),
-            logp_BT=torch.cat([torch.zeros_like(prompt_BT, dtype=torch.float32), torch.where(mask_BT, sampler_BT, 0.0)], 1),
-            group_B=torch.arange(len(prompt_ids)).repeat_interleave(n),
-            truncated_B=truncated_B,
-            prompt_width=prompt_BT.shape[1],
-            completions=self.tokenizer.batch_decode(
-                [row[m].tolist() for row, m in zip(completion_BT, mask_BT, strict=True)], skip_special_tokens=True
-            ),
-            temperature=temperature,
-            age_B=torch.zeros(len(completions), dtype=torch.long),
-            timing={"generate_s": time.perf_counter() - start},
-        )
-        return _to(rollout, device)
+        rollout = assemble_rollout(
+            prompt_PT, prompt_attention_PT, n, completion_BT, sampler_BT, self.eos_ids, self.tokenizer, temperature,
+            time.perf_counter() - start,
+        )  # fmt: skip
+        return _to(rollout, torch.device("cuda", torch.cuda.current_device()))
 
 
 def _to(rollout: Rollout, device: torch.device) -> Rollout:
