@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from lit_posttrain.callbacks import HeldOutEvaluation
+from lit_posttrain.callbacks import Evaluation
 from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.methods.base import PostTrainingModule
 
@@ -57,12 +57,17 @@ class LitPostTrainCLI(LightningCLI):
         folder = self.model.export_hf(export_to or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
         lines = [f"Run summary: {trainer.global_step} optimizer steps in {time.perf_counter() - self._fit_start:.0f} s"]
         for callback in trainer.callbacks:
-            if isinstance(callback, HeldOutEvaluation) and len(callback.history) >= 2:
-                first, last = callback.history[0], callback.history[-1]
-                best = max(callback.history, key=lambda h: h["accuracy"])
+            if not isinstance(callback, Evaluation):
+                continue
+            for task in dict.fromkeys(h["task"] for h in callback.history):
+                runs = [h for h in callback.history if h["task"] == task]
+                if len(runs) < 2:
+                    continue
+                first, last, best = runs[0], runs[-1], max(runs, key=lambda h: h["accuracy"])
                 lines.append(
-                    f"  held-out accuracy: {first['accuracy']:.3f} at step {first['step']} -> "
-                    f"{last['accuracy']:.3f} at step {last['step']} (best {best['accuracy']:.3f} at step {best['step']})"
+                    f"  {task} accuracy: {first['accuracy']:.3f} at step {first['step']} -> {last['accuracy']:.3f} at "
+                    f"step {last['step']} (best {best['accuracy']:.3f} at step {best['step']}; "
+                    f"{last['right_to_wrong']:.0f} right-to-wrong, {last['wrong_to_right']:.0f} wrong-to-right)"
                 )
         lines.append(f"  logs: {Path(trainer.log_dir).resolve() if trainer.log_dir else '-'}")
         lines.append(f"Trained model saved to {folder.resolve()}")

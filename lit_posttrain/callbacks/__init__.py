@@ -1,6 +1,8 @@
 """Callbacks decide *when* things happen; modules decide *what* a step is."""
 
-from lit_posttrain.callbacks.evaluation import HeldOutEvaluation
+from lit_posttrain.callbacks.evaluation import Evaluation
+from lit_posttrain.callbacks.forgetting import ForgettingProbes
+from lit_posttrain.callbacks.plots import Plots
 from lit_posttrain.callbacks.rollout_refresh import RolloutRefresh
 
-__all__ = ["HeldOutEvaluation", "RolloutRefresh"]
+__all__ = ["Evaluation", "ForgettingProbes", "Plots", "RolloutRefresh"]

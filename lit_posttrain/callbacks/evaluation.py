@@ -3,43 +3,127 @@ against."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric, SumMetric
+
+from lit_posttrain.data.datamodule import Row, tokenize_rows
+from lit_posttrain.data.task import Task
+from lit_posttrain.metrics import flips, pass_at_k
+
+MAIN = "held_out"  # the training task's held-out split
 
 
-class HeldOutEvaluation(L.Callback):
-    """Greedy accuracy of the policy on the task's held-out split, under the task's verifier.
+def metric_name(task_name: str) -> str:
+    return re.sub(r"[^\w.+-]+", "_", task_name).strip("_")
 
-    Runs before the first step, every `every_n_steps` optimizer steps, and after the last step.
-    Results are logged as `eval/*` and kept in `history` (per-example rewards included).
+
+class Evaluation(L.Callback):
+    """Greedy accuracy, unbiased pass@k, completion length and truncation rate on held-out Tasks.
+
+    Runs before the first step, every `every_n_steps` optimizer steps, and after the last step, on
+    the training task's held-out split and on any further `tasks`. Each process evaluates its own
+    share of the examples; the metrics are torchmetrics objects, reduced across processes. Logged
+    as `eval/<metric>` for the training task and `eval/<task>/<metric>` for the others; every
+    result, per-example correctness included, is kept in `history`, and right-to-wrong and
+    wrong-to-right flips since the first evaluation are counted example by example.
 
     Args:
+        tasks: further tasks to evaluate on their held-out examples (the training task's held-out split always is).
         every_n_steps: evaluate every N optimizer steps (null: only before and after training).
-        max_examples: evaluate on the first N held-out examples only (null: all of them).
+        max_examples: evaluate at most this many examples of each task (null: all of them).
+        samples: completions sampled per prompt for pass@k (0: greedy accuracy only).
+        k: the k of each pass@k reported; each must be at most `samples`.
+        temperature: sampling temperature of the pass@k samples.
         batch_size: prompts per generation call.
     """
 
-    def __init__(self, every_n_steps: int | None = None, max_examples: int | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        tasks: list[Task] | None = None,
+        every_n_steps: int | None = None,
+        max_examples: int | None = None,
+        samples: int = 0,
+        k: list[int] | None = None,
+        temperature: float = 1.0,
+        batch_size: int = 64,
+    ) -> None:
         if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"HeldOutEvaluation every_n_steps must be >= 1 or null, got {every_n_steps}")
-        self.every_n_steps, self.max_examples, self.batch_size = every_n_steps, max_examples, batch_size
+            raise ValueError(f"Evaluation every_n_steps must be >= 1 or null, got {every_n_steps}")
+        k = k if k is not None else ([1, samples] if samples > 1 else [1] if samples else [])
+        if samples < 0 or any(not 1 <= kk <= samples for kk in k):
+            raise ValueError(f"Evaluation pass@k needs 1 <= k <= samples for every k, got k={k}, samples={samples}")
+        self.tasks, self.every_n_steps, self.max_examples = tasks or [], every_n_steps, max_examples
+        self.samples, self.k = samples, sorted(set(k))
+        self.temperature, self.batch_size = temperature, batch_size
         self.history: list[dict] = []
+        self._rows: dict[str, tuple[Task, list[Row]]] = {}
+        self._metrics: dict[str, MeanMetric | SumMetric] = {}
+
+    def setup(self, trainer: L.Trainer, module, stage: str) -> None:
+        names = ["accuracy", "completion_length", "truncated", *(f"pass@{k}" for k in self.k)]
+        self._metrics = {name: MeanMetric(sync_on_compute=True) for name in names}
+        self._metrics |= {name: SumMetric(sync_on_compute=True) for name in ("right_to_wrong", "wrong_to_right")}
+
+    def _prepare(self, trainer: L.Trainer, module) -> None:
+        if self._rows:
+            return
+        data = trainer.datamodule
+        rank, world = trainer.global_rank, trainer.world_size
+        self._rows[MAIN] = (data.task, data.eval_rows[: self.max_examples][rank::world])
+        for task in self.tasks:
+            rows, _ = tokenize_rows(
+                task.eval_examples()[: self.max_examples], module.tokenizer, data.max_prompt_tokens,
+                data.max_completion_tokens, data.overflow, data.chat_template,
+            )  # fmt: skip
+            self._rows[metric_name(task.name)] = (task, rows[rank::world])
 
     def _evaluate(self, trainer: L.Trainer, module) -> None:
         step = trainer.global_step
         if self.history and self.history[-1]["step"] == step:
             return
-        rows = trainer.datamodule.eval_rows[: self.max_examples]
-        start = time.perf_counter()
-        result = module.evaluate(rows, batch_size=self.batch_size)
-        result.update(step=step, time_s=time.perf_counter() - start)
-        self.history.append(result)
-        metrics = {f"eval/{k}": result[k] for k in ("accuracy", "completion_length", "truncated", "time_s")}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        rank_zero_info(f"step {step}: held-out accuracy {result['accuracy']:.3f} on {len(rows)} examples")
+        self._prepare(trainer, module)
+        for name, (task, rows) in self._rows.items():
+            start = time.perf_counter()
+            result = self._evaluate_task(module, name, task, rows)
+            result.update(step=step, task=name, time_s=time.perf_counter() - start)
+            self.history.append(result)
+            prefix = "eval/" if name == MAIN else f"eval/{name}/"
+            logged = {f"{prefix}{k}": v for k, v in result.items() if k not in ("step", "task", "per_example")}
+            for logger in trainer.loggers:
+                logger.log_metrics(logged, step=step)
+            rank_zero_info(f"step {step}: {name} accuracy {result['accuracy']:.3f}")
+
+    @torch.no_grad()
+    def _evaluate_task(self, module, name: str, task: Task, rows: list[Row]) -> dict:
+        metrics = {name: metric.to(module.device) for name, metric in self._metrics.items()}
+        correct = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            greedy = module.sample(batch, greedy=True, task=task)
+            correct += (greedy.reward_B >= 1.0).tolist()
+            metrics["accuracy"].update(greedy.reward_B)
+            metrics["completion_length"].update(greedy.completion_lengths_B.float())
+            metrics["truncated"].update(greedy.truncated_B.float())
+            if self.samples:
+                sampled = module.sample(batch, n=self.samples, task=task, temperature=self.temperature)
+                hits_P = torch.zeros(len(batch)).index_add_(0, sampled.group_B.cpu(), (sampled.reward_B.cpu() >= 1.0).float())
+                for k in self.k:
+                    metrics[f"pass@{k}"].update(torch.tensor([pass_at_k(self.samples, int(c), k) for c in hits_P]))
+        first = next((h["per_example"] for h in self.history if h["task"] == name), None)
+        changed = flips(first, correct) if first is not None else {"right_to_wrong": 0, "wrong_to_right": 0}
+        metrics["right_to_wrong"].update(changed["right_to_wrong"])
+        metrics["wrong_to_right"].update(changed["wrong_to_right"])
+        # compute() reduces across processes: every process calls it, in the same order.
+        result = {name: metric.compute().item() for name, metric in metrics.items()}
+        for metric in metrics.values():
+            metric.reset()
+        result["per_example"] = correct
+        return result
 
     def on_train_start(self, trainer: L.Trainer, module) -> None:
         self._evaluate(trainer, module)

@@ -74,7 +74,7 @@ def load_examples(
         raise ValueError("system_prompt is empty; pass None for no system message")
     if prompt_template is not None:
         _check_template(prompt_template)
-    label, rows = _read_rows(source, split, limit)
+    label, rows = read_rows(source, split, limit)
     if format is None:
         columns = list(dict.fromkeys(key for _, row in rows for key in row))
         format = detect_format(columns, label)
@@ -82,7 +82,7 @@ def load_examples(
     return [_apply_prompt_options(ex, system_prompt, prompt_template) for ex in examples]
 
 
-def _read_rows(source: str, split: str, limit: int | None) -> tuple[str, Rows]:
+def read_rows(source: str, split: str, limit: int | None) -> tuple[str, Rows]:
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()

@@ -295,15 +295,19 @@ class PostTrainingModule(L.LightningModule):
         return self.engine
 
     @torch.no_grad()
-    def sample(self, rows: list[Row], n: int = 1, score: bool = True, **generate_kwargs) -> Rollout:
-        """Sample `n` completions per row with the current weights; score them with the task."""
+    def sample(
+        self, rows: list[Row], n: int = 1, score: bool = True, task: Task | None = None, **generate_kwargs
+    ) -> Rollout:
+        """Sample `n` completions per row with the current weights; score them with `task` (by
+        default the training task)."""
         rollout = self._ready_engine().generate([row.prompt_ids for row in rows], n, **generate_kwargs)
         if not score:
             return rollout
+        task = task or self.task
         start = time.perf_counter()
         reward_B = torch.tensor(
             [
-                self.task.reward(rows[g].example.messages, text, rows[g].example.answer)
+                task.reward(rows[g].example.messages, text, rows[g].example.answer)
                 for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
             ]
         )
@@ -311,10 +315,12 @@ class PostTrainingModule(L.LightningModule):
         return rollout.with_rewards(reward_B)
 
     @torch.no_grad()
-    def evaluate(self, rows: list[Row], batch_size: int = 64) -> dict:
+    def evaluate(self, rows: list[Row], batch_size: int = 64, task: Task | None = None) -> dict:
         """Greedy held-out evaluation: accuracy under the task's verifier, mean completion length,
         truncation rate, and the per-example rewards (for comparisons example by example)."""
-        rollouts = [self.sample(rows[i : i + batch_size], greedy=True) for i in range(0, len(rows), batch_size)]
+        rollouts = [
+            self.sample(rows[i : i + batch_size], greedy=True, task=task) for i in range(0, len(rows), batch_size)
+        ]
         reward_B = torch.cat([r.reward_B for r in rollouts])
         return {
             "accuracy": reward_B.mean().item(),

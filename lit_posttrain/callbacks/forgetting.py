@@ -1,0 +1,166 @@
+"""Forgetting, measured while training runs, against the starting model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_posttrain.data.datamodule import Row, pack_demonstrations, tokenize_prompt
+from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
+from lit_posttrain.data.task import Example
+from lit_posttrain.losses.distillation import generalized_jsd
+from lit_posttrain.methods.base import first_masked
+from lit_posttrain.metrics import flips
+from lit_posttrain.rollout import Rollout
+
+
+def question_row(item: MultipleChoiceItem, tokenizer, chat_template: bool = True) -> Row:
+    """The item's question as a user turn, tokenized as a prompt."""
+    example = Example([{"role": "user", "content": item.question}], source=item.source)
+    return Row(example, tokenize_prompt(tokenizer, example, chat_template), None)
+
+
+def choice_rows(items: list[MultipleChoiceItem], tokenizer, chat_template: bool = True) -> list[Row]:
+    """One row per (item, choice): the question as a user turn, the choice as the reply to score."""
+    rows = []
+    for item in items:
+        question = question_row(item, tokenizer, chat_template)
+        for choice in item.choices:
+            rows.append(Row(question.example, question.prompt_ids, tokenizer(choice, add_special_tokens=False)["input_ids"]))
+    return rows
+
+
+@torch.no_grad()
+def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batch_size: int = 64) -> dict:
+    """Pick each item's likeliest choice by summed log-likelihood of its tokens. Returns accuracy,
+    the mean per-token NLL of the right choices, and per-item correctness."""
+    sums, counts = [], []
+    for start in range(0, len(rows), batch_size):
+        tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows[start : start + batch_size], module.tokenizer.pad_token_id, module.device)
+        logp_BT = module.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT)) * mask_BT
+        sums += logp_BT.sum(-1).tolist()
+        counts += mask_BT.sum(-1).tolist()
+    correct, nll = [], []
+    offset = 0
+    for item in items:
+        scores = sums[offset : offset + len(item.choices)]
+        correct.append(max(range(len(scores)), key=scores.__getitem__) == item.answer)
+        nll.append(-scores[item.answer] / max(counts[offset + item.answer], 1))
+        offset += len(item.choices)
+    return {"accuracy": sum(correct) / len(correct), "nll": sum(nll) / len(nll), "per_example": correct}
+
+
+@torch.no_grad()
+def kl_to_reference(module, rollout: Rollout) -> float:
+    """Mean per-token KL(policy || reference) over the full vocabulary, at every completion position
+    of `rollout` (continuations the starting model wrote): exact at each position, no sampling noise."""
+    width, tokens_BT, attention_BT = rollout.prompt_width, rollout.tokens_BT, rollout.attention_BT
+    keep, predicts_BS = tokens_BT.shape[1] - width + 1, rollout.mask_BT[:, width:]
+    policy_NV = module.forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+    with module.reference() as reference:
+        reference_NV = module.forward_logits(reference, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+    return generalized_jsd(policy_NV, reference_NV, beta=1.0).mean().item()  # beta 1: KL(policy || reference)
+
+
+class ForgettingProbes(L.Callback):
+    """KL to the starting model, general-knowledge accuracy and NLL, and per-example flips.
+
+    Before the first step (the baseline), every `every_n_steps` optimizer steps and after the last:
+    - `forget/kl`: KL(policy || reference) per token, over the full vocabulary, along continuations
+      the starting model wrote for `kl_prompts` probe questions (outside the training task);
+    - `forget/<set>/accuracy` and `forget/<set>/nll` on each multiple-choice set, scored by option
+      log-likelihood (no generation);
+    - `forget/<set>/right_to_wrong` and `wrong_to_right`: items that flipped since the first probe;
+    - `time/forget_<probe>_s`: what each probe costs, to choose a cadence by.
+
+    Args:
+        every_n_steps: probe every N optimizer steps (null: only before and after training).
+        probe_sets: multiple-choice sets: "builtin:general_knowledge" (328 items written for this project) or local .jsonl/.json/.parquet files with question, choices and answer (0-based index).
+        kl_prompts: probe questions (from the first set) the KL is measured on.
+        kl_max_new_tokens: length of the starting model's continuations the KL is measured along.
+        max_items: score at most this many items per set (null: all).
+        batch_size: sequences per forward pass.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        probe_sets: list[str] | None = None,
+        kl_prompts: int = 32,
+        kl_max_new_tokens: int = 32,
+        max_items: int | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"ForgettingProbes every_n_steps must be >= 1 or null, got {every_n_steps}")
+        self.every_n_steps, self.kl_prompts, self.kl_max_new_tokens = every_n_steps, kl_prompts, kl_max_new_tokens
+        self.max_items, self.batch_size = max_items, batch_size
+        # Load now: a missing or malformed probe file stops the run at start-up.
+        self.sets = {
+            _set_name(source): load_multiple_choice(source, limit=max_items)
+            for source in (probe_sets if probe_sets is not None else ["builtin:general_knowledge"])
+        }
+        self.history: list[dict] = []
+        self._rows: dict[str, list[Row]] = {}
+        self._kl_rollout: Rollout | None = None
+
+    def _prepare(self, trainer: L.Trainer, module) -> None:
+        if self._rows or not self.sets:
+            return
+        chat = trainer.datamodule.chat_template if trainer.datamodule is not None else True
+        self._rows = {name: choice_rows(items, module.tokenizer, chat) for name, items in self.sets.items()}
+        if self.kl_prompts:
+            # The starting model's own continuations, sampled before any update: policy == reference.
+            items = next(iter(self.sets.values()))[: self.kl_prompts]
+            prompts = [question_row(item, module.tokenizer, chat) for item in items]
+            self._kl_rollout = module.sample(prompts, score=False, max_new_tokens=self.kl_max_new_tokens, seed=0)
+
+    def probe(self, trainer: L.Trainer, module) -> None:
+        step = trainer.global_step
+        if self.history and self.history[-1]["step"] == step:
+            return
+        self._prepare(trainer, module)
+        was_training = module.policy.training
+        module.policy.eval()
+        result: dict = {"step": step}
+        try:
+            if self._kl_rollout is not None:
+                start = time.perf_counter()
+                result["forget/kl"] = kl_to_reference(module, self._kl_rollout)
+                result["time/forget_kl_s"] = time.perf_counter() - start
+            for name, items in self.sets.items():
+                start = time.perf_counter()
+                scored = score_choices(module, items, self._rows[name], self.batch_size)
+                first = self.history[0][f"forget/{name}/per_example"] if self.history else scored["per_example"]
+                result |= {
+                    f"forget/{name}/accuracy": scored["accuracy"],
+                    f"forget/{name}/nll": scored["nll"],
+                    **{f"forget/{name}/{k}": v for k, v in flips(first, scored["per_example"]).items()},
+                    f"time/forget_{name}_s": time.perf_counter() - start,
+                    f"forget/{name}/per_example": scored["per_example"],
+                }
+        finally:
+            module.policy.train(was_training)
+        self.history.append(result)
+        logged = {k: v for k, v in result.items() if k != "step" and not k.endswith("per_example")}
+        for logger in trainer.loggers:
+            logger.log_metrics(logged, step=step)
+        rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in logged.items() if not k.startswith("time/")))
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        self.probe(trainer, module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.probe(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module) -> None:
+        self.probe(trainer, module)
+
+
+def _set_name(source: str) -> str:
+    return source.removeprefix("builtin:") if source.startswith("builtin:") else Path(source).stem

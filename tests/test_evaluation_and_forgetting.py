@@ -1,0 +1,164 @@
+"""Evaluation, forgetting probes and plots: hand values, crafted cases, and the tiny model."""
+
+import csv
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lit_posttrain.callbacks.forgetting import choice_rows, score_choices
+from lit_posttrain.cli import LitPostTrainCLI
+from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
+from lit_posttrain.data.task import DataError
+from lit_posttrain.methods.sft import SFT
+from lit_posttrain.metrics import flips, pass_at_k
+from lit_posttrain.plots import main as plot_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_GRPO = str(ROOT / "configs" / "tiny_grpo.yaml")
+FRAGMENTS = sorted((ROOT / "callbacks").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        (5, 0, 1, 0.0),
+        (5, 2, 1, 0.4),
+        (5, 2, 2, 1 - 3 / 10),  # 1 - C(3, 2) / C(5, 2)
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7, 5) / C(10, 5)
+        (4, 1, 4, 1.0),  # n = k: any correct sample passes
+        (4, 0, 4, 0.0),
+        (8, 8, 3, 1.0),
+    ],
+)
+def test_pass_at_k_hand_computed(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_rejects_impossible_arguments():
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+
+
+def test_flips_on_a_crafted_sequence():
+    first = [True, True, False, False, True]
+    now = [False, True, True, False, False]
+    assert flips(first, now) == {"right_to_wrong": 2, "wrong_to_right": 1}
+    assert flips(first, first) == {"right_to_wrong": 0, "wrong_to_right": 0}
+    with pytest.raises(ValueError, match="same examples"):
+        flips(first, now[:3])
+
+
+def test_builtin_probe_set_loads_and_bad_rows_are_named(tmp_path):
+    items = load_multiple_choice("builtin:general_knowledge")
+    assert len(items) >= 200 and all(len(i.choices) == 4 for i in items)
+    bad = tmp_path / "mc.jsonl"
+    bad.write_text('{"question": "Q?", "choices": ["a", "b"], "answer": 0}\n{"question": "Q2?", "choices": ["a", "b"], "answer": 2}\n')
+    with pytest.raises(DataError, match=r"mc\.jsonl: row 2: field 'answer'"):
+        load_multiple_choice(str(bad))
+    with pytest.raises(DataError, match="unknown built-in probe set"):
+        load_multiple_choice("builtin:trivia")
+
+
+def test_multiple_choice_scorer_picks_the_option_made_much_likelier():
+    module = SFT(model="tiny-random-llama", dtype="float32")
+    module.configure_model()
+    vocab, hidden = module.policy.config.vocab_size, module.policy.config.hidden_size
+    # An output head that ignores the context and strongly prefers 'z': p('z') ~ 1 everywhere.
+    head = torch.nn.Linear(hidden, vocab, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    head.bias.data[module.tokenizer.convert_tokens_to_ids("z")] = 10.0
+    module.policy.lm_head = head
+    items = [
+        MultipleChoiceItem("Which?", ("abc", "zzz", "xyz"), answer=1),
+        MultipleChoiceItem("Which one?", ("zz", "ab", "cd"), answer=0),
+        MultipleChoiceItem("And?", ("zzzz", "b", "c"), answer=2),  # the scorer must say this one is wrong
+    ]
+    result = score_choices(module, items, choice_rows(items, module.tokenizer))
+    assert result["per_example"] == [True, True, False]
+    assert result["accuracy"] == pytest.approx(2 / 3)
+    # NLL of the right choices: ~0 for the two 'z' answers, ~10 nats for 'c' in the third.
+    assert result["nll"] == pytest.approx((0 + 0 + 10) / 3, abs=0.05)
+
+
+def _logged(cli):
+    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_probes_kl_is_zero_at_step_zero_and_positive_after_training(in_tmp):
+    cli = LitPostTrainCLI(
+        args=[
+            "fit", "--config", TINY_GRPO, "--trainer.max_steps", "2", "--model.init_args.lora", "{}",
+            "--trainer.callbacks+", str(ROOT / "callbacks" / "forgetting.yaml"),
+            "--trainer.callbacks.every_n_steps", "1", "--trainer.callbacks.max_items", "40",
+            "--trainer.callbacks.kl_prompts", "8",
+            "--trainer.callbacks+", str(ROOT / "callbacks" / "plots.yaml"),
+        ]
+    )  # fmt: skip
+    (probes,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ForgettingProbes"]
+    assert [h["step"] for h in probes.history] == [0, 1, 2]
+    kl = [h["forget/kl"] for h in probes.history]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 1e-4
+    first = probes.history[0]
+    assert first["forget/general_knowledge/right_to_wrong"] == 0 and len(first["forget/general_knowledge/per_example"]) == 40
+    last = probes.history[-1]
+    before, after = first["forget/general_knowledge/per_example"], last["forget/general_knowledge/per_example"]
+    changed = sum(a != b for a, b in zip(before, after, strict=True))
+    assert last["forget/general_knowledge/right_to_wrong"] + last["forget/general_knowledge/wrong_to_right"] == changed
+    assert any(r.get("time/forget_kl_s") for r in _logged(cli))
+    pngs = sorted(p.name for p in Path(cli.trainer.log_dir).glob("*.png"))
+    assert pngs == ["forgetting.png", "training.png"]  # no Evaluation callback in this run: no evaluation chart
+    for png in Path(cli.trainer.log_dir).glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_evaluation_pass_at_k_and_flips_through_the_callback(in_tmp):
+    cli = LitPostTrainCLI(
+        args=[
+            "fit", "--config", TINY_GRPO, "--trainer.max_steps", "2",
+            "--trainer.callbacks+", str(ROOT / "callbacks" / "evaluation.yaml"),
+            "--trainer.callbacks.every_n_steps", "1", "--trainer.callbacks.max_examples", "8",
+        ]
+    )  # fmt: skip
+    (evaluation,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "Evaluation"]
+    assert [h["step"] for h in evaluation.history] == [0, 1, 2]
+    for h in evaluation.history:
+        assert 0 <= h["pass@1"] <= h["pass@4"] <= 1
+        assert len(h["per_example"]) == 8
+    rows = [r for r in _logged(cli) if r.get("eval/pass@4")]
+    assert len(rows) == 3 and all(r.get("eval/right_to_wrong") for r in rows)
+
+
+def test_plot_command_compares_runs(in_tmp, capsys):
+    runs = []
+    for seed in (1, 2):
+        cli = LitPostTrainCLI(args=["fit", "--config", TINY_GRPO, "--trainer.max_steps", "3", "--seed_everything", str(seed)])
+        runs.append(cli.trainer.log_dir)
+    plot_main([*runs, "--out", str(in_tmp / "compare"), "--labels", "seed 1", "seed 2"])
+    assert (in_tmp / "compare" / "training.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        plot_main(runs)  # several runs need --out
+
+
+@pytest.mark.parametrize(("config", "fragment"), list(itertools.product(CONFIGS, FRAGMENTS)), ids=lambda p: p.stem)
+def test_every_fragment_appends_to_every_config(config, fragment, capsys):
+    with pytest.raises(SystemExit):
+        LitPostTrainCLI(args=["fit", "--config", str(config), "--trainer.callbacks+", str(fragment), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    paths = [cb["class_path"] for cb in printed["trainer"]["callbacks"] or []]
+    own = [cb["class_path"] for cb in (yaml.safe_load(config.read_text()).get("trainer", {}).get("callbacks") or [])]
+    assert paths[: len(own)] == own, "the config's own callbacks are kept"
+    assert paths[-1] == yaml.safe_load(fragment.read_text())["class_path"], "the fragment's callback is appended"
