@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from lit_posttrain.callbacks import Evaluation
+from lit_posttrain.callbacks import Evaluation, Plots
 from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.methods.base import PostTrainingModule
 
@@ -70,6 +70,11 @@ class LitPostTrainCLI(LightningCLI):
                     f"{last['right_to_wrong']:.0f} right-to-wrong, {last['wrong_to_right']:.0f} wrong-to-right)"
                 )
         lines.append(f"  logs: {Path(trainer.log_dir).resolve() if trainer.log_dir else '-'}")
+        # Charts come with every run; a Plots callback in the config has drawn them already.
+        if not any(isinstance(cb, Plots) for cb in trainer.callbacks):
+            charts = Plots()
+            charts.on_fit_end(trainer, self.model)
+            lines += [f"  chart: {path}" for path in charts.written]
         lines.append(f"Trained model saved to {folder.resolve()}")
         print("\n".join(lines), flush=True)
 
