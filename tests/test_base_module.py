@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from lit_posttrain.methods.base import lr_multiplier
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.models import LoRA
+from lit_posttrain.optim import lr_multiplier
 
 
 def _module(**kwargs) -> SFT:

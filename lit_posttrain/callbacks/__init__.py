@@ -2,7 +2,8 @@
 
 from lit_posttrain.callbacks.evaluation import Evaluation
 from lit_posttrain.callbacks.forgetting import ForgettingProbes
+from lit_posttrain.callbacks.non_finite import NonFiniteGuard
 from lit_posttrain.callbacks.plots import Plots
 from lit_posttrain.callbacks.rollout_refresh import RolloutRefresh
 
-__all__ = ["Evaluation", "ForgettingProbes", "Plots", "RolloutRefresh"]
+__all__ = ["Evaluation", "ForgettingProbes", "NonFiniteGuard", "Plots", "RolloutRefresh"]

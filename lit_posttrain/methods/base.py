@@ -7,13 +7,11 @@ It holds no method-specific branches: a method subclasses it and writes `trainin
 from __future__ import annotations
 
 import copy
-import math
+import functools
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
@@ -33,41 +31,10 @@ from lit_posttrain.models import (
     resolve_dtype,
     resolve_model_source,
 )
+from lit_posttrain.optim import Optim, lr_multiplier
+from lit_posttrain.rewards.guard import GuardedScorer
 from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 from lit_posttrain.rollout.engine import last_position
-
-
-@dataclass
-class Optim:
-    """AdamW with linear warm-up and an optional decay.
-
-    Args:
-        lr: peak learning rate.
-        weight_decay: AdamW's decoupled weight decay.
-        betas: AdamW's moment coefficients.
-        eps: AdamW's epsilon.
-        warmup_steps: optimizer steps of linear warm-up from 0 to lr.
-        decay: shape of the learning rate after warm-up: "constant", "linear" or "cosine" (to min_lr_ratio * lr at the last step).
-        min_lr_ratio: final learning rate as a fraction of lr, for "linear" and "cosine".
-    """
-
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    decay: Literal["constant", "linear", "cosine"] = "constant"
-    min_lr_ratio: float = 0.0
-
-
-def lr_multiplier(step: int, warmup_steps: int, total_steps: int, decay: str, min_lr_ratio: float) -> float:
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if decay == "constant" or total_steps <= warmup_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
 def first_masked(mask_BT: Tensor) -> int:
@@ -97,6 +64,7 @@ class PostTrainingModule(L.LightningModule):
         teacher: model source of a frozen teacher (distillation methods); it must share the policy's tokenizer.
         optim: optimizer and learning-rate schedule.
         engine: how completions are sampled (rollouts, evaluation); default HFEngine().
+        verifier_timeout_s: a reward call that takes longer scores 0 and is counted, like one that raises.
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~20% slower).
         trust_remote_code: allow model folders to run their own Python code; off unless you trust the source.
     """
@@ -109,6 +77,7 @@ class PostTrainingModule(L.LightningModule):
         teacher: str | None = None,
         optim: Optim | None = None,
         engine: RolloutEngine | None = None,
+        verifier_timeout_s: float = 10.0,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
@@ -117,6 +86,7 @@ class PostTrainingModule(L.LightningModule):
         self.lora = lora
         self.optim = optim or Optim()
         self.engine = engine or HFEngine()
+        self.scorer = GuardedScorer(verifier_timeout_s)
         self._engine_ready = False
         self.gradient_checkpointing = gradient_checkpointing
         self.trust_remote_code = trust_remote_code
@@ -306,10 +276,12 @@ class PostTrainingModule(L.LightningModule):
         task = task or self.task
         start = time.perf_counter()
         reward_B = torch.tensor(
-            [
-                task.reward(rows[g].example.messages, text, rows[g].example.answer)
-                for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
-            ]
+            self.scorer(
+                [
+                    functools.partial(task.reward, rows[g].example.messages, text, rows[g].example.answer)
+                    for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
+                ]
+            )
         )
         rollout.timing["score_s"] = time.perf_counter() - start
         return rollout.with_rewards(reward_B)
@@ -350,6 +322,18 @@ class PostTrainingModule(L.LightningModule):
         return max(window_tokens, 1) / share
 
     # --- optimisation -------------------------------------------------------------------------
+
+    def configure_callbacks(self):
+        """Callbacks every run of this module needs, added only where the configuration has none of
+        the same type (Lightning would otherwise replace the configured one)."""
+        present = {type(cb) for cb in self.trainer.callbacks}
+        return [cb for cb in self.default_callbacks() if type(cb) not in present]
+
+    def default_callbacks(self) -> list:
+        # Imported here: the callbacks package imports this module (for its helpers).
+        from lit_posttrain.callbacks.non_finite import NonFiniteGuard
+
+        return [NonFiniteGuard()]
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

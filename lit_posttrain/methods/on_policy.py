@@ -29,12 +29,10 @@ class OnPolicyModule(PostTrainingModule):
         self.group_size = group_size
         self.rollout: Rollout | None = None  # set by RolloutRefresh before every step
 
-    def configure_callbacks(self):
-        # Rollouts reach the module through RolloutRefresh; add the strictly on-policy default only
-        # when the run's configuration has not chosen a cadence.
-        if any(isinstance(cb, RolloutRefresh) for cb in self.trainer.callbacks):
-            return []
-        return [RolloutRefresh()]
+    def default_callbacks(self) -> list:
+        # Rollouts reach the module through RolloutRefresh: strictly on-policy unless the run's
+        # configuration chose another cadence.
+        return [*super().default_callbacks(), RolloutRefresh()]
 
     def sample_rollouts(self, rows: list[Row]) -> Rollout:
         """The rollouts RolloutRefresh asks for: `group_size` scored samples per prompt. Methods
@@ -74,6 +72,8 @@ class OnPolicyModule(PostTrainingModule):
         }
         if rollout.reward_B is not None:
             values.update(reward_statistics(rollout))
+            values["train/verifier_errors"] = torch.tensor(float(self.scorer.failures.errors))
+            values["train/verifier_timeouts"] = torch.tensor(float(self.scorer.failures.timeouts))
             self.log("reward", values["train/reward"], prog_bar=True, batch_size=len(rollout), logger=False)
         self.log_dict(values, batch_size=len(rollout))
 

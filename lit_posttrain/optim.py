@@ -1,0 +1,40 @@
+"""The optimizer settings every method shares: AdamW with linear warm-up and an optional decay."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class Optim:
+    """AdamW with linear warm-up and an optional decay.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+        betas: AdamW's moment coefficients.
+        eps: AdamW's epsilon.
+        warmup_steps: optimizer steps of linear warm-up from 0 to lr.
+        decay: shape of the learning rate after warm-up: "constant", "linear" or "cosine" (to min_lr_ratio * lr at the last step).
+        min_lr_ratio: final learning rate as a fraction of lr, for "linear" and "cosine".
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    decay: Literal["constant", "linear", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, decay: str, min_lr_ratio: float) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
