@@ -51,10 +51,11 @@ class LitPostTrainCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective under data parallelism: every rank must ask
         if not trainer.is_global_zero or trainer.interrupted:
             return
         export_to = self.config[self.subcommand].get("export_to")
-        folder = self.model.export_hf(export_to or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
+        folder = self.model.export_hf(export_to or Path(log_dir or trainer.default_root_dir) / "hf_model")
         lines = [f"Run summary: {trainer.global_step} optimizer steps in {time.perf_counter() - self._fit_start:.0f} s"]
         for callback in trainer.callbacks:
             if not isinstance(callback, Evaluation):
@@ -69,7 +70,7 @@ class LitPostTrainCLI(LightningCLI):
                     f"step {last['step']} (best {best['accuracy']:.3f} at step {best['step']}; "
                     f"{last['right_to_wrong']:.0f} right-to-wrong, {last['wrong_to_right']:.0f} wrong-to-right)"
                 )
-        lines.append(f"  logs: {Path(trainer.log_dir).resolve() if trainer.log_dir else '-'}")
+        lines.append(f"  logs: {Path(log_dir).resolve() if log_dir else '-'}")
         # Charts come with every run; a Plots callback in the config has drawn them already.
         if not any(isinstance(cb, Plots) for cb in trainer.callbacks):
             charts = Plots()

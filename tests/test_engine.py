@@ -146,3 +146,11 @@ def test_top_k_and_top_p_sample_only_from_the_kept_tokens(top_k, top_p):
     assert set(sampled.tolist()) <= set(kept.tolist())
     renormalised = torch.log(probs_V[sampled] / probs_V[kept].sum())
     assert torch.allclose(rollout.logp_BT[:, rollout.prompt_width], renormalised, atol=1e-5)
+
+
+def test_per_prompt_seeds_make_samples_independent_of_the_batch(engine_and_module):
+    engine, module = engine_and_module
+    together = engine.generate(PROMPTS, n=3, seed=[11, 12, 13])
+    alone = engine.generate(PROMPTS[1:2], n=3, seed=[12])
+    assert together.completions[3:6] == alone.completions
+    assert torch.allclose(together.logp_BT[3:6][together.mask_BT[3:6]], alone.logp_BT[alone.mask_BT], atol=1e-5)

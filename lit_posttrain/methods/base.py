@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import shutil
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -270,6 +272,8 @@ class PostTrainingModule(L.LightningModule):
     ) -> Rollout:
         """Sample `n` completions per row with the current weights; score them with `task` (by
         default the training task)."""
+        if not generate_kwargs.get("greedy"):
+            generate_kwargs.setdefault("seed", [self.prompt_seed(row, n) for row in rows])
         rollout = self._ready_engine().generate([row.prompt_ids for row in rows], n, **generate_kwargs)
         if not score:
             return rollout
@@ -285,6 +289,14 @@ class PostTrainingModule(L.LightningModule):
         )
         rollout.timing["score_s"] = time.perf_counter() - start
         return rollout.with_rewards(reward_B)
+
+    def prompt_seed(self, row: Row, n: int) -> int:
+        """The sampling seed of a prompt at this step: a function of the run's seed, the step and
+        the prompt alone, so that its samples are the same whichever batch or rank it lands in and
+        after a resume."""
+        step = self._trainer.global_step if self._trainer is not None else 0
+        run_seed = os.environ.get("PL_GLOBAL_SEED", "0")
+        return zlib.crc32(repr((run_seed, step, n, row.prompt_ids)).encode())
 
     @torch.no_grad()
     def evaluate(self, rows: list[Row], batch_size: int = 64, task: Task | None = None) -> dict:

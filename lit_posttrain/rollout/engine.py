@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -18,6 +19,9 @@ class RolloutEngine(Protocol):
     `setup` is called once the policy exists, `sync_weights` after every optimizer step (an
     engine that samples from a copy of the weights refreshes it there), `generate` samples `n`
     completions for each prompt (rows of one prompt are contiguous; `group_B` numbers them).
+    `seed`: an int seeds the call; one int per prompt makes each prompt's samples independent of
+    the rest of the batch, which keeps data-parallel runs and resumed runs identical to one
+    uninterrupted process.
     """
 
     max_new_tokens: int
@@ -35,7 +39,7 @@ class RolloutEngine(Protocol):
         temperature: float | None = None,
         greedy: bool = False,
         max_new_tokens: int | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> Rollout: ...
 
 

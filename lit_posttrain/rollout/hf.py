@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.rollout.engine import assemble_rollout, last_position, left_pad
 from lit_posttrain.rollout.types import Rollout
+
+
+def _sample(probs_AV: Tensor, generator, prompt_A: Tensor) -> Tensor:
+    """One token per row; with one generator per prompt, each prompt's rows draw from their own."""
+    if not isinstance(generator, list):
+        return torch.multinomial(probs_AV, 1, generator=generator).squeeze(-1)
+    token_A = torch.empty(len(probs_AV), dtype=torch.long, device=probs_AV.device)
+    for p in prompt_A.unique().tolist():
+        rows = (prompt_A == p).nonzero().squeeze(-1)
+        token_A[rows] = torch.multinomial(probs_AV[rows], 1, generator=generator[p]).squeeze(-1)
+    return token_A
 
 
 def _lora_layers(policy: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -109,7 +122,7 @@ class HFEngine:
         temperature: float | None = None,
         greedy: bool = False,
         max_new_tokens: int | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> Rollout:
         if self.model is None:
             raise RuntimeError("HFEngine.generate called before setup(policy, tokenizer)")
@@ -117,7 +130,12 @@ class HFEngine:
         max_new_tokens = max_new_tokens or self.max_new_tokens
         device = next(self.model.parameters()).device
         prompt_PT, prompt_attention_PT = (t.to(device) for t in left_pad(prompt_ids, self.pad_id))
-        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        # An int seeds one generator for the call; a sequence seeds one per prompt, so that a
+        # prompt's samples do not depend on which other prompts share the batch (or the rank).
+        if seed is None or isinstance(seed, int):
+            generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+        else:
+            generator = [torch.Generator(device).manual_seed(s) for s in seed]
         start = time.perf_counter()
         with self._eval_mode():
             completion_BT, logp_BT = self._decode(
@@ -152,10 +170,7 @@ class HFEngine:
         for t in range(max_new_tokens):
             scores_AV = self._warp(logits_AV.float(), temperature, greedy)
             logp_AV = torch.log_softmax(scores_AV, -1)
-            if greedy:
-                token_A = scores_AV.argmax(-1)
-            else:
-                token_A = torch.multinomial(logp_AV.exp(), 1, generator=generator).squeeze(-1)
+            token_A = scores_AV.argmax(-1) if greedy else _sample(logp_AV.exp(), generator, alive_A // n)
             tokens_BT[alive_A, t] = token_A
             logp_BT[alive_A, t] = logp_AV.gather(-1, token_A[:, None]).squeeze(-1)
             going_A = ~torch.isin(token_A, eos_ids)

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -114,7 +115,7 @@ class VLLMEngine:
         temperature: float | None = None,
         greedy: bool = False,
         max_new_tokens: int | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> Rollout:
         from vllm import SamplingParams, TokensPrompt
 
@@ -126,8 +127,13 @@ class VLLMEngine:
             top_k=0 if greedy or self.top_k == 0 else self.top_k,
             max_tokens=max_new_tokens or self.max_new_tokens,
             logprobs=0,  # the sampled token's log-prob only
-            seed=seed,
+            seed=seed if isinstance(seed, int) else None,
         )
+        if not (seed is None or isinstance(seed, int)):
+            # Per-prompt seeds: vLLM seeds per request, so each prompt gets its own parameters.
+            params = [params.clone() for _ in prompt_ids]
+            for request, request_seed in zip(params, seed, strict=True):
+                request.seed = request_seed
         start = time.perf_counter()
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, lora_request=self._lora_request, use_tqdm=False
