@@ -5,5 +5,6 @@ from lit_posttrain.callbacks.forgetting import ForgettingProbes
 from lit_posttrain.callbacks.non_finite import NonFiniteGuard
 from lit_posttrain.callbacks.plots import Plots
 from lit_posttrain.callbacks.rollout_refresh import RolloutRefresh
+from lit_posttrain.callbacks.sigterm import CheckpointOnSigterm
 
-__all__ = ["Evaluation", "ForgettingProbes", "NonFiniteGuard", "Plots", "RolloutRefresh"]
+__all__ = ["CheckpointOnSigterm", "Evaluation", "ForgettingProbes", "NonFiniteGuard", "Plots", "RolloutRefresh"]

@@ -45,6 +45,20 @@ class RolloutRefresh(L.Callback):
             part = dataclasses.replace(part, timing=dict(rollout.timing) if g == 0 else {})
             self._cache[tuple(row.prompt_ids)] = (part, step)
 
+    def state_dict(self) -> dict:
+        # Reused rollouts are training data: a resumed run must reuse the same ones. Plain
+        # containers of tensors, so that checkpoints load with torch.load(weights_only=True).
+        return {
+            "every_n_steps": self.every_n_steps,
+            "cache": [
+                (list(key), {f.name: getattr(rollout, f.name) for f in dataclasses.fields(rollout)}, sampled_at)
+                for key, (rollout, sampled_at) in self._cache.items()
+            ],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._cache = {tuple(key): (Rollout(**fields), sampled_at) for key, fields, sampled_at in state["cache"]}
+
     def on_train_batch_start(self, trainer: L.Trainer, module, batch: Batch, batch_idx: int) -> None:
         step = trainer.global_step
         if self.every_n_steps == 1:

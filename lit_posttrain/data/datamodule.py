@@ -135,27 +135,54 @@ class MicroBatches(IterableDataset):
         self.rows, self.batch_size, self.accumulate = rows, batch_size, accumulate
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.epoch_fn = shuffle, seed, epoch_fn
+        self.resume_at: tuple[int, int] | None = None  # (epoch, micro-batches trained on), set on resume
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.world_size
         return -(-len(self.rows) // global_batch)
 
-    def _global_batches(self) -> list[list[Row]]:
+    def _global_batches(self, epoch: int) -> list[list[Row]]:
         order = list(range(len(self.rows)))
         if self.shuffle:
-            random.Random(f"{self.seed}:{self.epoch_fn()}").shuffle(order)
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
         global_batch = self.batch_size * self.world_size
         return [[self.rows[i] for i in order[s : s + global_batch]] for s in range(0, len(order), global_batch)]
 
     def __iter__(self) -> Iterator[Batch]:
-        batches = self._global_batches()
+        # A generator: this runs at the first next(), after Lightning restored a checkpoint, so a
+        # resumed epoch skips the micro-batches it had already trained on. A checkpoint taken at an
+        # epoch's last batch resumes in the next epoch, which skips nothing.
+        epoch = self.epoch_fn()
+        skip = self.resume_at[1] if self.resume_at is not None and self.resume_at[0] == epoch else 0
+        self.resume_at = None
+        batches = self._global_batches(epoch)
+        index = 0
         for start in range(0, len(batches), self.accumulate):
             window = batches[start : start + self.accumulate]
             window_tokens = sum(_completion_tokens(row) for batch in window for row in batch)
             for global_rows in window:
+                index += 1
+                if index <= skip:
+                    continue
                 # Round-robin so that a short last batch still gives every rank what it can.
                 mine = global_rows[self.rank :: self.world_size]
                 yield Batch(mine, window_tokens)
+
+
+class ResumableLoader(DataLoader):
+    """A loader whose position is saved in Lightning's checkpoints: the epoch and the number of its
+    micro-batches already trained on. On resume the epoch's order is rebuilt from the seed and the
+    epoch and that many micro-batches are skipped, so no example is repeated or lost."""
+
+    def __init__(self, dataset: MicroBatches, progress: Callable[[], int]) -> None:
+        super().__init__(dataset, batch_size=None)
+        self.progress = progress
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(self.dataset.epoch_fn()), "trained": int(self.progress())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.resume_at = (int(state["epoch"]), int(state["trained"]))
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -245,7 +272,10 @@ class TaskDataModule(L.LightningDataModule):
             epoch_fn=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
         )
         # batch_size=None: the dataset yields whole micro-batches.
-        return DataLoader(dataset, batch_size=None)
+        # `processed`, not `completed`: ModelCheckpoint saves in on_train_batch_end, after the batch
+        # was trained on but before Lightning counts it completed.
+        progress = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer else (lambda: 0)
+        return ResumableLoader(dataset, progress)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # Batches are token lists; methods build their tensors directly on their own device.

@@ -344,8 +344,9 @@ class PostTrainingModule(L.LightningModule):
     def default_callbacks(self) -> list:
         # Imported here: the callbacks package imports this module (for its helpers).
         from lit_posttrain.callbacks.non_finite import NonFiniteGuard
+        from lit_posttrain.callbacks.sigterm import CheckpointOnSigterm
 
-        return [NonFiniteGuard()]
+        return [NonFiniteGuard(), CheckpointOnSigterm()]
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -1,0 +1,88 @@
+"""Kill a run at any step, resume from its last checkpoint, and the rest of the run is the run that
+was never interrupted: the same losses and rewards step by step, the same final weights."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "lit-posttrain")
+
+
+def _run(tmp_path: Path, name: str, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    args = [
+        CLI, "fit", "--config", str(ROOT / "configs" / "tiny_grpo.yaml"), "--trainer.max_steps", str(steps),
+        "--trainer.logger.init_args.name", name, "--export_to", str(tmp_path / name / "model"),
+        "--trainer.callbacks+", "lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath", str(tmp_path / name / "checkpoints"),
+        "--trainer.callbacks.every_n_train_steps", "1", "--trainer.callbacks.save_last", "true",
+        "--trainer.callbacks.save_top_k", "2", "--trainer.callbacks.monitor", "step", "--trainer.callbacks.mode", "max",
+        "--trainer.enable_checkpointing", "true", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _per_step(run_dir: Path, key: str) -> dict[int, float]:
+    values = {}
+    for metrics in sorted(run_dir.glob("version_*/metrics.csv")):
+        with open(metrics) as f:
+            values |= {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+    return values
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "extra"),
+    [
+        (3, []),  # mid-epoch: 64 prompts, 8 a step
+        # epoch boundary (16 prompts: 2 steps an epoch), and reused rollouts that must survive the kill
+        (2, ["--data.task.init_args.num_train", "16", "--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh",
+             "--trainer.callbacks.every_n_steps", "3"]),
+    ],
+    ids=["mid_epoch", "epoch_boundary_reused_rollouts"],
+)  # fmt: skip
+def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, kill_at, extra):
+    steps = 6
+    whole = _run(tmp_path, "whole", steps, *extra)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    killed = _run(tmp_path, "killed", steps, *extra, "--trainer.callbacks+", "crash.KillAtStep",
+                  "--trainer.callbacks.step", str(kill_at))  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert last.exists() and not (tmp_path / "killed" / "model").exists()
+    checkpoint = torch.load(last, weights_only=True, map_location="cpu")
+    assert checkpoint["global_step"] == kill_at
+
+    resumed = _run(tmp_path, "killed", steps, *extra, "--ckpt_path", str(last))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for key in ("train/loss", "train/reward"):
+        expected, got = _per_step(tmp_path / "runs" / "whole", key), _per_step(tmp_path / "runs" / "killed", key)
+        assert sorted(got) == sorted(expected) == list(range(steps)), key
+        for step in range(steps):
+            assert got[step] == pytest.approx(expected[step], abs=1e-6), (key, step)
+    a, b = load_file(tmp_path / "whole" / "model" / "model.safetensors"), load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    kept = sorted(p.name for p in (tmp_path / "whole" / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in kept and len(kept) == 3, kept  # save_top_k: 2, plus last
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    stopped = _run(tmp_path, "stopped", 6, "--trainer.callbacks+", "crash.KillAtStep", "--trainer.callbacks.step", "2",
+                   "--trainer.callbacks.sig", str(int(signal.SIGTERM)))  # fmt: skip
+    saved = list((tmp_path / "runs" / "stopped").rglob("sigterm.ckpt"))
+    assert len(saved) == 1, stopped.stderr[-3000:]
+    # Lightning finishes the step in progress when the signal arrives, then stops.
+    assert torch.load(saved[0], weights_only=True, map_location="cpu")["global_step"] == 3
+    resumed = _run(tmp_path, "stopped", 6, "--ckpt_path", str(saved[0]))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(_per_step(tmp_path / "runs" / "stopped", "train/loss")) == list(range(6))
