@@ -315,7 +315,7 @@ class PostTrainingModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if outputs is not None:
-            self.log("train/loss", outputs["loss"].detach(), batch_size=len(batch))
+            self.log("train/loss", outputs["loss"].detach(), batch_size=len(batch), sync_dist=True)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

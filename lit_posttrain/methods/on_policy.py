@@ -50,7 +50,7 @@ class OnPolicyModule(PostTrainingModule):
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
         # Backward and the optimizer step run between the loss and this hook.
-        self.log("time/backward_step_s", time.perf_counter() - self._backward_start, batch_size=len(batch))
+        self.log("time/backward_step_s", time.perf_counter() - self._backward_start, batch_size=len(batch), sync_dist=True)
 
     def log_rollout_step(self, rollout: Rollout, metrics: dict[str, Tensor], trained_B: Tensor | None = None) -> None:
         """Log the rollouts' statistics, token counts and the step's time split with `metrics`."""
@@ -75,18 +75,19 @@ class OnPolicyModule(PostTrainingModule):
             values["train/verifier_errors"] = torch.tensor(float(self.scorer.failures.errors))
             values["train/verifier_timeouts"] = torch.tensor(float(self.scorer.failures.timeouts))
             self.log("reward", values["train/reward"], prog_bar=True, batch_size=len(rollout), logger=False)
-        self.log_dict(values, batch_size=len(rollout))
+        # sync_dist: every logged number is the mean over all processes, not rank 0's share.
+        self.log_dict(values, batch_size=len(rollout), sync_dist=True)
 
     # --- held-out accuracy --------------------------------------------------------------------
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         result = self.evaluate(batch.rows)
-        self.log("val/accuracy", result["accuracy"], prog_bar=True, batch_size=len(batch))
-        self.log("val/completion_length", result["completion_length"], batch_size=len(batch))
+        self.log("val/accuracy", result["accuracy"], prog_bar=True, batch_size=len(batch), sync_dist=True)
+        self.log("val/completion_length", result["completion_length"], batch_size=len(batch), sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         result = self.evaluate(batch.rows)
-        self.log("test/accuracy", result["accuracy"], batch_size=len(batch))
+        self.log("test/accuracy", result["accuracy"], batch_size=len(batch), sync_dist=True)
 
 
 def reward_statistics(rollout: Rollout) -> dict[str, Tensor]:

@@ -57,5 +57,5 @@ class OTR(SFT):
         with torch.no_grad():
             nll = -logp_NV.gather(-1, target_N[:, None]).mean()
             hit_rate = (samples_NK == target_N[:, None]).float().mean()
-        self.log_dict({"train/otr_loss": loss_N.mean().detach(), "train/nll": nll, "train/sample_hit_rate": hit_rate}, batch_size=len(batch))
+        self.log_dict({"train/otr_loss": loss_N.mean().detach(), "train/nll": nll, "train/sample_hit_rate": hit_rate}, batch_size=len(batch), sync_dist=True)
         return loss
