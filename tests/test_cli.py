@@ -179,3 +179,12 @@ def test_teacher_with_another_tokenizer_stops_at_start_up(in_tmp, tiny_model_dir
     tokenizer.save_pretrained(other)
     with pytest.raises(ValueError, match="does not share the policy's tokenizer"):
         run_cli("fit", "--config", TINY, "--model.init_args.teacher", str(other))
+
+
+@pytest.mark.parametrize("strategy", sorted(p.name for p in (ROOT / "configs" / "strategies").glob("*.yaml")))
+def test_strategy_files_stack_on_a_method_config(strategy, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+                "--config", str(ROOT / "configs" / "strategies" / strategy), "--print_config")  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "strategy: ddp" in printed and "class_path: lit_posttrain.methods.grpo.GRPO" in printed
