@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, SumMetric
 
+from lit_posttrain.callbacks.cadence import EveryNSteps
 from lit_posttrain.data.datamodule import Row, tokenize_rows
 from lit_posttrain.data.task import Task
 from lit_posttrain.metrics import flips, pass_at_k
@@ -22,7 +23,7 @@ def metric_name(task_name: str) -> str:
     return re.sub(r"[^\w.+-]+", "_", task_name).strip("_")
 
 
-class Evaluation(L.Callback):
+class Evaluation(EveryNSteps):
     """Greedy accuracy, unbiased pass@k, completion length and truncation rate on held-out Tasks.
 
     Runs before the first step, every `every_n_steps` optimizer steps, and after the last step, on
@@ -52,12 +53,11 @@ class Evaluation(L.Callback):
         temperature: float = 1.0,
         batch_size: int = 64,
     ) -> None:
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"Evaluation every_n_steps must be >= 1 or null, got {every_n_steps}")
+        super().__init__(every_n_steps)
         k = k if k is not None else ([1, samples] if samples > 1 else [1] if samples else [])
         if samples < 0 or any(not 1 <= kk <= samples for kk in k):
             raise ValueError(f"Evaluation pass@k needs 1 <= k <= samples for every k, got k={k}, samples={samples}")
-        self.tasks, self.every_n_steps, self.max_examples = tasks or [], every_n_steps, max_examples
+        self.tasks, self.max_examples = tasks or [], max_examples
         self.samples, self.k = samples, sorted(set(k))
         self.temperature, self.batch_size = temperature, batch_size
         self.history: list[dict] = []
@@ -82,10 +82,8 @@ class Evaluation(L.Callback):
             )  # fmt: skip
             self._rows[metric_name(task.name)] = (task, rows[rank::world])
 
-    def _evaluate(self, trainer: L.Trainer, module) -> None:
+    def run(self, trainer: L.Trainer, module) -> None:
         step = trainer.global_step
-        if self.history and self.history[-1]["step"] == step:
-            return
         self._prepare(trainer, module)
         for name, (task, rows) in self._rows.items():
             start = time.perf_counter()
@@ -124,13 +122,3 @@ class Evaluation(L.Callback):
             metric.reset()
         result["per_example"] = correct
         return result
-
-    def on_train_start(self, trainer: L.Trainer, module) -> None:
-        self._evaluate(trainer, module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self._evaluate(trainer, module)
-
-    def on_train_end(self, trainer: L.Trainer, module) -> None:
-        self._evaluate(trainer, module)

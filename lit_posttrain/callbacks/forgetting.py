@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_posttrain.callbacks.cadence import EveryNSteps
 from lit_posttrain.data.datamodule import Row, pack_demonstrations, tokenize_prompt
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import Example
@@ -66,7 +67,7 @@ def kl_to_reference(module, rollout: Rollout) -> float:
     return generalized_jsd(policy_NV, reference_NV, beta=1.0).mean().item()  # beta 1: KL(policy || reference)
 
 
-class ForgettingProbes(L.Callback):
+class ForgettingProbes(EveryNSteps):
     """KL to the starting model, general-knowledge accuracy and NLL, and per-example flips.
 
     Before the first step (the baseline), every `every_n_steps` optimizer steps and after the last:
@@ -95,9 +96,8 @@ class ForgettingProbes(L.Callback):
         max_items: int | None = None,
         batch_size: int = 64,
     ) -> None:
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"ForgettingProbes every_n_steps must be >= 1 or null, got {every_n_steps}")
-        self.every_n_steps, self.kl_prompts, self.kl_max_new_tokens = every_n_steps, kl_prompts, kl_max_new_tokens
+        super().__init__(every_n_steps)
+        self.kl_prompts, self.kl_max_new_tokens = kl_prompts, kl_max_new_tokens
         self.max_items, self.batch_size = max_items, batch_size
         # Load now: a missing or malformed probe file stops the run at start-up.
         self.sets = {
@@ -119,10 +119,8 @@ class ForgettingProbes(L.Callback):
             prompts = [question_row(item, module.tokenizer, chat) for item in items]
             self._kl_rollout = module.sample(prompts, score=False, max_new_tokens=self.kl_max_new_tokens, seed=0)
 
-    def probe(self, trainer: L.Trainer, module) -> None:
+    def run(self, trainer: L.Trainer, module) -> None:
         step = trainer.global_step
-        if self.history and self.history[-1]["step"] == step:
-            return
         self._prepare(trainer, module)
         was_training = module.policy.training
         module.policy.eval()
@@ -150,16 +148,6 @@ class ForgettingProbes(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=step)
         rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in logged.items() if not k.startswith("time/")))
-
-    def on_train_start(self, trainer: L.Trainer, module) -> None:
-        self.probe(trainer, module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.probe(trainer, module)
-
-    def on_train_end(self, trainer: L.Trainer, module) -> None:
-        self.probe(trainer, module)
 
 
 def _set_name(source: str) -> str:
