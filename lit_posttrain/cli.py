@@ -73,9 +73,7 @@ class LitPostTrainCLI(LightningCLI):
         lines.append(f"  logs: {Path(log_dir).resolve() if log_dir else '-'}")
         # Charts come with every run; a Plots callback in the config has drawn them already.
         if not any(isinstance(cb, Plots) for cb in trainer.callbacks):
-            charts = Plots()
-            charts.on_fit_end(trainer, self.model)
-            lines += [f"  chart: {path}" for path in charts.written]
+            Plots().on_fit_end(trainer, self.model)  # it names the files it writes
         lines.append(f"Trained model saved to {folder.resolve()}")
         print("\n".join(lines), flush=True)
 
