@@ -86,3 +86,17 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     resumed = _run(tmp_path, "stopped", 6, "--ckpt_path", str(saved[0]))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(_per_step(tmp_path / "runs" / "stopped", "train/loss")) == list(range(6))
+
+
+def test_otr_resumes_exactly_too(tmp_path):
+    # OTR draws its own random candidates every step: they are seeded by the run and the step.
+    otr = ["--model.class_path", "lit_posttrain.methods.otr.OTR", "--model.init_args.k", "16"]
+    whole = _run(tmp_path, "whole", 4, *otr)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = _run(tmp_path, "killed", 4, *otr, "--trainer.callbacks+", "crash.KillAtStep", "--trainer.callbacks.step", "2")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run(tmp_path, "killed", 4, *otr, "--ckpt_path", str(tmp_path / "killed" / "checkpoints" / "last.ckpt"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = _per_step(tmp_path / "runs" / "whole", "train/loss"), _per_step(tmp_path / "runs" / "killed", "train/loss")
+    assert sorted(got) == sorted(expected) == [0, 1, 2, 3]
+    assert all(got[s] == pytest.approx(expected[s], abs=1e-6) for s in range(4)), (got, expected)

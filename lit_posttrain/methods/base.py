@@ -290,13 +290,19 @@ class PostTrainingModule(L.LightningModule):
         rollout.timing["score_s"] = time.perf_counter() - start
         return rollout.with_rewards(reward_B)
 
-    def prompt_seed(self, row: Row, n: int) -> int:
-        """The sampling seed of a prompt at this step: a function of the run's seed, the step and
-        the prompt alone, so that its samples are the same whichever batch or rank it lands in and
-        after a resume."""
+    def _seed(self, *parts) -> int:
+        # The run's seed, the step and the given parts: the same after a resume, on any rank.
         step = self._trainer.global_step if self._trainer is not None else 0
-        run_seed = os.environ.get("PL_GLOBAL_SEED", "0")
-        return zlib.crc32(repr((run_seed, step, n, row.prompt_ids)).encode())
+        return zlib.crc32(repr((os.environ.get("PL_GLOBAL_SEED", "0"), step, *parts)).encode())
+
+    def prompt_seed(self, row: Row, n: int) -> int:
+        """The sampling seed of a prompt at this step, so that its samples are the same whichever
+        batch or rank it lands in and after a resume."""
+        return self._seed(n, row.prompt_ids)
+
+    def step_seed(self, batch_idx: int) -> int:
+        """A seed for this step's own random draws (OTR's candidates)."""
+        return self._seed("batch", batch_idx)
 
     @torch.no_grad()
     def evaluate(self, rows: list[Row], batch_size: int = 64, task: Task | None = None) -> dict:

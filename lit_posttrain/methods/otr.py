@@ -50,7 +50,10 @@ class OTR(SFT):
         predicts_BS = mask_BT[:, first:]
         logits_NV = logits_BSV[:, :-1][predicts_BS]
         target_N = tokens_BT[:, first:][predicts_BS]
-        samples_NK = otr_samples(logits_NV, target_N, self.k, self.kappa, self.force_target)
+        # Seeded by the run, the step and the micro-batch, not the global RNG: a resumed run draws
+        # the same candidates as the uninterrupted one.
+        generator = torch.Generator(logits_NV.device).manual_seed(self.step_seed(batch_idx))
+        samples_NK = otr_samples(logits_NV, target_N, self.k, self.kappa, self.force_target, generator)
         logp_NV = torch.log_softmax(logits_NV.float(), -1)
         loss_N = otr_loss(logp_NV, samples_NK, target_N, self.beta)
         loss = loss_N.sum() / self.token_normaliser(batch.window_tokens)
