@@ -48,9 +48,9 @@ class Task:
     def eval_examples(self) -> Sequence[Example]:
         raise NotImplementedError
 
-    @property
-    def has_demonstrations(self) -> bool:
-        return all(ex.demonstration is not None for ex in self.train_examples())
+    def missing_demonstrations(self) -> list[str]:
+        """Where the training examples lacking a demonstration are (empty when none is missing)."""
+        return [ex.source or f"example {i}" for i, ex in enumerate(self.train_examples()) if ex.demonstration is None]
 
     def reward(self, prompt: list[Message], completion: str, answer: str | None) -> float:
         """Score one completion. `prompt` is accepted so that prompt-aware rewards can subclass."""

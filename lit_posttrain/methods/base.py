@@ -247,7 +247,7 @@ class PostTrainingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.needs_demonstrations and datamodule is not None:
-            missing = [ex.source or str(i) for i, ex in enumerate(datamodule.task.train_examples()) if ex.demonstration is None]
+            missing = datamodule.task.missing_demonstrations()
             if missing:
                 raise ValueError(
                     f"{type(self).__name__} trains on demonstrations, but task {datamodule.task.name!r} has none for "
