@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, SumMetric
 
 from lit_posttrain.callbacks.cadence import EveryNSteps
-from lit_posttrain.data.datamodule import Row, tokenize_rows
+from lit_posttrain.data.datamodule import Row
 from lit_posttrain.data.task import Task
 from lit_posttrain.metrics import flips, pass_at_k
 
@@ -76,10 +76,7 @@ class Evaluation(EveryNSteps):
         rank, world = trainer.global_rank, trainer.world_size
         self._rows[MAIN] = (data.task, data.eval_rows[: self.max_examples][rank::world])
         for task in self.tasks:
-            rows, _ = tokenize_rows(
-                task.eval_examples()[: self.max_examples], module.tokenizer, data.max_prompt_tokens,
-                data.max_completion_tokens, data.overflow, data.chat_template,
-            )  # fmt: skip
+            rows, _ = data.tokenize(task.eval_examples()[: self.max_examples], f"task {task.name!r} eval split")
             self._rows[metric_name(task.name)] = (task, rows[rank::world])
 
     def run(self, trainer: L.Trainer, module) -> None:

@@ -231,8 +231,8 @@ class TaskDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             # The module owns the tokenizer: one source of truth for how text becomes tokens.
             self.tokenizer = self.trainer.lightning_module.tokenizer
-        self.train_rows, train_counts = self._tokenize(self.task.train_examples(), "train")
-        self.eval_rows, eval_counts = self._tokenize(self.task.eval_examples(), "eval")
+        self.train_rows, train_counts = self.tokenize(self.task.train_examples(), f"task {self.task.name!r} train split")
+        self.eval_rows, eval_counts = self.tokenize(self.task.eval_examples(), f"task {self.task.name!r} eval split")
         if not self.train_rows:
             raise DataError(f"task {self.task.name!r} has no training rows left (overflow={self.overflow!r})")
         self.overflow_counts = {"train": train_counts, "eval": eval_counts}
@@ -241,7 +241,8 @@ class TaskDataModule(L.LightningDataModule):
             for logger in self.trainer.loggers:
                 logger.log_metrics(counts, step=0)
 
-    def _tokenize(self, examples: Sequence[Example], split: str) -> tuple[list[Row], OverflowCounts]:
+    def tokenize(self, examples: Sequence[Example], label: str) -> tuple[list[Row], OverflowCounts]:
+        """Rows under this module's limits and overflow policy; over-long rows are counted and logged."""
         rows, counts = tokenize_rows(
             examples,
             self.tokenizer,
@@ -252,9 +253,9 @@ class TaskDataModule(L.LightningDataModule):
         )
         if counts.prompts_truncated or counts.completions_truncated or counts.rows_skipped:
             log.warning(
-                "task %r %s split: %d prompts truncated, %d demonstrations truncated, %d rows skipped "
+                "%s: %d prompts truncated, %d demonstrations truncated, %d rows skipped "
                 "(overflow=%r, max_prompt_tokens=%d, max_completion_tokens=%d)",
-                self.task.name, split, counts.prompts_truncated, counts.completions_truncated,
+                label, counts.prompts_truncated, counts.completions_truncated,
                 counts.rows_skipped, self.overflow, self.max_prompt_tokens, self.max_completion_tokens,
             )  # fmt: skip
         return rows, counts
