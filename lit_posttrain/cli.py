@@ -53,8 +53,12 @@ class LitPostTrainCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer = self.trainer
         log_dir = trainer.log_dir  # a collective under data parallelism: every rank must ask
-        if trainer.is_global_zero and not trainer.interrupted:
-            self._export_and_summarise(log_dir)
+        if not trainer.interrupted:
+            export_to = self.config[self.subcommand].get("export_to")
+            # Every rank calls the export: a sharded policy's weights are gathered from all of them.
+            folder = self.model.export_hf(export_to or Path(log_dir or trainer.default_root_dir) / "hf_model")
+            if trainer.is_global_zero:
+                self._summarise(log_dir, folder)
         # Every process waits for the export, then leaves the process group together: a process
         # that exits while another still holds the group can abort in the collective library's
         # teardown, and the launcher then kills the finished run.
@@ -62,10 +66,8 @@ class LitPostTrainCLI(LightningCLI):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
-    def _export_and_summarise(self, log_dir: str | None) -> None:
+    def _summarise(self, log_dir: str | None, folder: Path) -> None:
         trainer = self.trainer
-        export_to = self.config[self.subcommand].get("export_to")
-        folder = self.model.export_hf(export_to or Path(log_dir or trainer.default_root_dir) / "hf_model")
         lines = [f"Run summary: {trainer.global_step} optimizer steps in {time.perf_counter() - self._fit_start:.0f} s"]
         for callback in trainer.callbacks:
             if not isinstance(callback, Evaluation):

@@ -43,6 +43,8 @@ def test_teacher_is_frozen_and_scores_the_same_tokens(tiny_model_dir):
     logp_BT = module.teacher_logp(TOKENS_BT, ATTENTION_BT)
     assert logp_BT.shape == TOKENS_BT.shape and not logp_BT.requires_grad
     assert torch.allclose(logp_BT, module.policy_logp(TOKENS_BT, ATTENTION_BT), atol=1e-6)
+    # Not checkpointed: a frozen model is reloaded from its source, not stored in every checkpoint.
+    assert not any("teacher" in name for name in module.state_dict())
 
 
 def test_token_logp_matches_a_manual_log_softmax_and_ignores_left_padding():
@@ -89,7 +91,9 @@ def test_shared_prompt_logp_equals_the_full_forward_and_its_gradient(lora):
     grads_shared = torch.autograd.grad((shared_BT * weights_BT).sum(), trainable)
     grads_full = torch.autograd.grad((full_BT * weights_BT).sum(), trainable)
     for a, b in zip(grads_shared, grads_full, strict=True):
-        assert (a - b).norm() <= 1e-5 * b.norm(), ((a - b).norm(), b.norm())  # fp32 sums in another order
+        # fp32 sums in another order: measured up to 2e-5 relative (it depends on the kernels the
+        # CPU picks); a wrong cache or position shifts the gradient by far more than 1e-4.
+        assert (a - b).norm() <= 1e-4 * b.norm(), ((a - b).norm(), b.norm())
 
 
 def test_scoring_from_a_later_position_gives_the_same_log_probs():

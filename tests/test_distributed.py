@@ -1,8 +1,12 @@
-"""Two CPU processes under DDP train to the same weights as one process on the same global batch.
+"""Two CPU processes under DDP and under FSDP2 train to the same weights, with the same losses, as
+one process on the same global batch; every method runs sharded.
 
 Each run goes through the real `lit-posttrain` command, whose launcher starts the second process.
 """
 
+import csv
+import json
+import math
 import os
 import subprocess
 import sys
@@ -16,33 +20,92 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "lit-posttrain")
+STRATEGIES = {
+    "ddp": ["--trainer.strategy", "ddp"],
+    "fsdp": ["--config", str(ROOT / "configs" / "strategies" / "fsdp_cpu2.yaml")],
+}
 
 
-def _train(tmp_path: Path, name: str, config: str, global_batch: int, devices: int, *extra: str) -> dict:
-    out = tmp_path / name
+def _fit(workdir: Path, config: str, *extra: str) -> tuple[dict, list[float]]:
+    """Train through the CLI in `workdir`; the exported weights and the logged loss of each step."""
+    workdir.mkdir()
+    args = [CLI, "fit", "--config", str(ROOT / "configs" / config), "--export_to", str(workdir / "model"), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics,) = workdir.glob("runs/lightning_logs/version_*/metrics.csv")
+    with open(metrics) as f:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    return load_file(workdir / "model" / "model.safetensors"), losses
+
+
+def _train(tmp_path: Path, name: str, config: str, global_batch: int, devices: int, *extra: str):
     args = [
-        CLI, "fit", "--config", str(ROOT / "configs" / config), "--export_to", str(out),
         "--data.batch_size", str(global_batch // devices), "--data.shuffle", "false", "--trainer.max_steps", "3",
         "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--seed_everything", "3",
         "--model.init_args.lora", "{}", "--model.init_args.lora.merge_on_save", "true", *extra,
     ]  # fmt: skip
-    if devices > 1:
-        args += ["--trainer.strategy", "ddp"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return load_file(out / "model.safetensors")
+    return _fit(tmp_path / name, config, *args)
 
 
-@pytest.mark.parametrize(
-    ("config", "extra"),
-    [("tiny.yaml", []), ("tiny_grpo.yaml", ["--data.task.init_args.num_train", "32"])],
-    ids=["sft", "grpo"],
-)
-def test_ddp_matches_one_process(tmp_path, config, extra, tiny_model_dir):
-    one = _train(tmp_path, "one", config, 8, 1, *extra)
-    two = _train(tmp_path, "two", config, 8, 2, *extra)
+CONFIGS = {"sft": ("tiny.yaml", []), "grpo": ("tiny_grpo.yaml", ["--data.task.init_args.num_train", "32"])}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The single-process run of each config, trained once for both strategies."""
+    runs = {}
+
+    def run(method: str):
+        if method not in runs:
+            config, extra = CONFIGS[method]
+            runs[method] = _train(tmp_path_factory.mktemp(method), "one", config, 8, 1, *extra)
+        return runs[method]
+
+    return run
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_two_processes_match_one(tmp_path, method, strategy, one_process, tiny_model_dir):
+    one, one_losses = one_process(method)
+    config, extra = CONFIGS[method]
+    two, two_losses = _train(tmp_path, "two", config, 8, 2, *STRATEGIES[strategy], *extra)
     start = load_file(Path(tiny_model_dir) / "model.safetensors")
     assert any(not torch.equal(one[k], start[k]) for k in one), "training moved the weights"
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-5), name
+    # Logged losses are global (the mean over ranks of each rank's share of the global mean).
+    assert len(one_losses) == 3
+    assert two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-6)
+
+
+EVALUATION = {
+    # 3 held-out prompts, one per call: rank 0 makes two calls, rank 1 one and a throw-away one.
+    "class_path": "lit_posttrain.callbacks.Evaluation",
+    "init_args": {"every_n_steps": 1, "batch_size": 1, "samples": 2, "k": [1]},
+}
+FORGETTING = {"class_path": "lit_posttrain.callbacks.ForgettingProbes", "init_args": {"kl_prompts": 2, "max_items": 4}}
+METHODS = {
+    "sft": ["--model.class_path", "lit_posttrain.methods.sft.SFT"],
+    # Rollouts reused for 2 steps: a rank with no stale prompt joins the others' sampling.
+    "grpo": ["--trainer.callbacks+", json.dumps({"class_path": "lit_posttrain.callbacks.RolloutRefresh", "init_args": {"every_n_steps": 2}})],
+    "opd": ["--model.class_path", "lit_posttrain.methods.opd.OPD", "--model.init_args.teacher", "tiny-random-llama:1"],
+    "otr": ["--model.class_path", "lit_posttrain.methods.otr.OTR", "--model.init_args.k", "64"],
+    "sept": ["--model.class_path", "lit_posttrain.methods.sept.SePT", "--model.init_args.start_temperature", "0.6"],
+    "hpt": ["--model.class_path", "lit_posttrain.methods.hpt.HPT"],
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_sharded(tmp_path, method, tiny_model_dir):
+    """Full fine-tuning under FSDP2 with evaluation, forgetting probes and uneven shares: the run
+    finishes (a rank that skipped a forward pass would hang it), losses are finite, every weight moves."""
+    weights, losses = _fit(
+        tmp_path / method, "tiny_grpo.yaml", *STRATEGIES["fsdp"], *METHODS[method],
+        "--data.batch_size", "2", "--data.task.init_args.num_eval", "3", "--trainer.max_steps", "2",
+        "--trainer.callbacks+", json.dumps(EVALUATION), "--trainer.callbacks+", json.dumps(FORGETTING),
+    )  # fmt: skip
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    start = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert all(not torch.equal(start[k], weights[k]) for k in start), "every weight trains in full fine-tuning"

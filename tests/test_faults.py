@@ -85,6 +85,11 @@ def test_guard_skips_only_the_bad_step():
     class Stub:
         global_step = 7
 
+        class strategy:  # one process: the decision is this rank's own
+            @staticmethod
+            def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:
+                return decision
+
         def log(self, *args, **kwargs) -> None:
             pass
 
@@ -99,3 +104,16 @@ def test_guard_skips_only_the_bad_step():
     guard.on_before_optimizer_step(Stub(), Stub(), optimizer)
     optimizer.step()
     assert not torch.equal(start[0], layer.weight) and guard.in_row == 0
+
+    # Another rank's gradient was not finite: this rank skips too, so the ranks' weights stay equal.
+    class OtherRankFailed(Stub):
+        class strategy:
+            @staticmethod
+            def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:
+                assert decision and all
+                return False
+
+    optimizer.zero_grad()
+    layer(torch.tensor([[1.0, 1.0]])).sum().backward()
+    guard.on_before_optimizer_step(OtherRankFailed(), OtherRankFailed(), optimizer)
+    assert all(p.grad is None for p in layer.parameters()) and guard.in_row == 1

@@ -4,13 +4,14 @@ move; the class_path swap between all six; each method's own start-up checks and
 import csv
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lit_posttrain.cli import LitPostTrainCLI
-from lit_posttrain.methods.hpt import route_to_sft
+from lit_posttrain.methods.hpt import HPT, route_to_sft
 from lit_posttrain.methods.opd import OPD
 from lit_posttrain.methods.sept import SePT
 
@@ -151,3 +152,11 @@ def test_otr_scores_the_same_tokens_as_sft():
         cli = run(*METHODS[method], "--trainer.max_steps", "1", "--data.shuffle", "false")
         (nll[method],) = [float(r["train/nll"]) for r in logged(cli) if r.get("train/nll")]
     assert nll["otr"] == pytest.approx(nll["sft"], rel=1e-5)
+
+
+def test_hpt_pools_each_sides_metrics_over_its_prompts():
+    module = HPT(model="tiny-random-llama", lora=None)
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda t, reduce_op: t))
+    assert module._pooled({"b": torch.tensor(2.0), "a": torch.tensor(0.5)}, 3) == {"a": 0.5, "b": 2.0}
+    # A side no prompt went to is left out, NaN included, rather than logged as 0 or NaN.
+    assert module._pooled({"sft_nll": torch.tensor(float("nan"))}, 0) == {}

@@ -61,7 +61,7 @@ class Evaluation(EveryNSteps):
         self.samples, self.k = samples, sorted(set(k))
         self.temperature, self.batch_size = temperature, batch_size
         self.history: list[dict] = []
-        self._rows: dict[str, tuple[Task, list[Row]]] = {}
+        self._rows: dict[str, tuple[Task, list[Row], int, int]] = {}  # task, all rows, rank, world
         self._metrics: dict[str, MeanMetric | SumMetric] = {}
 
     def setup(self, trainer: L.Trainer, module, stage: str) -> None:
@@ -74,17 +74,19 @@ class Evaluation(EveryNSteps):
             return
         data = trainer.datamodule
         rank, world = trainer.global_rank, trainer.world_size
-        self._rows[MAIN] = (data.task, data.eval_rows[: self.max_examples][rank::world])
+        self._rows[MAIN] = (data.task, data.eval_rows[: self.max_examples], rank, world)
         for task in self.tasks:
             rows, _ = data.tokenize(task.eval_examples()[: self.max_examples], f"task {task.name!r} eval split")
-            self._rows[metric_name(task.name)] = (task, rows[rank::world])
+            self._rows[metric_name(task.name)] = (task, rows, rank, world)
 
     def run(self, trainer: L.Trainer, module) -> None:
         step = trainer.global_step
         self._prepare(trainer, module)
-        for name, (task, rows) in self._rows.items():
+        for name, (task, rows, rank, world) in self._rows.items():
             start = time.perf_counter()
-            result = self._evaluate_task(module, name, task, rows)
+            # Under FSDP every rank must make as many generation calls as the one with most rows.
+            calls = self._calls(-(-len(rows) // world)) if module.lockstep else 0
+            result = self._evaluate_task(module, name, task, rows[rank::world], calls, filler=rows[:1])
             result.update(step=step, task=name, time_s=time.perf_counter() - start)
             self.history.append(result)
             prefix = "eval/" if name == MAIN else f"eval/{name}/"
@@ -93,19 +95,34 @@ class Evaluation(EveryNSteps):
                 logger.log_metrics(logged, step=step)
             rank_zero_info(f"step {step}: {name} accuracy {result['accuracy']:.3f}")
 
+    def _calls(self, num_rows: int) -> int:
+        return -(-num_rows // self.batch_size)
+
+    def _sample_calls(self, module, task: Task, batch: list[Row]):
+        """The greedy rollout and, with `samples`, the sampled one, of a batch."""
+        greedy = module.sample(batch, greedy=True, task=task)
+        sampled = module.sample(batch, n=self.samples, task=task, temperature=self.temperature) if self.samples else None
+        return greedy, sampled
+
     @torch.no_grad()
-    def _evaluate_task(self, module, name: str, task: Task, rows: list[Row]) -> dict:
+    def _evaluate_task(
+        self, module, name: str, task: Task, rows: list[Row], calls: int = 0, filler: list[Row] = ()
+    ) -> dict:
+        """Evaluate this rank's `rows`, making at least `calls` calls: shares differ by one row at
+        most, yet that can be one call more on some ranks, whose forward passes the others then
+        join with a throw-away `filler` row."""
         metrics = {name: metric.to(module.device) for name, metric in self._metrics.items()}
+        for _ in range(calls - self._calls(len(rows))):
+            self._sample_calls(module, task, list(filler))
         correct = []
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
-            greedy = module.sample(batch, greedy=True, task=task)
+            greedy, sampled = self._sample_calls(module, task, batch)
             correct += (greedy.reward_B >= 1.0).tolist()
             metrics["accuracy"].update(greedy.reward_B)
             metrics["completion_length"].update(greedy.completion_lengths_B.float())
             metrics["truncated"].update(greedy.truncated_B.float())
-            if self.samples:
-                sampled = module.sample(batch, n=self.samples, task=task, temperature=self.temperature)
+            if sampled is not None:
                 hits_P = torch.zeros(len(batch)).index_add_(0, sampled.group_B.cpu(), (sampled.reward_B.cpu() >= 1.0).float())
                 for k in self.k:
                     metrics[f"pass@{k}"].update(torch.tensor([pass_at_k(self.samples, int(c), k) for c in hits_P]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.distributed.tensor import DTensor
 
 
 class NonFiniteGuard(L.Callback):
@@ -26,11 +27,12 @@ class NonFiniteGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module, optimizer) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            return
-        # One fused norm per tensor, then one check: inf and NaN both survive a norm.
-        norms = torch._foreach_norm([p.grad for p in params])
-        if bool(torch.isfinite(torch.stack(norms)).all()):
+        # One fused norm per tensor, then one check: inf and NaN both survive a norm. A sharded
+        # gradient is checked on this rank's shard, and every rank takes the decision together:
+        # one rank stepping while another skips would leave their weights apart.
+        grads = [g.to_local() if isinstance(g, DTensor) else g for g in (p.grad for p in params)]
+        finite = not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
             self.in_row = 0
             return
         for p in params:

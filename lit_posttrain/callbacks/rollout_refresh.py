@@ -68,8 +68,12 @@ class RolloutRefresh(L.Callback):
             if tuple(row.prompt_ids) not in self._cache
             or (self.every_n_steps is not None and step - self._cache[tuple(row.prompt_ids)][1] >= self.every_n_steps)
         ]  # fmt: skip
+        # Under FSDP every rank must sample when any does (prompts age differently on each rank).
+        anywhere = trainer.strategy.reduce_boolean_decision(bool(stale), all=False) if module.lockstep else bool(stale)
         if stale:
             self._sample(module, stale, step)
+        elif anywhere:
+            module.sample_rollouts(batch.rows[:1])  # thrown away: it only joins the others' forward passes
         parts = []
         for row in batch.rows:
             part, sampled_at = self._cache[tuple(row.prompt_ids)]

@@ -39,6 +39,11 @@ from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 from lit_posttrain.rollout.engine import last_position
 
 
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def first_masked(mask_BT: Tensor) -> int:
     """The first position any row marks: scoring can start there."""
     marked = mask_BT.any(0).nonzero()
@@ -102,8 +107,9 @@ class PostTrainingModule(L.LightningModule):
             check_same_tokenizer(self.tokenizer, load_tokenizer(self.teacher_folder, trust_remote_code), teacher)
         self.weight_dtype = resolve_dtype(dtype)
         self.policy: torch.nn.Module | None = None
-        self.teacher: torch.nn.Module | None = None
+        self._teacher: torch.nn.Module | None = None
         self._reference: torch.nn.Module | None = None
+        self._sharded = False
 
     # --- models -------------------------------------------------------------------------------
 
@@ -123,7 +129,55 @@ class PostTrainingModule(L.LightningModule):
         policy.train()
         self.policy = apply_lora(policy, self.lora) if self.lora is not None else policy
         if self.teacher_folder is not None:
-            self.teacher = freeze(load_model(self.teacher_folder, self.weight_dtype, self.trust_remote_code))
+            teacher = freeze(load_model(self.teacher_folder, self.weight_dtype, self.trust_remote_code))
+            # Kept out of the module's children, like the reference: frozen weights have no place in
+            # every checkpoint (they are reloaded from their source), nor in a sharding plan.
+            self.__dict__["_teacher"] = teacher
+        # ModelParallelStrategy hands the module a device mesh before this hook: shard the policy.
+        if self._device_mesh is not None:
+            self._shard_policy(self._device_mesh)
+
+    def _shard_policy(self, mesh) -> None:
+        """FSDP2: every decoder layer, then the rest of the model, sharded over the data-parallel
+        ranks. Under LoRA the inner transformers model is sharded, not peft's wrapper: sharding the
+        wrapper leaves the embedding's weight a DTensor inside an unsharded call (`aten.embedding`
+        then sees mixed Tensor and DTensor arguments). The teacher and, with full fine-tuning, the
+        reference stay whole on every rank: they are frozen and only run forward."""
+        from torch.distributed.fsdp import fully_shard
+
+        if "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"tensor_parallel_size={mesh['tensor_parallel'].size()}: lit_posttrain shards with FSDP2 only; "
+                "set ModelParallelStrategy(tensor_parallel_size=1)"
+            )
+        if not isinstance(self.engine, HFEngine):
+            raise ValueError(
+                f"{type(self.engine).__name__} cannot sample from a sharded policy; use HFEngine with ModelParallelStrategy"
+            )
+        mesh = mesh["data_parallel"] if "data_parallel" in mesh.mesh_dim_names else mesh
+        inner = self.policy.base_model.model if self.lora is not None else self.policy
+        # transformers names the blocks that must not be split across devices: one FSDP unit each,
+        # so that only one block's full weights exist at a time.
+        blocks = set(getattr(inner, "_no_split_modules", None) or [])
+        for module in inner.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, mesh=mesh)
+        fully_shard(inner, mesh=mesh)
+        self._sharded = True
+
+    @property
+    def lockstep(self) -> bool:
+        """Whether every rank must run the policy's forward passes together: under FSDP each one
+        gathers weights from all ranks, so a rank that skips or adds a forward deadlocks the others."""
+        return self._sharded
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        """The frozen teacher (None without one), on the policy's device."""
+        teacher = self._teacher
+        if teacher is not None and next(teacher.parameters()).device != self.device:
+            teacher.to(self.device)
+        return teacher
 
     @contextmanager
     def reference(self):
@@ -372,11 +426,16 @@ class PostTrainingModule(L.LightningModule):
         """Write the policy as a Hugging Face folder with its tokenizer. With LoRA: a merged full
         model when `lora.merge_on_save`, else a peft adapter folder (which transformers also loads
         when peft is installed). Written to a temporary sibling and renamed, so a crash while
-        saving never leaves a half-written folder under the final name."""
+        saving never leaves a half-written folder under the final name.
+
+        Under data parallelism only rank 0 writes; with a sharded policy every rank must call it
+        (the full weights are gathered from all of them)."""
         folder = Path(folder)
+        policy = self._gather_policy() if self.lockstep else (self.policy if _rank() == 0 else None)
+        if policy is None:  # another rank writes
+            return folder
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        policy = self.policy
         if self.lora is not None and self.lora.merge_on_save:
             # Merge a copy: merging in place would change the live model (and in bf16 drift it).
             policy = copy.deepcopy(policy).merge_and_unload()
@@ -385,3 +444,15 @@ class PostTrainingModule(L.LightningModule):
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
         return folder
+
+    def _gather_policy(self) -> torch.nn.Module | None:
+        """An unsharded copy of the sharded policy on rank 0 (None elsewhere): a collective."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if _rank() != 0:
+            return None
+        policy = load_model(self.model_folder, self.weight_dtype, self.trust_remote_code)
+        policy = apply_lora(policy, self.lora) if self.lora is not None else policy
+        policy.load_state_dict(state)
+        return policy

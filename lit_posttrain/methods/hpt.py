@@ -58,19 +58,38 @@ class HPT(GRPO):
         loss = torch.zeros((), device=self.device)
         metrics = {"sft_fraction": sft_G.float().mean()}
         trained_B = torch.zeros(len(rollout), dtype=torch.bool, device=rollout.tokens_BT.device)
-        if n_sft:
-            rows = [row for row, to_sft in zip(batch.rows, sft_G.tolist(), strict=True) if to_sft]
+        # With several processes every rank computes both sides, so that each logs the same metrics
+        # (a collective per metric) and, under FSDP, runs the same forward passes: a rank with no
+        # prompt on one side computes it on its first prompt with weight 0.
+        both = self.trainer.world_size > 1
+        first_G = torch.arange(len(sft_G), device=sft_G.device) == 0
+        if n_sft or both:
+            chosen_G = sft_G if n_sft else first_G
+            rows = [row for row, to_sft in zip(batch.rows, chosen_G.tolist(), strict=True) if to_sft]
             tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, self.tokenizer.pad_token_id, self.device)
             logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
             sft_loss, sft_metrics = token_mean_nll(logp_BT, mask_BT)
             loss = loss + n_sft * sft_loss
-            metrics["sft_nll"] = sft_metrics["nll"]
-        if n_rl:
+            metrics.update(self._pooled({"sft_nll": sft_metrics["nll"]}, n_sft))
+        if n_rl or both:
             _, group_of_B = torch.unique_consecutive(rollout.group_B, return_inverse=True)
-            rl_rows = (~sft_G[group_of_B]).nonzero().squeeze(-1)
+            chosen_G = ~sft_G if n_rl else first_G
+            rl_rows = chosen_G[group_of_B].nonzero().squeeze(-1)
             rl_loss, rl_metrics, trained_rl = self.policy_gradient_loss(rollout.select(rl_rows.tolist()))
-            trained_B[rl_rows] = trained_rl
             loss = loss + n_rl * rl_loss
-            metrics.update(rl_metrics)
+            if n_rl:
+                trained_B[rl_rows] = trained_rl
+            metrics.update(self._pooled(rl_metrics, n_rl))
         self.log_rollout_step(rollout, metrics, trained_B=trained_B)
         return loss / (n_sft + n_rl)
+
+    def _pooled(self, metrics: dict[str, Tensor], prompts: int) -> dict[str, Tensor]:
+        """One side's metrics averaged over its prompts on every rank (a rank's own value weighs as
+        many prompts as it routed that way); empty when no rank routed any."""
+        keys = sorted(metrics)
+        sums = torch.stack([metrics[k].detach().float().to(self.device) for k in keys]) * prompts
+        sums = sums.nan_to_num() if prompts == 0 else sums  # a weight-0 side is left out, even if NaN
+        sums = self.trainer.strategy.reduce(torch.cat([sums, sums.new_tensor([prompts])]), reduce_op="sum")
+        if sums[-1] == 0:
+            return {}
+        return {k: sums[i] / sums[-1] for i, k in enumerate(keys)}

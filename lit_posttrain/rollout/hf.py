@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.rollout.engine import assemble_rollout, last_position, left_pad
@@ -44,6 +45,9 @@ class HFEngine:
     The trainer recomputes the log-probs it optimises, so the copy's bf16 rounding does not bias
     the loss.
 
+    A policy sharded with FSDP2 is sampled as it is, in lock-step: every process runs the same
+    number of decoding steps, one whose rows have all stopped stepping on until every process's have.
+
     Args:
         temperature: sampling temperature.
         top_p: nucleus sampling threshold (1.0: off).
@@ -70,6 +74,7 @@ class HFEngine:
         self.max_new_tokens, self.merged_copy = max_new_tokens, merged_copy
         self.model: torch.nn.Module | None = None
         self._copy_targets: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+        self.lockstep = False
 
     def setup(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
@@ -77,8 +82,12 @@ class HFEngine:
         eos = policy.generation_config.eos_token_id if hasattr(policy, "generation_config") else None
         eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
         self.eos_ids = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        # A policy sharded with FSDP2 holds DTensor weights. Its forward passes gather weights from
+        # every rank, so it is sampled as it is (a merged copy would need the full weights) and
+        # every rank runs the same number of decoding steps (`_any_rank`).
+        self.lockstep = any(isinstance(p, DTensor) for p in policy.parameters())
         lora = _lora_layers(policy)
-        if not (lora and self.merged_copy):
+        if not (lora and self.merged_copy) or self.lockstep:
             self.model = policy
             return
         import copy
@@ -167,16 +176,22 @@ class HFEngine:
         tokens_BT = torch.full((B, max_new_tokens), self.pad_id, dtype=torch.long, device=prompt_PT.device)
         logp_BT = torch.zeros((B, max_new_tokens), device=prompt_PT.device)
         eos_ids = self.eos_ids.to(prompt_PT.device)
+        finished = False  # lock-step only: this rank's rows have all stopped, it steps for the others
         for t in range(max_new_tokens):
             scores_AV = self._warp(logits_AV.float(), temperature, greedy)
             logp_AV = torch.log_softmax(scores_AV, -1)
             token_A = scores_AV.argmax(-1) if greedy else _sample(logp_AV.exp(), generator, alive_A // n)
-            tokens_BT[alive_A, t] = token_A
-            logp_BT[alive_A, t] = logp_AV.gather(-1, token_A[:, None]).squeeze(-1)
-            going_A = ~torch.isin(token_A, eos_ids)
-            if t == max_new_tokens - 1 or not going_A.any():
+            if not finished:
+                tokens_BT[alive_A, t] = token_A
+                logp_BT[alive_A, t] = logp_AV.gather(-1, token_A[:, None]).squeeze(-1)
+            going_A = ~torch.isin(token_A, eos_ids) & (not finished)
+            if t == max_new_tokens - 1 or not self._any_rank(going_A.any()):
                 return tokens_BT[:, : t + 1], logp_BT[:, : t + 1]
-            if not going_A.all():
+            if not going_A.any():
+                # Other ranks still decode: keep the finished rows (their outputs are not recorded)
+                # so that this rank joins every forward pass.
+                finished = True
+            elif not going_A.all():
                 keep = going_A.nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
                 alive_A, token_A = alive_A[keep], token_A[keep]
@@ -188,6 +203,14 @@ class HFEngine:
             )  # fmt: skip
             logits_AV, position_A1 = out.logits[:, -1], position_A1 + 1
         raise AssertionError("unreachable: the loop returns at its last step")
+
+    def _any_rank(self, flag: Tensor) -> bool:
+        """`flag` on any rank (this rank's own value unless sampling in lock-step)."""
+        if not self.lockstep:
+            return bool(flag)
+        flag = flag.to(torch.int32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag)
 
     def _warp(self, logits_AV, temperature: float, greedy: bool):
         """The sampling distribution's logits: temperature, then top-k, then top-p."""
