@@ -109,3 +109,26 @@ def test_every_method_trains_sharded(tmp_path, method, tiny_model_dir):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     start = load_file(Path(tiny_model_dir) / "model.safetensors")
     assert all(not torch.equal(start[k], weights[k]) for k in start), "every weight trains in full fine-tuning"
+
+
+def test_sharded_run_resumes_exactly(tmp_path):
+    """Stopped after step 1 with a distributed checkpoint (a folder of shards), resumed to step 3:
+    the same losses and weights as the run that was never stopped."""
+    common = [
+        *STRATEGIES["fsdp"], "--data.batch_size", "4", "--seed_everything", "3",
+        "--model.init_args.lora", "{}", "--model.init_args.lora.merge_on_save", "true",
+    ]  # fmt: skip
+    whole, whole_losses = _fit(tmp_path / "whole", "tiny_grpo.yaml", *common, "--trainer.max_steps", "3")
+    checkpoints = tmp_path / "checkpoints"
+    _fit(
+        tmp_path / "first", "tiny_grpo.yaml", *common, "--trainer.max_steps", "1",
+        "--trainer.enable_checkpointing", "true", "--trainer.callbacks+", "lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath", str(checkpoints), "--trainer.callbacks.save_last", "true",
+    )  # fmt: skip
+    assert (checkpoints / "last.ckpt").is_dir()
+    resumed, resumed_losses = _fit(
+        tmp_path / "rest", "tiny_grpo.yaml", *common, "--trainer.max_steps", "3", "--ckpt_path", str(checkpoints / "last.ckpt")
+    )
+    assert resumed_losses == pytest.approx(whole_losses[1:], rel=1e-5, abs=1e-7)
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
