@@ -47,6 +47,19 @@ def test_teacher_is_frozen_and_scores_the_same_tokens(tiny_model_dir):
     assert not any("teacher" in name for name in module.state_dict())
 
 
+def test_teacher_scores_a_rollout_with_shared_prompts_as_in_full(tiny_model_dir):
+    from lit_posttrain.rollout import HFEngine
+
+    module = _module(teacher="tiny-random-llama:1")
+    engine = HFEngine(max_new_tokens=5, temperature=0.7)
+    engine.setup(module.policy, module.tokenizer)
+    rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33]], n=3, seed=0)
+    full_BT = module.teacher_logp(rollout.tokens_BT, rollout.attention_BT, 0.7, rollout.prompt_width)
+    shared_BT = module.teacher_rollout_logp(rollout)
+    assert torch.allclose(shared_BT, torch.where(rollout.mask_BT, full_BT, 0.0), atol=1e-5)
+    assert not torch.allclose(shared_BT, module.rollout_logp(rollout).detach(), atol=1e-3), "the teacher, not the policy"
+
+
 def test_token_logp_matches_a_manual_log_softmax_and_ignores_left_padding():
     module = _module()
     logp_BT = module.policy_logp(TOKENS_BT, ATTENTION_BT)

@@ -245,12 +245,25 @@ class PostTrainingModule(L.LightningModule):
         if self.gradient_checkpointing:
             logp_RT = self.policy_logp(tokens_RT, attention_RT, temperature, rollout.prompt_width) * rollout.mask_BT[index_R]
         else:
-            logp_RT = self._shared_prompt_logp(tokens_RT, attention_RT, rollout.group_B[index_R], rollout, temperature)
+            logp_RT = self._shared_prompt_logp(
+                self.policy, tokens_RT, attention_RT, rollout.group_B[index_R], rollout, temperature
+            )
         return logp_BT.index_put((index_R,), logp_RT)
 
+    @torch.no_grad()
+    def teacher_rollout_logp(self, rollout: Rollout) -> Tensor:
+        """The teacher's log-probs of a rollout's completion tokens at its sampling temperature (0
+        elsewhere), each prompt run once for its whole group, as the policy's are."""
+        if self.teacher is None:
+            raise RuntimeError("this module was built without a teacher: set `teacher:` to a model source")
+        return self._shared_prompt_logp(
+            self.teacher, rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout, rollout.temperature
+        )
+
     def _shared_prompt_logp(
-        self, tokens_RT: Tensor, attention_RT: Tensor, group_R: Tensor, rollout: Rollout, temperature: float
-    ) -> Tensor:
+        self, model: torch.nn.Module, tokens_RT: Tensor, attention_RT: Tensor, group_R: Tensor, rollout: Rollout,
+        temperature: float,
+    ) -> Tensor:  # fmt: skip
         from transformers import DynamicCache
 
         width = rollout.prompt_width
@@ -258,15 +271,15 @@ class PostTrainingModule(L.LightningModule):
         first_U = torch.searchsorted(group_R, groups_U)  # rows of a group are contiguous
         prompt_UW, prompt_attention_UW = tokens_RT[first_U, :width], attention_RT[first_U, :width]
         position_UW = (prompt_attention_UW.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.policy.config)
-        out = self.policy(
+        cache = DynamicCache(config=model.config)
+        out = model(
             input_ids=prompt_UW, attention_mask=prompt_attention_UW, position_ids=position_UW,
             past_key_values=cache, use_cache=True, logits_to_keep=last_position(prompt_UW),
         )  # fmt: skip
         cache.batch_select_indices(prompt_of_R)  # a differentiable gather: gradients reach the prompt pass
         completion_RC, completion_attention_RC = tokens_RT[:, width:], attention_RT[:, width:]
         position_RC = position_UW[prompt_of_R, -1:] + 1 + torch.arange(completion_RC.shape[1], device=tokens_RT.device)
-        completion_logits_RCV = self.policy(
+        completion_logits_RCV = model(
             input_ids=completion_RC, attention_mask=attention_RT, position_ids=position_RC,
             past_key_values=cache, use_cache=True,
         ).logits  # fmt: skip

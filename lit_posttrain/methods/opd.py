@@ -51,7 +51,7 @@ class SampledReverseKL(DistillationEstimator):
 
     def __call__(self, module: OPD, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         logp_BT = module.rollout_logp(rollout)
-        teacher_logp_BT = module.teacher_logp(rollout.tokens_BT, rollout.attention_BT, rollout.temperature, rollout.prompt_width)
+        teacher_logp_BT = module.teacher_rollout_logp(rollout)
         mask_BT = rollout.mask_BT.to(logp_BT.dtype)
         adv_BT = reverse_kl_advantages(logp_BT, teacher_logp_BT, mask_BT, self.discount)
         old_logp_BT = torch.where((rollout.age_B == 0)[:, None], logp_BT.detach(), rollout.logp_BT)
