@@ -1,0 +1,406 @@
+"""Every method from the same starting model on the same budget, over several seeds: held-out
+accuracy, forgetting and cost side by side, in one command.
+
+    .venv/bin/python benchmarks/compare.py                                  # the full default (below)
+    .venv/bin/python benchmarks/compare.py --skip-existing                  # resume an interrupted one
+    .venv/bin/python benchmarks/compare.py --methods sft grpo --seeds 0 --steps 10 --out runs/cmp_small
+    .venv/bin/python benchmarks/compare.py --tasks arithmetic gsm8k=my_gsm8k_data.yaml
+    .venv/bin/python benchmarks/compare.py --smoke --out /tmp/cmp           # tiny random model, a minute or two
+
+Every run is `lit-posttrain fit` in a subprocess, with the method's shipped config and, the same
+for all: the starting model (LoRA r16 as the configs have it), the task and its held-out split,
+`--steps` optimizer steps of `--batch-size` prompts, the generation limit, and the seed (which
+also seeds the data order). What stays each method's own is what its config chose: learning rate,
+group size, K, temperatures (configs/sft.yaml's own task, 2-digit sums, is replaced like the
+others' by the comparison's). OPD's teacher is the GRPO model of the same seed and task; SePT
+offline is SePT with `RolloutRefresh(every_n_steps: null)` (every training prompt sampled once,
+before training, at the starting temperature). The configs' own Evaluation callbacks are replaced
+by callbacks/evaluation.yaml and callbacks/forgetting.yaml at `every_n_steps: null`: measured once
+before training and once after it.
+
+A task other than the built-in arithmetic is a YAML file with a `data:` section (as in README,
+"Choosing the data"), named on the command line as NAME=FILE; it is passed to every run as a
+second `--config`, so paths inside it are read from the current directory. SFT, OTR and HPT need
+demonstrations in it.
+
+Written to --out: `runs/<task>/<method>/seed<S>/` (the run's logs and charts, `output.log`, the
+exported model, and `result.json`, written atomically when the run has finished: --skip-existing
+reuses it when the run's command is unchanged), `results.csv` (one row per run), `summary.csv`
+(one row per task and method: mean, std, min, max over seeds), `RESULTS.md` (machine, command and
+tables) and `comparison_<task>.png`.
+
+Time. The full default is 21 runs (7 methods x 3 seeds) of 16 steps of 8 prompts, each measured
+before and after training on 48 held-out examples (greedy and 4 samples), 64 general-knowledge
+items and 8 KL prompts; the script prints the time left after every run. Measured 2026-11-24 on a
+2-core AMD EPYC with AVX2 and no native bf16 (float32 weights; a GRPO step ~4.2 s, see
+benchmarks/README.md), nothing else running: 59 minutes in all, a run taking 2 to 4 minutes, of
+which start-up, model load, measurement and export are about half. The budget was cut to these
+numbers to fit the hour on that machine; on the AMX-BF16 machine of benchmarks/README.md, whose
+GRPO step is 2.5 s, the same command should take well under that (not measured), and --steps
+can grow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from compare_report import Run, cell, write_atomically, write_charts, write_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is not installed
+PROBE_SET = "general_knowledge"  # the set callbacks/forgetting.yaml probes
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column of the comparison: a shipped config and what this comparison adds to it."""
+
+    config: str
+    extra_args: tuple[str, ...] = ()
+    teacher: str | None = None  # the method whose model (same task and seed) teaches this one
+    tokens_note: str = "as logged (generated: sampled completion tokens; trained: each trained group's prompt once + its completions)"
+
+
+METHODS = {  # in run order: a teacher before its students
+    "sft": Method(
+        "configs/sft.yaml",
+        tokens_note="no generation; trained: demonstration tokens only (`train/tokens`; prompt tokens are not logged)",
+    ),
+    "grpo": Method("configs/grpo.yaml"),
+    "opd": Method("configs/opd.yaml", teacher="grpo", tokens_note="as logged; the teacher's scoring forward is not counted"),
+    "otr": Method("configs/otr.yaml", tokens_note="not logged by OTR (its forward runs prompt + demonstration, as SFT's)"),
+    "sept_online": Method("configs/sept.yaml"),
+    "sept_offline": Method(
+        "configs/sept.yaml",
+        ("--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh", "--trainer.callbacks.every_n_steps", "null"),
+        tokens_note="generated: counted when a stored rollout is trained on (every training prompt is sampled once, before step 1)",
+    ),
+    "hpt": Method("configs/hpt.yaml", tokens_note="as logged; the demonstrations of prompts routed to SFT are not counted"),
+}
+
+# The two budgets. Explicit options override either; the smoke profile is what the test runs.
+PROFILES = {
+    "full": dict(
+        model="builtin:smollm2-135m-instruct", dtype="auto", seeds=[0, 1, 2], steps=16, batch_size=8, max_new_tokens=8,
+        eval_examples=48, probe_items=64, kl_prompts=8, num_train=320, num_eval=100,
+    ),
+    "smoke": dict(
+        model="tiny-random-llama", dtype="float32", seeds=[0], steps=2, batch_size=4, max_new_tokens=4,
+        eval_examples=8, probe_items=8, kl_prompts=2, num_train=16, num_eval=8,
+    ),
+}
+
+
+OPTIONS = {  # what each budget setting means, for --help
+    "model": "starting model source (README, 'Choosing the model')",
+    "dtype": "weight dtype; auto: bfloat16 where the hardware runs it natively, else float32",
+    "seeds": "one run of every method per seed; the seed also sets the data order",
+    "steps": "optimizer steps per run",
+    "batch_size": "prompts per optimizer step",
+    "max_new_tokens": "generation limit, in training and evaluation alike",
+    "eval_examples": "held-out examples evaluated (greedy and pass@k) before and after training",
+    "probe_items": "general-knowledge items probed, evenly spaced over the set's topics",
+    "kl_prompts": "probe questions the KL to the starting model is measured along",
+    "num_train": "training problems of the built-in arithmetic task",
+    "num_eval": "held-out problems of the built-in arithmetic task (the first --eval-examples are evaluated)",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    dtype: str
+    seeds: list[int]
+    steps: int
+    batch_size: int
+    max_new_tokens: int
+    eval_examples: int
+    probe_items: int
+    kl_prompts: int
+    num_train: int
+    num_eval: int
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+
+def run_command(
+    settings: Settings, method: str, task_config: Path, probes: Path, seed: int, run_dir: Path, teacher: Path | None, merge: bool
+) -> list[str]:
+    spec = METHODS[method]
+    engine = {"class_path": "lit_posttrain.rollout.HFEngine", "init_args": {"max_new_tokens": settings.max_new_tokens}}
+    command = [
+        sys.executable, "-m", "lit_posttrain.cli", "fit",
+        "--config", str(ROOT / spec.config), "--config", str(task_config),
+        "--seed_everything", str(seed), "--data.seed", str(seed),
+        "--model.init_args.model", settings.model, "--model.init_args.dtype", settings.dtype,
+        # One generation limit for every method, in training and in evaluation alike.
+        "--model.init_args.engine", json.dumps(engine),
+        # A student needs its teacher as a full model; the others keep only their small adapters.
+        f"--model.init_args.lora.merge_on_save={str(merge).lower()}",
+        "--data.batch_size", str(settings.batch_size), "--trainer.max_steps", str(settings.steps),
+        "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(run_dir),
+        "--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", "",
+        # Replace the configs' own Evaluation (each at its own cadence): measure before and after only.
+        "--trainer.callbacks", "[]",
+        "--trainer.callbacks+", str(ROOT / "callbacks/evaluation.yaml"), "--trainer.callbacks.every_n_steps", "null",
+        "--trainer.callbacks.max_examples", str(settings.eval_examples),
+        "--trainer.callbacks+", str(ROOT / "callbacks/forgetting.yaml"), "--trainer.callbacks.every_n_steps", "null",
+        "--trainer.callbacks.probe_sets", json.dumps([str(probes)]), "--trainer.callbacks.kl_prompts", str(settings.kl_prompts),
+        *spec.extra_args,
+        "--export_to", str(run_dir / "model"),
+    ]  # fmt: skip
+    if teacher is not None:
+        command += ["--model.init_args.teacher", str(teacher)]
+    return command
+
+
+def read_series(metrics_csv: Path) -> dict[str, list[float]]:
+    """`metric -> values in logged order` from the CSV logger's file."""
+    series: dict[str, list[float]] = {}
+    with open(metrics_csv) as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value:
+                    series.setdefault(key, []).append(float(value))
+    return series
+
+
+def summarise_run(series: dict[str, list[float]], wall_s: float, output: str) -> dict[str, float | None]:
+    """The comparison's numbers for one run, from its metrics.csv and its printed run summary."""
+
+    def first(key: str) -> float | None:
+        return series[key][0] if key in series else None
+
+    def last(key: str) -> float | None:
+        return series[key][-1] if key in series else None
+
+    def total(*keys: str) -> float | None:
+        present = [sum(series[k]) for k in keys if k in series]
+        return sum(present) if present else None
+
+    probe = f"forget/{PROBE_SET}"
+    result: dict[str, float | None] = {
+        "steps": float(len(series.get("train/loss", []))),
+        "accuracy_start": first("eval/accuracy"),
+        "accuracy_end": last("eval/accuracy"),
+        "right_to_wrong": last("eval/right_to_wrong"),
+        "wrong_to_right": last("eval/wrong_to_right"),
+        "kl_end": last("forget/kl"),
+        "probe_accuracy_start": first(f"{probe}/accuracy"),
+        "probe_accuracy_end": last(f"{probe}/accuracy"),
+        "probe_nll_start": first(f"{probe}/nll"),
+        "probe_nll_end": last(f"{probe}/nll"),
+        "probe_right_to_wrong": last(f"{probe}/right_to_wrong"),
+    }
+    start, end = result["probe_accuracy_start"], result["probe_accuracy_end"]
+    result["probe_accuracy_change"] = end - start if start is not None and end is not None else None
+    for key in sorted(k for k in series if k.startswith("eval/pass@")):
+        result[f"{key.removeprefix('eval/')}_start"], result[f"{key.removeprefix('eval/')}_end"] = first(key), last(key)
+    result["tokens_generated"] = total("tokens/generated")
+    result["tokens_trained"] = total("tokens/trained", "train/tokens")
+    # Time: the whole process; fit (from the CLI's run summary, whole seconds); its measuring share.
+    summary = re.search(r"Run summary: \d+ optimizer steps in (\d+) s", output)
+    fit_s = float(summary.group(1)) if summary else None
+    measure_s = total("eval/time_s", "time/forget_kl_s", f"time/forget_{PROBE_SET}_s") or 0.0
+    result |= {"wall_s": wall_s, "measure_s": measure_s, "train_s": fit_s - measure_s if fit_s is not None else None}
+    return result
+
+
+def execute(run: Run, skip_existing: bool) -> None:
+    result_file = run.run_dir / "result.json"
+    if skip_existing and result_file.is_file():
+        saved = json.loads(result_file.read_text())
+        if saved["command"] == run.command:
+            run.result, run.status = saved["result"], "reused"
+            return
+        print(f"  {run.run_dir}: its command changed since it ran; running it again", flush=True)
+    shutil.rmtree(run.run_dir, ignore_errors=True)  # a partial run's logs would be appended to
+    run.run_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    with open(run.run_dir / "output.log", "w") as log:
+        code = subprocess.run(run.command, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall_s = time.perf_counter() - start
+    output = (run.run_dir / "output.log").read_text()
+    if code != 0:
+        run.status = "failed"
+        tail = "\n".join(output.splitlines()[-15:])
+        print(f"  FAILED (exit {code}); last lines of {run.run_dir / 'output.log'}:\n{tail}", flush=True)
+        return
+    run.result, run.status = summarise_run(read_series(run.run_dir / "metrics.csv"), wall_s, output), "ok"
+    write_atomically(result_file, json.dumps({"command": run.command, "result": run.result}, indent=1))
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def task_configs(specs: list[str], settings: Settings, out: Path) -> dict[str, Path]:
+    """`name -> data config file`: the built-in arithmetic task is written out, the others are the user's."""
+    configs = {}
+    for spec in specs:
+        if spec == "arithmetic":
+            data = {
+                "task": {
+                    "class_path": "lit_posttrain.data.arithmetic.Arithmetic",
+                    # The shipped RL configs' task: sums of two numbers 0..20.
+                    "init_args": {"max_operand": 20, "num_train": settings.num_train, "num_eval": settings.num_eval},
+                },
+                # One limit for every method (sft.yaml and otr.yaml set 128 for the prompt): the
+                # tiny model's character tokenizer makes the one-shot prompt ~200 tokens long.
+                "max_prompt_tokens": 512,
+                "max_completion_tokens": 8,
+            }
+            path = out / "tasks" / "arithmetic.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, yaml.safe_dump({"data": data}, sort_keys=False))
+            configs["arithmetic"] = path
+            continue
+        name, sep, file = spec.partition("=")
+        if not sep or not re.fullmatch(r"[\w.-]+", name) or not file:
+            raise SystemExit(f"--tasks: {spec!r} is neither 'arithmetic' nor NAME=FILE (NAME of letters, digits, '_', '.', '-')")
+        path = Path(file).resolve()
+        if not path.is_file():
+            raise SystemExit(f"--tasks {name}: {path} does not exist")
+        content = yaml.safe_load(path.read_text())
+        if not isinstance(content, dict) or "task" not in (content.get("data") or {}):
+            raise SystemExit(f"--tasks {name}: {path} needs a `data:` section with a `task:` (README, 'Choosing the data')")
+        configs[name] = path
+    return configs
+
+
+def probe_subset(items: int, out: Path) -> Path:
+    """`items` of the built-in general-knowledge set, evenly spaced: the file is sorted by topic, so
+    its first items would all be geography. Named like the set, so it is logged under the same name."""
+    from lit_posttrain.data.multiple_choice import BUILTIN_PROBES
+
+    lines = BUILTIN_PROBES[PROBE_SET].read_text().splitlines()
+    chosen = [lines[i * len(lines) // items] for i in range(items)] if items < len(lines) else lines
+    path = out / "probes" / f"{PROBE_SET}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, "\n".join(chosen) + "\n")
+    return path
+
+
+def describe(settings: Settings, command_line: str) -> list[str]:
+    """What RESULTS.md says the comparison held equal and measured."""
+    samples = yaml.safe_load((ROOT / "callbacks" / "evaluation.yaml").read_text())["init_args"]["samples"]
+    return [
+        f"- Command: `{command_line}`",
+        f"- The same for every method: model `{settings.model}` (dtype {settings.dtype}; LoRA r16 as the shipped configs "
+        f"have it), {settings.steps} optimizer steps of {settings.batch_size} prompts, at most {settings.max_new_tokens} "
+        f"new tokens per completion, seeds {' '.join(map(str, settings.seeds))} (each seeding the data order too).",
+        f"- Measured before and after training: greedy accuracy and pass@k ({samples} samples, callbacks/evaluation.yaml) "
+        f"on the first {settings.eval_examples} held-out examples; KL(policy || start) per token along the start "
+        f"model's continuations of {settings.kl_prompts} probe questions; accuracy on {settings.probe_items} items of "
+        "the built-in general-knowledge (GK) set, evenly spaced over its topics, scored by option log-likelihood.",
+    ]
+
+
+def method_notes(methods: list[str]) -> list[str]:
+    """RESULTS.md's notes: how each method was run, and what its columns count."""
+    notes = []
+    for method in methods:
+        spec = METHODS[method]
+        extra = f" with `{shlex.join(spec.extra_args)}`" if spec.extra_args else ""
+        teacher = f"; teacher: the `{spec.teacher}` model of the same task and seed" if spec.teacher else ""
+        notes.append(f"- `{method}`: `{spec.config}`{extra}{teacher}. Tokens: {spec.tokens_note}.")
+    return notes + [
+        "- Right-to-wrong: held-out examples (or GK items) right before training and wrong after it.",
+        "- Wall time: the whole `lit-posttrain fit` process (start-up, model load, measurement, training, export). "
+        "Training time: `fit` as the CLI's run summary times it (model load, training, export; whole seconds) less the "
+        "evaluation and probe time the callbacks log.",
+    ]
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps, 1 seed: the test's settings")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="methods to run (default: all)")
+    parser.add_argument("--tasks", nargs="+", default=["arithmetic"], help="'arithmetic' and/or NAME=FILE, FILE a YAML with a data: section")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "compare", help="output folder (default: runs/compare)")
+    parser.add_argument("--skip-existing", action="store_true", help="reuse every finished run whose command is unchanged")
+    for name, value in PROFILES["full"].items():
+        kind = type(value[0]) if isinstance(value, list) else type(value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, nargs="+" if isinstance(value, list) else None,
+                            help=f"{OPTIONS[name]} (default {value}; --smoke: {PROFILES['smoke'][name]})")  # fmt: skip
+    args = parser.parse_args(argv)
+    profile = PROFILES["smoke" if args.smoke else "full"]
+    settings = Settings(**{name: getattr(args, name) if getattr(args, name) is not None else value for name, value in profile.items()})
+    if "opd" in args.methods and "grpo" not in args.methods:
+        parser.error("opd's teacher is the grpo model of the same seed: add grpo to --methods (with --skip-existing a finished one is reused)")
+    too_small = {name: value for name, value in vars(settings).items() if isinstance(value, int) and value < 1}
+    if too_small:
+        parser.error(f"every count must be at least 1, got {too_small}")
+    return args, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, settings = parse_args(argv)
+    out = args.out.resolve()
+    tasks = task_configs(args.tasks, settings, out)
+    probes = probe_subset(settings.probe_items, out)
+    methods = [m for m in METHODS if m in args.methods]  # run order: teachers first
+    # Whether or not its student runs this time: a resumed comparison that adds it reuses the run.
+    teachers = {spec.teacher for spec in METHODS.values()}
+    runs = []
+    for task, config in tasks.items():
+        for seed in settings.seeds:  # seed by seed: an interrupted comparison has whole seeds done
+            for method in methods:
+                run_dir = out / "runs" / task / method / f"seed{seed}"
+                teacher = METHODS[method].teacher
+                teacher_model = out / "runs" / task / teacher / f"seed{seed}" / "model" if teacher else None
+                command = run_command(settings, method, config, probes, seed, run_dir, teacher_model, merge=method in teachers)
+                runs.append(Run(task, method, seed, run_dir, command))
+    command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
+    setup, notes = describe(settings, command_line), method_notes(methods)
+    print(f"{len(runs)} runs into {out}", flush=True)
+    started = time.perf_counter()
+    timed = []
+    for i, run in enumerate(runs, 1):
+        label = f"[{i}/{len(runs)}] {run.task} {run.method} seed {run.seed}"
+        teacher = METHODS[run.method].teacher
+        if teacher and next(r for r in runs if (r.task, r.method, r.seed) == (run.task, teacher, run.seed)).result is None:
+            run.status = "skipped"
+            print(f"{label}: skipped, its teacher ({teacher}) has no model", flush=True)
+            continue
+        run_start = time.perf_counter()
+        execute(run, args.skip_existing)
+        if run.status == "ok":
+            timed.append(time.perf_counter() - run_start)
+        if run.result is not None:
+            shown = {k: cell([v], 3) if v is not None else "-" for k, v in run.result.items()}
+            remaining = len(runs) - i
+            eta = f", ~{remaining * statistics.fmean(timed) / 60:.1f} min left" if timed and remaining else ""
+            print(
+                f"{label}: {run.status}, accuracy {shown['accuracy_start']} -> {shown['accuracy_end']}, KL {shown['kl_end']}, "
+                f"wall {run.result['wall_s']:.0f} s (elapsed {(time.perf_counter() - started) / 60:.1f} min{eta})",
+                flush=True,
+            )
+        # Tables after every run: an interrupted comparison still leaves its finished runs tabulated.
+        write_tables(runs, out, setup, notes)
+    for path in write_charts(runs, out):
+        print(f"chart: {path}")
+    print(f"table: {out / 'RESULTS.md'}; per run: {out / 'results.csv'}; over seeds: {out / 'summary.csv'}")
+    missing = [r for r in runs if r.result is None]
+    if missing:
+        print(f"{len(missing)} runs have no result: " + ", ".join(f"{r.task}/{r.method}/seed{r.seed} ({r.status})" for r in missing))
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

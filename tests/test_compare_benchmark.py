@@ -1,0 +1,69 @@
+"""benchmarks/compare.py end to end in its smoke settings: every method through the real CLI on the
+tiny model, then the tables and charts; and a resumed comparison reusing finished runs."""
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # seven CLI processes: over a minute on 2 cores
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["sft", "grpo", "opd", "otr", "sept_online", "sept_offline", "hpt"]
+# Numbers every method must have, each finite: accuracy, pass@k, forgetting, time.
+FINITE = [
+    "steps", "accuracy_start", "accuracy_end", "pass@4_end", "right_to_wrong", "kl_end",
+    "probe_accuracy_start", "probe_accuracy_end", "probe_accuracy_change", "probe_right_to_wrong",
+    "wall_s", "train_s", "measure_s",
+]  # fmt: skip
+
+
+def compare(out: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--smoke", "--out", str(out), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_comparison_tabulates_every_method_and_resumes(tmp_path):
+    compare(tmp_path)
+
+    runs = read_csv(tmp_path / "results.csv")
+    assert sorted(r["method"] for r in runs) == sorted(METHODS)  # one seed: one row per method
+    for run in runs:
+        for key in FINITE:
+            assert math.isfinite(float(run[key])), (run["method"], key, run[key])
+        assert float(run["steps"]) == 2
+        assert 0.0 <= float(run["accuracy_end"]) <= 1.0
+        assert float(run["kl_end"]) >= 0.0
+    by_method = {r["method"]: r for r in runs}
+    assert float(by_method["grpo"]["tokens_generated"]) > 0
+    assert float(by_method["sft"]["tokens_trained"]) > 0
+    assert by_method["sft"]["tokens_generated"] == ""  # SFT samples nothing: blank, not 0
+
+    summary = read_csv(tmp_path / "summary.csv")
+    assert sorted(r["method"] for r in summary) == sorted(METHODS)
+    assert all(math.isfinite(float(r["accuracy_end_mean"])) for r in summary)
+
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "- Machine:" in table and "--smoke" in table
+    for method in METHODS:
+        assert f"| {method} | 1 |" in table
+    chart = tmp_path / "comparison_arithmetic.png"
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+    # A finished run with an unchanged command is reused, not run again.
+    result = tmp_path / "runs" / "arithmetic" / "sft" / "seed0" / "result.json"
+    written = result.stat().st_mtime_ns
+    again = compare(tmp_path, "--skip-existing", "--methods", "sft", "grpo")
+    assert again.stdout.count(": reused,") == 2, again.stdout
+    assert result.stat().st_mtime_ns == written
+    assert sorted(r["method"] for r in read_csv(tmp_path / "results.csv")) == ["grpo", "sft"]
