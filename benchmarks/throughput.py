@@ -68,6 +68,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_posttrain.methods.on_policy import prompt_tokens
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"  # every shipped config's policy; OPD's teacher here too
 METHODS = ("sft", "grpo", "opd", "otr", "sept", "hpt")
@@ -117,8 +119,8 @@ class StepTimer(L.Callback):
 def teacher_tokens(rollout) -> float:
     """Tokens OPD's teacher runs on: each prompt once for its group (the shared-prompt forward),
     plus every completion token."""
-    first_G = torch.searchsorted(rollout.group_B, rollout.group_B.unique())
-    return float(rollout.attention_BT[first_G, : rollout.prompt_width].sum() + rollout.mask_BT.sum())
+    every_row_B = torch.ones(len(rollout), dtype=torch.bool)
+    return float(prompt_tokens(rollout, every_row_B) + rollout.mask_BT.sum())
 
 
 def demonstration_tokens(module, batch) -> int:

@@ -39,11 +39,6 @@ from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 from lit_posttrain.rollout.engine import last_position
 
 
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def first_masked(mask_BT: Tensor) -> int:
     """The first position any row marks: scoring can start there."""
     marked = mask_BT.any(0).nonzero()
@@ -179,6 +174,11 @@ class PostTrainingModule(L.LightningModule):
             teacher.to(self.device)
         return teacher
 
+    def _required_teacher(self) -> torch.nn.Module:
+        if self.teacher is None:
+            raise RuntimeError("this module was built without a teacher: set `teacher:` to a model source")
+        return self.teacher
+
     @contextmanager
     def reference(self):
         """The frozen starting model. With LoRA it is the policy with its adapters disabled, which
@@ -254,10 +254,8 @@ class PostTrainingModule(L.LightningModule):
     def teacher_rollout_logp(self, rollout: Rollout) -> Tensor:
         """The teacher's log-probs of a rollout's completion tokens at its sampling temperature (0
         elsewhere), each prompt run once for its whole group, as the policy's are."""
-        if self.teacher is None:
-            raise RuntimeError("this module was built without a teacher: set `teacher:` to a model source")
         return self._shared_prompt_logp(
-            self.teacher, rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout, rollout.temperature
+            self._required_teacher(), rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout, rollout.temperature
         )
 
     def _shared_prompt_logp(
@@ -304,9 +302,7 @@ class PostTrainingModule(L.LightningModule):
         self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0, first_scored: int | None = None
     ) -> Tensor:
         """Per-token log-probs under the frozen teacher (from `first_scored` on)."""
-        if self.teacher is None:
-            raise RuntimeError("this module was built without a teacher: set `teacher:` to a model source")
-        return self._token_logp(self.teacher, tokens_BT, attention_BT, temperature, first_scored)
+        return self._token_logp(self._required_teacher(), tokens_BT, attention_BT, temperature, first_scored)
 
     # Methods that train on the task's demonstrations say so; the task is checked at start-up.
     needs_demonstrations: bool = False
@@ -444,7 +440,7 @@ class PostTrainingModule(L.LightningModule):
         Under data parallelism only rank 0 writes; with a sharded policy every rank must call it
         (the full weights are gathered from all of them)."""
         folder = Path(folder)
-        policy = self._gather_policy() if self.lockstep else (self.policy if _rank() == 0 else None)
+        policy = self._gather_policy() if self.lockstep else (self.policy if self.global_rank == 0 else None)
         if policy is None:  # another rank writes
             return folder
         tmp = folder.with_name(folder.name + ".tmp")
@@ -463,7 +459,7 @@ class PostTrainingModule(L.LightningModule):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if _rank() != 0:
+        if self.global_rank != 0:
             return None
         policy = load_model(self.model_folder, self.weight_dtype, self.trust_remote_code)
         policy = apply_lora(policy, self.lora) if self.lora is not None else policy

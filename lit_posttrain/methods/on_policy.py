@@ -61,9 +61,9 @@ class OnPolicyModule(PostTrainingModule):
             "train/rows_trained": trained_B.float().mean(),
             # Throughput: each prompt is prefilled once; the loss forward runs each trained
             # group's prompt once plus its trained completions.
-            "tokens/prompts": _prompt_tokens(rollout, torch.ones_like(trained_B)),
+            "tokens/prompts": prompt_tokens(rollout, torch.ones_like(trained_B)),
             "tokens/generated": rollout.mask_BT.sum().float(),
-            "tokens/trained": _prompt_tokens(rollout, trained_B) + rollout.mask_BT[trained_B.to(rollout.mask_BT.device)].sum(),
+            "tokens/trained": prompt_tokens(rollout, trained_B) + rollout.mask_BT[trained_B.to(rollout.mask_BT.device)].sum(),
             "time/generate_s": torch.tensor(rollout.timing.get("generate_s", 0.0)),
             "time/score_s": torch.tensor(rollout.timing.get("score_s", 0.0)),
             # RolloutRefresh samples before this module's on_train_batch_start: this is the loss alone.
@@ -104,7 +104,7 @@ def reward_statistics(rollout: Rollout) -> dict[str, Tensor]:
     }
 
 
-def _prompt_tokens(rollout: Rollout, rows_B: Tensor) -> Tensor:
+def prompt_tokens(rollout: Rollout, rows_B: Tensor) -> Tensor:
     """Prompt tokens of the groups that have a row in `rows_B`, each prompt counted once."""
     group_B = rollout.group_B.cpu()
     first_of_group = torch.searchsorted(group_B, group_B[rows_B].unique())
