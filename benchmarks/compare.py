@@ -12,11 +12,14 @@ for all: the starting model (LoRA r16 as the configs have it), the task and its 
 `--steps` optimizer steps of `--batch-size` prompts, the generation limit, and the seed (which
 also seeds the data order). What stays each method's own is what its config chose: learning rate,
 group size, K, temperatures (configs/sft.yaml's own task, 2-digit sums, is replaced like the
-others' by the comparison's). OPD's teacher is the GRPO model of the same seed and task; SePT
-offline is SePT with `RolloutRefresh(every_n_steps: null)` (every training prompt sampled once,
-before training, at the starting temperature). The configs' own Evaluation callbacks are replaced
-by callbacks/evaluation.yaml and callbacks/forgetting.yaml at `every_n_steps: null`: measured once
-before training and once after it.
+others' by the comparison's). OPD distils twice: `opd` from the GRPO model of the same seed and
+task, `opd_sft` from the SFT model (the distillation study's comparison: does the student keep an
+SFT teacher's score while forgetting less?). SePT offline is SePT with
+`RolloutRefresh(every_n_steps: null)` (every training prompt sampled once, before training, at the
+starting temperature). The configs' own Evaluation callbacks are replaced by
+callbacks/evaluation.yaml and callbacks/forgetting.yaml at `every_n_steps: null`: measured once
+before training and once after it; SePT online's also at the sampling temperatures
+SWEPT_TEMPERATURES (its claim is against the untrained model at its best temperature).
 
 A task other than the built-in arithmetic is a YAML file with a `data:` section (as in README,
 "Choosing the data"), named on the command line as NAME=FILE; it is passed to every run as a
@@ -71,24 +74,25 @@ class Method:
     config: str
     extra_args: tuple[str, ...] = ()
     teacher: str | None = None  # the method whose model (same task and seed) teaches this one
-    tokens_note: str = "as logged (generated: sampled completion tokens; trained: each trained group's prompt once + its completions)"
+    evaluation_args: tuple[str, ...] = ()  # settings of this method's Evaluation callback
 
+
+# SePT's claim is against the untrained model at its best temperature: SePT online's runs also
+# evaluate at these (before training: the untrained model; after: SePT's).
+SWEPT_TEMPERATURES = (0.25, 0.5, 0.75)
 
 METHODS = {  # in run order: a teacher before its students
-    "sft": Method(
-        "configs/sft.yaml",
-        tokens_note="no generation; trained: demonstration tokens only (`train/tokens`; prompt tokens are not logged)",
-    ),
+    "sft": Method("configs/sft.yaml"),
     "grpo": Method("configs/grpo.yaml"),
-    "opd": Method("configs/opd.yaml", teacher="grpo", tokens_note="as logged; the teacher's scoring forward is not counted"),
-    "otr": Method("configs/otr.yaml", tokens_note="not logged by OTR (its forward runs prompt + demonstration, as SFT's)"),
-    "sept_online": Method("configs/sept.yaml"),
+    "opd": Method("configs/opd.yaml", teacher="grpo"),
+    "opd_sft": Method("configs/opd.yaml", teacher="sft"),  # the distillation study's comparison: an SFT teacher
+    "otr": Method("configs/otr.yaml"),
+    "sept_online": Method("configs/sept.yaml", evaluation_args=("--trainer.callbacks.temperatures", json.dumps(SWEPT_TEMPERATURES))),
     "sept_offline": Method(
         "configs/sept.yaml",
         ("--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh", "--trainer.callbacks.every_n_steps", "null"),
-        tokens_note="generated: counted when a stored rollout is trained on (every training prompt is sampled once, before step 1)",
     ),
-    "hpt": Method("configs/hpt.yaml", tokens_note="as logged; the demonstrations of prompts routed to SFT are not counted"),
+    "hpt": Method("configs/hpt.yaml"),
 }
 
 # The two budgets. Explicit options override either; the smoke profile is what the test runs.
@@ -159,7 +163,7 @@ def run_command(
         # Replace the configs' own Evaluation (each at its own cadence): measure before and after only.
         "--trainer.callbacks", "[]",
         "--trainer.callbacks+", str(ROOT / "callbacks/evaluation.yaml"), "--trainer.callbacks.every_n_steps", "null",
-        "--trainer.callbacks.max_examples", str(settings.eval_examples),
+        "--trainer.callbacks.max_examples", str(settings.eval_examples), *spec.evaluation_args,
         "--trainer.callbacks+", str(ROOT / "callbacks/forgetting.yaml"), "--trainer.callbacks.every_n_steps", "null",
         "--trainer.callbacks.probe_sets", json.dumps([str(probes)]), "--trainer.callbacks.kl_prompts", str(settings.kl_prompts),
         *spec.extra_args,
@@ -210,10 +214,13 @@ def summarise_run(series: dict[str, list[float]], wall_s: float, output: str) ->
     }
     start, end = result["probe_accuracy_start"], result["probe_accuracy_end"]
     result["probe_accuracy_change"] = end - start if start is not None and end is not None else None
-    for key in sorted(k for k in series if k.startswith("eval/pass@")):
+    for key in sorted(k for k in series if k.startswith("eval/pass@")):  # pass@k, and pass@1_T<t> where swept
         result[f"{key.removeprefix('eval/')}_start"], result[f"{key.removeprefix('eval/')}_end"] = first(key), last(key)
-    result["tokens_generated"] = total("tokens/generated")
-    result["tokens_trained"] = total("tokens/trained", "train/tokens")
+    # Tokens through each model's forward passes in training, as the methods log them.
+    for kind in ("prompts", "generated", "trained", "teacher", "reference"):
+        result[f"tokens_{kind}"] = total(f"tokens/{kind}")
+    counted = [result[f"tokens_{kind}"] for kind in ("prompts", "generated", "trained", "teacher", "reference")]
+    result["tokens_processed"] = sum(v for v in counted if v is not None)
     # Time: the whole process; fit (from the CLI's run summary, whole seconds); its measuring share.
     summary = re.search(r"Run summary: \d+ optimizer steps in (\d+) s", output)
     fit_s = float(summary.group(1)) if summary else None
@@ -318,8 +325,14 @@ def method_notes(methods: list[str]) -> list[str]:
         spec = METHODS[method]
         extra = f" with `{shlex.join(spec.extra_args)}`" if spec.extra_args else ""
         teacher = f"; teacher: the `{spec.teacher}` model of the same task and seed" if spec.teacher else ""
-        notes.append(f"- `{method}`: `{spec.config}`{extra}{teacher}. Tokens: {spec.tokens_note}.")
+        evaluation = f"; its Evaluation with `{shlex.join(spec.evaluation_args)}`" if spec.evaluation_args else ""
+        notes.append(f"- `{method}`: `{spec.config}`{extra}{teacher}{evaluation}.")
     return notes + [
+        "- Tokens, summed over the run's training steps as the methods log them (`tokens/*`): generated = sampled "
+        "tokens; trained = what the policy's loss forward ran on (prompt + demonstration for SFT-style losses; each "
+        "trained group's prompt once + its completions for sampled ones); processed = every forward in training: "
+        "prompts prefilled for sampling + generated + trained + the teacher's (OPD) + the reference's (a KL term). "
+        "The offline SePT ablation samples every training prompt once before its first step, counted there.",
         "- Right-to-wrong: held-out examples (or GK items) right before training and wrong after it.",
         "- Wall time: the whole `lit-posttrain fit` process (start-up, model load, measurement, training, export). "
         "Training time: `fit` as the CLI's run summary times it (model load, training, export; whole seconds) less the "
@@ -341,8 +354,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     args = parser.parse_args(argv)
     profile = PROFILES["smoke" if args.smoke else "full"]
     settings = Settings(**{name: getattr(args, name) if getattr(args, name) is not None else value for name, value in profile.items()})
-    if "opd" in args.methods and "grpo" not in args.methods:
-        parser.error("opd's teacher is the grpo model of the same seed: add grpo to --methods (with --skip-existing a finished one is reused)")
+    for method in args.methods:
+        teacher = METHODS[method].teacher
+        if teacher and teacher not in args.methods:
+            parser.error(f"{method}'s teacher is the {teacher} model of the same seed: add {teacher} to --methods "
+                         "(with --skip-existing a finished one is reused)")  # fmt: skip
     too_small = {name: value for name, value in vars(settings).items() if isinstance(value, int) and value < 1}
     if too_small:
         parser.error(f"every count must be at least 1, got {too_small}")

@@ -60,6 +60,7 @@ COLUMNS = (
     ("train_s", "training time (s)", 0),
     ("tokens_generated", "tokens generated", 0),
     ("tokens_trained", "tokens trained", 0),
+    ("tokens_processed", "tokens processed", 0),
 )
 
 
@@ -164,12 +165,32 @@ def markdown(groups: dict[tuple[str, str], list[Run]], setup: list[str], notes: 
                 cells = [cell(values_of(group, pass_key if key == "PASS_AT_K_END" else key), d) for key, _, d in COLUMNS]
                 finished = sum(run.result is not None for run in group)
                 lines.append(f"| {method} | {finished} | " + " | ".join(cells) + " |")
+    lines += temperature_tables(groups)
     lines += ["", "## Methods and column notes", "", *notes]
     missing = [run for group in groups.values() for run in group if run.status in ("failed", "skipped")]
     if missing:
         lines += ["", "## Runs without results", ""]
         lines += [f"- {r.task} / {r.method} / seed {r.seed}: {r.status}, see `{r.run_dir / 'output.log'}`" for r in missing]
     return "\n".join(lines) + "\n"
+
+
+def temperature_tables(groups: dict[tuple[str, str], list[Run]]) -> list[str]:
+    """Per task and method that swept sampling temperatures: accuracy (pass@1) at each, before and
+    after training, beside greedy."""
+    lines = []
+    for (task, method), group in groups.items():
+        keys = {k for run in group if run.result for k in run.result}
+        temperatures = sorted({float(m.group(1)) for k in keys if (m := re.fullmatch(r"pass@1_T([\d.]+)_start", k))})
+        if not temperatures:
+            continue
+        names = [f"{t:g}" for t in temperatures]
+        lines += ["", f"### `{task}`, `{method}`: accuracy by sampling temperature", ""]
+        lines += ["| model | greedy | " + " | ".join(f"T={n}" for n in names) + " |", "|---|---|" + "---|" * len(names)]
+        for when, label in (("start", "before training (the starting model)"), ("end", f"after {method}")):
+            greedy = cell(values_of(group, f"accuracy_{when}"), 3)
+            lines.append(f"| {label} | {greedy} | " + " | ".join(cell(values_of(group, f"pass@1_T{n}_{when}"), 3) for n in names) + " |")
+        lines += ["", "T=t: the mean accuracy of the evaluation's samples per prompt at temperature t (pass@1); greedy: T -> 0."]
+    return lines
 
 
 def write_charts(runs: list[Run], out: Path) -> list[Path]:

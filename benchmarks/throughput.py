@@ -13,15 +13,15 @@ is measured and the teacher's cost does not depend on its weights.
 
 Where the numbers come from:
 - Step time and its split. A `StepTimer` callback added to each run records, per step, the time
-  from the batch's start to the loss's backward and from there to the batch's end (backward +
-  optimizer step, + the sampler's weight refresh). It runs before RolloutRefresh, so for the
-  on-policy methods the first window includes sampling; they log time/generate_s, time/score_s and
-  time/loss_forward_s, which split it. For SFT and OTR the first window is the loss forward.
-  "other" is the rest of the step (rollout bookkeeping, batching, logging).
-- Tokens. tokens/prompts, tokens/generated and tokens/trained as the on-policy methods log them.
-  The callback counts what the logs lack: SFT's and OTR's prompt + demonstration tokens, HPT's
-  demonstration tokens of the prompts it routes to SFT (routed as HPT routes them), and the tokens
-  OPD's teacher runs on (each prompt once for its group, plus the completions).
+  from the batch's start to its end; it runs before RolloutRefresh, so its window includes
+  sampling. Every method logs the phases itself: time/generate_s and time/score_s (the methods
+  that sample), time/loss_forward_s and time/backward_step_s (backward, optimizer step and the
+  sampler's weight refresh). "other" is the rest of the step (rollout bookkeeping, batching,
+  logging, callbacks).
+- Tokens, as every method logs them: tokens/prompts (prefilled for sampling, each prompt once),
+  tokens/generated, tokens/trained (what the policy's loss forward ran on: SFT's and OTR's prompt +
+  demonstration, each trained group's prompt once + its completions for sampled rows, both for
+  HPT) and tokens/teacher (OPD: each prompt once for its group, plus the completions).
 - Peak memory: peak RSS of the training process up to the end of its last step (getrusage inside
   it), and over its whole life, which adds the export of the trained model at the end of fit
   (os.wait4 on that process alone).
@@ -68,8 +68,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_posttrain.methods.on_policy import prompt_tokens
-
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"  # every shipped config's policy; OPD's teacher here too
 METHODS = ("sft", "grpo", "opd", "otr", "sept", "hpt")
@@ -86,8 +84,8 @@ STORY_SUBJECTS = (
 
 
 class StepTimer(L.Callback):
-    """Appends one JSON line per training step to `path`: the step's time split at the backward,
-    the token counts the methods do not log, and the process's peak RSS so far.
+    """Appends one JSON line per training step to `path`: the whole step's time, sampling included,
+    and the process's peak RSS so far.
 
     Args:
         path: the JSON-lines file to append to.
@@ -99,43 +97,13 @@ class StepTimer(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
         self._start = time.perf_counter()
 
-    def on_before_backward(self, trainer, module, loss) -> None:
-        self._backward = time.perf_counter()
-
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-        end = time.perf_counter()
         record = {
-            "step_s": end - self._start,
-            "forward_s": self._backward - self._start,
-            "backward_s": end - self._backward,
-            "demonstration_tokens": demonstration_tokens(module, batch),
-            "teacher_tokens": teacher_tokens(module.rollout) if module.teacher is not None else 0.0,
+            "step_s": time.perf_counter() - self._start,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         }
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def teacher_tokens(rollout) -> float:
-    """Tokens OPD's teacher runs on: each prompt once for its group (the shared-prompt forward),
-    plus every completion token."""
-    every_row_B = torch.ones(len(rollout), dtype=torch.bool)
-    return float(prompt_tokens(rollout, every_row_B) + rollout.mask_BT.sum())
-
-
-def demonstration_tokens(module, batch) -> int:
-    """Prompt + demonstration tokens the step's loss ran on: every row for SFT and OTR, the rows
-    HPT routes to SFT, none for the methods that train only on samples."""
-    from lit_posttrain.methods.hpt import HPT, route_to_sft
-
-    rows = batch.rows
-    if isinstance(module, HPT):
-        rollout = module.rollout
-        sft_P = route_to_sft(rollout.reward_B, rollout.group_B, module.gamma, module.solved_threshold)
-        rows = [row for row, to_sft in zip(rows, sft_P.tolist(), strict=True) if to_sft]
-    elif not module.needs_demonstrations:
-        return 0
-    return sum(len(row.prompt_ids) + len(row.completion_ids) for row in rows)
 
 
 # --- the machine and the model --------------------------------------------------------------------
@@ -238,13 +206,11 @@ def summarise(run: Run, params: int, peak: float) -> dict[str, float | None]:
 
     steps = run.steps
     on_policy = "time/generate_s" in steps[0]
-    # For SFT and OTR the step until the backward is all loss forward.
-    forward_key = "time/loss_forward_s" if on_policy else "forward_s"
     phases = {
         "generation_s": [s.get("time/generate_s", 0.0) for s in steps],
         "scoring_s": [s.get("time/score_s", 0.0) for s in steps],
-        "loss_forward_s": [s[forward_key] for s in steps],
-        "backward_step_s": [s["backward_s"] for s in steps],
+        "loss_forward_s": [s["time/loss_forward_s"] for s in steps],
+        "backward_step_s": [s["time/backward_step_s"] for s in steps],
     }
     other = [s["step_s"] - sum(p[i] for p in phases.values()) for i, s in enumerate(steps)]
     medians = {name: median(values) for name, values in phases.items()}
@@ -252,17 +218,17 @@ def summarise(run: Run, params: int, peak: float) -> dict[str, float | None]:
         medians.update(generation_s=None, scoring_s=None)
     prompts = median(s.get("tokens/prompts", 0.0) for s in steps)
     generated = median(s.get("tokens/generated", 0.0) for s in steps)
-    trained = median(s.get("tokens/trained", 0.0) + s["demonstration_tokens"] for s in steps)
-    teacher = median(s["teacher_tokens"] for s in steps)
+    trained = median(s["tokens/trained"] for s in steps)
+    teacher = median(s.get("tokens/teacher", 0.0) for s in steps)
     step_s, generation_s = median(s["step_s"] for s in steps), medians["generation_s"]
-    training_s = median(s[forward_key] + s["backward_s"] for s in steps)
+    training_s = median(s["time/loss_forward_s"] + s["time/backward_step_s"] for s in steps)
     generation_flops = 2 * params * (prompts + generated)
     training_flops = 4 * params * trained + 2 * params * teacher
     return {
         "steps_timed": len(steps),
         "step_s": step_s,
         **medians,
-        "other_s": median(other) if on_policy else None,  # SFT's and OTR's two windows are the whole step
+        "other_s": median(other),
         "prompt_tokens": prompts if on_policy else None,
         "generated_tokens": generated if on_policy else None,
         "trained_tokens": trained,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # seven CLI processes: over a minute on 2 cores
+pytestmark = pytest.mark.slow  # eight CLI processes: over a minute on 2 cores
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["sft", "grpo", "opd", "otr", "sept_online", "sept_offline", "hpt"]
+METHODS = ["sft", "grpo", "opd", "opd_sft", "otr", "sept_online", "sept_offline", "hpt"]
 # Numbers every method must have, each finite: accuracy, pass@k, forgetting, time.
 FINITE = [
     "steps", "accuracy_start", "accuracy_end", "pass@4_end", "right_to_wrong", "kl_end",
@@ -48,6 +48,11 @@ def test_smoke_comparison_tabulates_every_method_and_resumes(tmp_path):
     assert float(by_method["grpo"]["tokens_generated"]) > 0
     assert float(by_method["sft"]["tokens_trained"]) > 0
     assert by_method["sft"]["tokens_generated"] == ""  # SFT samples nothing: blank, not 0
+    assert all(float(r["tokens_processed"]) >= float(r["tokens_trained"]) > 0 for r in runs)
+    assert float(by_method["opd_sft"]["tokens_teacher"]) > 0 and by_method["grpo"]["tokens_teacher"] == ""
+    # SePT online sweeps temperatures, before training (the untrained model) and after.
+    for when in ("start", "end"):
+        assert 0 <= float(by_method["sept_online"][f"pass@1_T0.25_{when}"]) <= 1
 
     summary = read_csv(tmp_path / "summary.csv")
     assert sorted(r["method"] for r in summary) == sorted(METHODS)
@@ -57,6 +62,7 @@ def test_smoke_comparison_tabulates_every_method_and_resumes(tmp_path):
     assert "- Machine:" in table and "--smoke" in table
     for method in METHODS:
         assert f"| {method} | 1 |" in table
+    assert "`sept_online`: accuracy by sampling temperature" in table and "| T=0.25 |" in table
     chart = tmp_path / "comparison_arithmetic.png"
     assert chart.read_bytes().startswith(b"\x89PNG")
 

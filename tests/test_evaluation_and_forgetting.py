@@ -8,10 +8,13 @@ import pytest
 import torch
 import yaml
 
-from lit_posttrain.callbacks.forgetting import choice_rows, score_choices
+from lit_posttrain.callbacks.evaluation import Evaluation
+from lit_posttrain.callbacks.forgetting import choice_rows, item_batches, score_choices
 from lit_posttrain.cli import LitPostTrainCLI
+from lit_posttrain.data.datamodule import pack_demonstrations
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import DataError
+from lit_posttrain.methods.base import first_masked
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.metrics import flips, pass_at_k
 from lit_posttrain.plots import main as plot_main
@@ -87,6 +90,34 @@ def test_multiple_choice_scorer_picks_the_option_made_much_likelier():
     assert result["nll"] == pytest.approx((0 + 0 + 10) / 3, abs=0.05)
 
 
+def test_item_batches_keep_items_whole():
+    items = [MultipleChoiceItem("q", tuple("abcdefghij"[:n]), 0) for n in (3, 4, 2, 10, 1)]
+    assert item_batches(items, 7) == [(0, 2), (2, 3), (3, 4), (4, 5)]  # an item larger than a batch goes alone
+    assert item_batches(items, 100) == [(0, 5)] and item_batches([], 7) == []
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_choices_scored_against_a_shared_question_match_scoring_each_in_full(checkpointing):
+    module = SFT(model="tiny-random-llama", dtype="float32", gradient_checkpointing=checkpointing)
+    module.configure_model()
+    module.policy.eval()
+    items = load_multiple_choice("builtin:general_knowledge", limit=12)
+    rows = choice_rows(items, module.tokenizer)
+    shared = score_choices(module, items, rows, batch_size=7)  # uneven batches of whole items
+    # Every (question, choice) row run in full, as a plain per-token scorer would.
+    tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, module.tokenizer.pad_token_id)
+    with torch.no_grad():
+        sums_B = (module.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT)) * mask_BT).sum(-1)
+    correct, nll, offset = [], [], 0
+    for item in items:
+        scores = sums_B[offset : offset + len(item.choices)]
+        correct.append(int(scores.argmax()) == item.answer)
+        nll.append(-scores[item.answer].item() / int(mask_BT[offset + item.answer].sum()))
+        offset += len(item.choices)
+    assert shared["per_example"] == correct
+    assert shared["nll"] == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+
+
 def _logged(cli):
     with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -131,6 +162,7 @@ def test_evaluation_pass_at_k_and_flips_through_the_callback(in_tmp):
             "fit", "--config", TINY_GRPO, "--trainer.max_steps", "2",
             "--trainer.callbacks+", str(ROOT / "callbacks" / "evaluation.yaml"),
             "--trainer.callbacks.every_n_steps", "1", "--trainer.callbacks.max_examples", "8",
+            "--trainer.callbacks.temperatures", "[0.5, 1.0]",
         ]
     )  # fmt: skip
     (evaluation,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "Evaluation"]
@@ -138,6 +170,10 @@ def test_evaluation_pass_at_k_and_flips_through_the_callback(in_tmp):
     for h in evaluation.history:
         assert 0 <= h["pass@1"] <= h["pass@4"] <= 1
         assert len(h["per_example"]) == 8
+        # At the pass@k samples' own temperature (1.0) and seeds, the sweep draws the same samples.
+        assert h["pass@1_T1"] == pytest.approx(h["pass@1"]) and 0 <= h["pass@1_T0.5"] <= 1
+    with pytest.raises(ValueError, match="temperatures need samples >= 1"):
+        Evaluation(temperatures=[0.5])
     rows = [r for r in _logged(cli) if r.get("eval/pass@4")]
     assert len(rows) == 3 and all(r.get("eval/right_to_wrong") for r in rows)
 

@@ -48,6 +48,7 @@ def test_grpo_with_kl_lora_and_reused_rollouts_runs():
     )  # fmt: skip
     kl = column(cli, "train/kl")
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 0  # zero at the start, then the policy moves
+    assert all(t > 0 for t in column(cli, "tokens/reference"))  # the KL term's forward is counted
     assert all(torch.isfinite(torch.tensor(column(cli, "train/reward"))))
     # One refresh callback: the configured one replaced the default.
     assert sum(type(cb).__name__ == "RolloutRefresh" for cb in cli.trainer.callbacks) == 1
@@ -63,7 +64,11 @@ def test_offline_cadence_samples_everything_once_before_training():
     (refresh,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "RolloutRefresh"]
     assert len(refresh._cache) == 16
     assert {sampled_at for _, sampled_at in refresh._cache.values()} == {0}
-    assert column(cli, "time/generate_s")[-1] == 0.0  # nothing sampled during training
+    # All the sampling is charged to the first step, none to the later ones.
+    generated, generate_s = column(cli, "tokens/generated"), column(cli, "time/generate_s")
+    assert generated[0] > 0 and generated[1:] == [0.0, 0.0]
+    assert generate_s[0] > 0 and generate_s[1:] == [0.0, 0.0]
+    assert column(cli, "tokens/prompts")[0] == sum(len(row.prompt_ids) for row in cli.datamodule.train_rows)
 
 
 def test_group_size_below_two_is_refused():

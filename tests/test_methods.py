@@ -55,6 +55,32 @@ def test_switching_class_path_trains_every_method(method, tiny_model_dir):
     assert all(not torch.equal(before[k], after[k]) for k in before), "every weight trains in full fine-tuning"
 
 
+def column(cli: LitPostTrainCLI, name: str) -> list[float]:
+    return [float(r[name]) for r in logged(cli) if r.get(name)]
+
+
+def test_token_counts_are_what_each_forward_ran_on():
+    # 16 training prompts, 8 a step (tiny_grpo.yaml): 2 steps are one epoch, each prompt once.
+    epoch = ["--data.task.init_args.num_train", "16", "--trainer.max_steps", "2"]
+    sft = run(*METHODS["sft"], *epoch)
+    rows = sft.datamodule.train_rows
+    assert sum(column(sft, "tokens/trained")) == sum(len(r.prompt_ids) + len(r.completion_ids) for r in rows)
+    assert all(t > 0 for t in column(sft, "time/loss_forward_s") + column(sft, "time/backward_step_s"))
+
+    # Every row trained: the loss forward runs each prompt once and every sampled token.
+    grpo = run(*epoch, "--model.init_args.skip_zero_advantage", "false")
+    prompts, generated, trained = (column(grpo, f"tokens/{k}") for k in ("prompts", "generated", "trained"))
+    assert sum(prompts) == sum(len(r.prompt_ids) for r in rows)
+    assert len(trained) == 2 and trained == [p + g for p, g in zip(prompts, generated, strict=True)]
+    assert all(g > 0 for g in generated)
+
+    # OPD's teacher scores what the student trains on: each prompt once, plus the completions.
+    opd = run(*METHODS["opd"], "--trainer.max_steps", "2")
+    prompts, generated = column(opd, "tokens/prompts"), column(opd, "tokens/generated")
+    expected = [p + g for p, g in zip(prompts, generated, strict=True)]
+    assert column(opd, "tokens/teacher") == expected and column(opd, "tokens/trained") == expected
+
+
 def test_every_method_runs_with_lora(tiny_model_dir):
     for method, args in METHODS.items():
         cli = run(*args, "--model.init_args.lora", "{}", "--trainer.max_steps", "2")

@@ -40,6 +40,7 @@ class Evaluation(EveryNSteps):
         samples: completions sampled per prompt for pass@k (0: greedy accuracy only).
         k: the k of each pass@k reported; each must be at most `samples`.
         temperature: sampling temperature of the pass@k samples.
+        temperatures: further temperatures, at each of which `samples` completions per prompt are drawn and their mean accuracy logged as `pass@1_T<t>` (how good the model is at its best temperature, not only greedy).
         batch_size: prompts per generation call.
     """
 
@@ -51,6 +52,7 @@ class Evaluation(EveryNSteps):
         samples: int = 0,
         k: list[int] | None = None,
         temperature: float = 1.0,
+        temperatures: list[float] | None = None,
         batch_size: int = 64,
     ) -> None:
         super().__init__(every_n_steps)
@@ -59,6 +61,9 @@ class Evaluation(EveryNSteps):
             raise ValueError(f"Evaluation pass@k needs 1 <= k <= samples for every k, got k={k}, samples={samples}")
         self.tasks, self.max_examples = tasks or [], max_examples
         self.samples, self.k = samples, sorted(set(k))
+        self.temperatures = sorted(set(temperatures or []))
+        if self.temperatures and (samples < 1 or self.temperatures[0] <= 0):
+            raise ValueError(f"Evaluation temperatures need samples >= 1 and temperatures > 0, got samples={samples}, temperatures={temperatures}")
         self.temperature, self.batch_size = temperature, batch_size
         self.history: list[dict] = []
         self._rows: dict[str, tuple[Task, list[Row], int, int]] = {}  # task, all rows, rank, world
@@ -66,6 +71,7 @@ class Evaluation(EveryNSteps):
 
     def setup(self, trainer: L.Trainer, module, stage: str) -> None:
         names = ["accuracy", "completion_length", "truncated", *(f"pass@{k}" for k in self.k)]
+        names += [f"pass@1_T{t:g}" for t in self.temperatures]
         self._metrics = {name: MeanMetric(sync_on_compute=True) for name in names}
         self._metrics |= {name: SumMetric(sync_on_compute=True) for name in ("right_to_wrong", "wrong_to_right")}
 
@@ -99,10 +105,11 @@ class Evaluation(EveryNSteps):
         return -(-num_rows // self.batch_size)
 
     def _sample_calls(self, module, task: Task, batch: list[Row]):
-        """The greedy rollout and, with `samples`, the sampled one, of a batch."""
+        """The greedy rollout, with `samples` the sampled one, and one per further temperature."""
         greedy = module.sample(batch, greedy=True, task=task)
         sampled = module.sample(batch, n=self.samples, task=task, temperature=self.temperature) if self.samples else None
-        return greedy, sampled
+        swept = {t: module.sample(batch, n=self.samples, task=task, temperature=t) for t in self.temperatures}
+        return greedy, sampled, swept
 
     @torch.no_grad()
     def _evaluate_task(
@@ -117,7 +124,7 @@ class Evaluation(EveryNSteps):
         correct = []
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
-            greedy, sampled = self._sample_calls(module, task, batch)
+            greedy, sampled, swept = self._sample_calls(module, task, batch)
             correct += (greedy.reward_B >= 1.0).tolist()
             metrics["accuracy"].update(greedy.reward_B)
             metrics["completion_length"].update(greedy.completion_lengths_B.float())
@@ -126,6 +133,8 @@ class Evaluation(EveryNSteps):
                 hits_P = torch.zeros(len(batch)).index_add_(0, sampled.group_B.cpu(), (sampled.reward_B.cpu() >= 1.0).float())
                 for k in self.k:
                     metrics[f"pass@{k}"].update(torch.tensor([pass_at_k(self.samples, int(c), k) for c in hits_P]))
+            for t, rollout in swept.items():
+                metrics[f"pass@1_T{t:g}"].update((rollout.reward_B >= 1.0).float())
         first = next((h["per_example"] for h in self.history if h["task"] == name), None)
         changed = flips(first, correct) if first is not None else {"right_to_wrong": 0, "wrong_to_right": 0}
         metrics["right_to_wrong"].update(changed["right_to_wrong"])

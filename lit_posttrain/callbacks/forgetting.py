@@ -10,13 +10,24 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_posttrain.callbacks.cadence import EveryNSteps
-from lit_posttrain.data.datamodule import Row, pack_demonstrations, tokenize_prompt
+from lit_posttrain.data.datamodule import Row, tokenize_prompt
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import Example
 from lit_posttrain.losses.distillation import generalized_jsd
-from lit_posttrain.methods.base import first_masked
 from lit_posttrain.metrics import flips
 from lit_posttrain.rollout import Rollout
+from lit_posttrain.rollout.engine import left_pad
+
+
+def right_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(tokens_BT, attention_BT)` with every sequence left-aligned."""
+    width = max(len(i) for i in ids)
+    tokens_BT = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention_BT = torch.zeros((len(ids), width), dtype=torch.long)
+    for b, row in enumerate(ids):
+        tokens_BT[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_BT[b, : len(row)] = 1
+    return tokens_BT, attention_BT
 
 
 def question_row(item: MultipleChoiceItem, tokenizer, chat_template: bool = True) -> Row:
@@ -35,16 +46,40 @@ def choice_rows(items: list[MultipleChoiceItem], tokenizer, chat_template: bool 
     return rows
 
 
+def item_batches(items: list[MultipleChoiceItem], batch_size: int) -> list[tuple[int, int]]:
+    """`(first item, end item)` ranges of whole items with at most `batch_size` choices each (one
+    item alone when it has more)."""
+    batches, first, choices = [], 0, 0
+    for i, item in enumerate(items):
+        if choices and choices + len(item.choices) > batch_size:
+            batches.append((first, i))
+            first, choices = i, 0
+        choices += len(item.choices)
+    return batches + [(first, len(items))] if items else batches
+
+
 @torch.no_grad()
 def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batch_size: int = 64) -> dict:
     """Pick each item's likeliest choice by summed log-likelihood of its tokens. Returns accuracy,
-    the mean per-token NLL of the right choices, and per-item correctness."""
+    the mean per-token NLL of the right choices, and per-item correctness.
+
+    `rows` are `choice_rows(items)`: one per choice, the item's question as the prompt. The question
+    runs once per item and its key/value cache is shared by the item's choices, which are a few
+    tokens against a question of dozens: about a quarter of the work of scoring each row in full."""
     sums, counts = [], []
-    for start in range(0, len(rows), batch_size):
-        tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows[start : start + batch_size], module.tokenizer.pad_token_id, module.device)
-        logp_BT = module.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT)) * mask_BT
-        sums += logp_BT.sum(-1).tolist()
-        counts += mask_BT.sum(-1).tolist()
+    starts = [0]
+    for item in items:
+        starts.append(starts[-1] + len(item.choices))
+    for first, end in item_batches(items, batch_size):
+        batch = rows[starts[first] : starts[end]]
+        prompt_PT, prompt_attention_PT = left_pad([rows[starts[i]].prompt_ids for i in range(first, end)], module.tokenizer.pad_token_id)
+        group_R = torch.repeat_interleave(torch.tensor([len(items[i].choices) for i in range(first, end)]))
+        choice_RC, choice_attention_RC = right_pad([row.completion_ids for row in batch], module.tokenizer.pad_token_id)
+        tokens_RT = torch.cat([prompt_PT[group_R], choice_RC], 1).to(module.device)
+        attention_RT = torch.cat([prompt_attention_PT[group_R], choice_attention_RC], 1).to(module.device)
+        logp_RT = module.shared_prompt_logp(module.policy, tokens_RT, attention_RT, group_R.to(module.device), prompt_PT.shape[1])
+        sums += logp_RT.sum(-1).tolist()
+        counts += choice_attention_RC.sum(-1).tolist()
     correct, nll = [], []
     offset = 0
     for item in items:

@@ -39,11 +39,9 @@ class RolloutRefresh(L.Callback):
 
     def _sample(self, module, rows: list[Row], step: int) -> None:
         rollout = module.sample_rollouts(rows)
+        module.count_sampling(rows, rollout)  # its tokens and time, charged to the step that sampled
         for g, row in enumerate(rows):
-            part = rollout.select((rollout.group_B == g).nonzero().squeeze(-1).tolist())
-            # The call's time is charged to its first group only, so that sums over groups are right.
-            part = dataclasses.replace(part, timing=dict(rollout.timing) if g == 0 else {})
-            self._cache[tuple(row.prompt_ids)] = (part, step)
+            self._cache[tuple(row.prompt_ids)] = (rollout.select((rollout.group_B == g).nonzero().squeeze(-1).tolist()), step)
 
     def state_dict(self) -> dict:
         # Reused rollouts are training data: a resumed run must reuse the same ones. Plain
@@ -73,7 +71,8 @@ class RolloutRefresh(L.Callback):
         if stale:
             self._sample(module, stale, step)
         elif anywhere:
-            module.sample_rollouts(batch.rows[:1])  # thrown away: it only joins the others' forward passes
+            # Thrown away: it only joins the others' forward passes (its cost is counted all the same).
+            module.count_sampling(batch.rows[:1], module.sample_rollouts(batch.rows[:1]))
         parts = []
         for row in batch.rows:
             part, sampled_at = self._cache[tuple(row.prompt_ids)]
@@ -82,5 +81,4 @@ class RolloutRefresh(L.Callback):
 
 
 def _with_age(rollout: Rollout, age: int) -> Rollout:
-    timing = rollout.timing if age == 0 else {}  # reused rows cost no sampling this step
-    return dataclasses.replace(rollout, age_B=torch.full((len(rollout),), age, dtype=torch.long), timing=dict(timing))
+    return dataclasses.replace(rollout, age_B=torch.full((len(rollout),), age, dtype=torch.long))

@@ -1,5 +1,6 @@
 """The shared base of every method: the models, per-token log-probs of given tokens, the optimizer
-and its schedule, token normalisation under accumulation, and the export of the trained model.
+and its schedule, token normalisation under accumulation, what each step costs (its phases' time
+and the tokens each model ran on), and the export of the trained model.
 
 It holds no method-specific branches: a method subclasses it and writes `training_step`.
 """
@@ -56,6 +57,12 @@ def gather_logp(logits_BTV: Tensor, tokens_BT: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
+def shared_prompt_tokens(attention_RT: Tensor, group_R: Tensor, prompt_width: int) -> Tensor:
+    """Tokens a shared-prompt forward runs on: each group's prompt once, plus every row's completion."""
+    first_U = torch.searchsorted(group_R, torch.unique_consecutive(group_R))  # rows of a group are contiguous
+    return attention_RT[first_U, :prompt_width].sum() + attention_RT[:, prompt_width:].sum()
+
+
 class PostTrainingModule(L.LightningModule):
     """Policy, reference and teacher models plus what every method needs around them.
 
@@ -105,6 +112,8 @@ class PostTrainingModule(L.LightningModule):
         self._teacher: torch.nn.Module | None = None
         self._reference: torch.nn.Module | None = None
         self._sharded = False
+        self._tally: dict[str, float] | None = None  # this step's tokens and times, made on first use
+        self._marks: dict[str, float] = {}
 
     # --- models -------------------------------------------------------------------------------
 
@@ -244,27 +253,35 @@ class PostTrainingModule(L.LightningModule):
         temperature = rollout.temperature if temperature is None else temperature
         if self.gradient_checkpointing:
             logp_RT = self.policy_logp(tokens_RT, attention_RT, temperature, rollout.prompt_width) * rollout.mask_BT[index_R]
+            self.count_tokens("trained", attention_RT.sum())
         else:
-            logp_RT = self._shared_prompt_logp(
-                self.policy, tokens_RT, attention_RT, rollout.group_B[index_R], rollout, temperature
+            logp_RT = self.shared_prompt_logp(
+                self.policy, tokens_RT, attention_RT, rollout.group_B[index_R], rollout.prompt_width, temperature
             )
+            self.count_tokens("trained", shared_prompt_tokens(attention_RT, rollout.group_B[index_R], rollout.prompt_width))
         return logp_BT.index_put((index_R,), logp_RT)
 
     @torch.no_grad()
     def teacher_rollout_logp(self, rollout: Rollout) -> Tensor:
         """The teacher's log-probs of a rollout's completion tokens at its sampling temperature (0
         elsewhere), each prompt run once for its whole group, as the policy's are."""
-        return self._shared_prompt_logp(
-            self._required_teacher(), rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout, rollout.temperature
-        )
+        self.count_tokens("teacher", shared_prompt_tokens(rollout.attention_BT, rollout.group_B, rollout.prompt_width))
+        return self.shared_prompt_logp(
+            self._required_teacher(), rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout.prompt_width,
+            rollout.temperature,
+        )  # fmt: skip
 
-    def _shared_prompt_logp(
-        self, model: torch.nn.Module, tokens_RT: Tensor, attention_RT: Tensor, group_R: Tensor, rollout: Rollout,
-        temperature: float,
+    @staticmethod
+    def shared_prompt_logp(
+        model: torch.nn.Module, tokens_RT: Tensor, attention_RT: Tensor, group_R: Tensor, width: int,
+        temperature: float = 1.0,
     ) -> Tensor:  # fmt: skip
+        """`logp_RT` of the completion tokens (0 elsewhere) of rows laid out as a rollout's: a
+        left-padded prompt in the first `width` columns, the same for every row of a group (rows of
+        a group contiguous), then a right-padded completion. Each group's prompt runs once and its
+        key/value cache is shared by the group's rows; gradients flow through it when enabled."""
         from transformers import DynamicCache
 
-        width = rollout.prompt_width
         groups_U, prompt_of_R = torch.unique_consecutive(group_R, return_inverse=True)
         first_U = torch.searchsorted(group_R, groups_U)  # rows of a group are contiguous
         prompt_UW, prompt_attention_UW = tokens_RT[first_U, :width], attention_RT[first_U, :width]
@@ -382,15 +399,68 @@ class PostTrainingModule(L.LightningModule):
             "per_example": reward_B.tolist(),
         }
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if outputs is not None:
-            self.log("train/loss", outputs["loss"].detach(), batch_size=len(batch), sync_dist=True)
+    # --- what a step costs ----------------------------------------------------------------------
+
+    @property
+    def token_kinds(self) -> tuple[str, ...]:
+        """Logged every step as `tokens/<kind>`: the tokens each model's forward ran on, summed over
+        processes. `trained`: the policy's loss forward (with gradients); `teacher`: the teacher's,
+        when there is one; methods that sample add `prompts` (each prompt prefilled once) and
+        `generated`. Fixed for a run, so that every process logs the same keys (each is a collective)."""
+        return ("trained", "teacher") if self.teacher_folder is not None else ("trained",)
+
+    # Logged every step as `time/<phase>`, in seconds, the mean over processes; the loss forward and
+    # backward + optimizer step are timed here, the others are added with `add_time`.
+    time_phases: tuple[str, ...] = ("loss_forward_s", "backward_step_s")
+
+    def _empty_tally(self) -> dict[str, float]:
+        return dict.fromkeys([f"tokens/{kind}" for kind in self.token_kinds] + [f"time/{p}" for p in self.time_phases], 0.0)
+
+    def count_tokens(self, kind: str, count: Tensor | int) -> None:
+        """Add `count` tokens of `kind` (one of `token_kinds`) to this step's `tokens/<kind>`."""
+        self._add(f"tokens/{kind}", count)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        """Add `seconds` to this step's `time/<phase>` (one of `time_phases`)."""
+        self._add(f"time/{phase}", seconds)
+
+    def _add(self, key: str, amount: Tensor | float) -> None:
+        if self._tally is None:
+            self._tally = self._empty_tally()
+        if key not in self._tally:
+            raise KeyError(f"{type(self).__name__} does not log {key!r}; it logs {sorted(self._tally)}")
+        self._tally[key] += float(amount)
+
+    # Callbacks' hooks run before the module's: RolloutRefresh has sampled by the time this runs,
+    # so the window up to the backward is the loss forward alone.
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._marks = {"start": time.perf_counter()}
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        self._marks["backward"] = time.perf_counter()
+
+    def on_after_backward(self) -> None:
+        self._marks["end"] = time.perf_counter()  # moved on by optimizer_step when this micro-batch steps
 
     def optimizer_step(self, *args, **kwargs) -> None:
+        # Under automatic optimisation the closure (training_step and backward) runs inside this call.
         super().optimizer_step(*args, **kwargs)
         # An engine sampling from its own copy of the weights must see every update.
         if self._engine_ready:
             self.engine.sync_weights(self.policy)
+        self._marks["end"] = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if outputs is not None:
+            self.log("train/loss", outputs["loss"].detach(), batch_size=len(batch), sync_dist=True)
+        marks, now = self._marks, time.perf_counter()
+        backward = marks.get("backward", now)  # no backward: the step returned no loss
+        self.add_time("loss_forward_s", backward - marks.get("start", backward))  # makes the tally if none
+        self.add_time("backward_step_s", marks.get("end", now) - backward)
+        tally, self._tally = self._tally, None
+        tokens = {k: v for k, v in tally.items() if k.startswith("tokens/")}
+        self.log_dict(tokens, reduce_fx="sum", batch_size=len(batch), sync_dist=True)
+        self.log_dict({k: v for k, v in tally.items() if k not in tokens}, batch_size=len(batch), sync_dist=True)
 
     def token_normaliser(self, window_tokens: int) -> float:
         """This micro-batch's share of its accumulation window's token count.

@@ -37,6 +37,11 @@ class GRPO(OnPolicyModule):
         skip_zero_advantage: skip the forward pass of rows with zero advantage when there is no KL term (same gradient, less compute).
     """
 
+    @property
+    def token_kinds(self) -> tuple[str, ...]:
+        # The reference's forward, for the KL term.
+        return (*super().token_kinds, "reference") if self.loss.beta > 0 else super().token_kinds
+
     def __init__(
         self,
         *args,
@@ -72,5 +77,6 @@ class GRPO(OnPolicyModule):
         ref_logp_BT = None
         if self.loss.beta > 0:
             ref_logp_BT = self.reference_logp(rollout.tokens_BT, rollout.attention_BT, rollout.temperature, rollout.prompt_width)
+            self.count_tokens("reference", rollout.attention_BT.sum())
         loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_B=adv_B, old_logp_BT=old_logp_BT, ref_logp_BT=ref_logp_BT)
         return loss, metrics, active_B

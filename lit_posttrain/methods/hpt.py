@@ -68,6 +68,7 @@ class HPT(GRPO):
             rows = [row for row, to_sft in zip(batch.rows, chosen_G.tolist(), strict=True) if to_sft]
             tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, self.tokenizer.pad_token_id, self.device)
             logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
+            self.count_tokens("trained", attention_BT.sum())
             sft_loss, sft_metrics = token_mean_nll(logp_BT, mask_BT)
             loss = loss + n_sft * sft_loss
             metrics.update(self._pooled({"sft_nll": sft_metrics["nll"]}, n_sft))

@@ -1,10 +1,8 @@
 """What every method that trains on its own samples shares: rollouts delivered by the
-`RolloutRefresh` callback, rollout statistics and timing in the logs, held-out accuracy as the
-validation metric."""
+`RolloutRefresh` callback, rollout statistics and the cost of sampling in the logs, held-out
+accuracy as the validation metric."""
 
 from __future__ import annotations
-
-import time
 
 import torch
 from torch import Tensor
@@ -21,6 +19,12 @@ class OnPolicyModule(PostTrainingModule):
     Args:
         group_size: completions sampled per prompt.
     """
+
+    @property
+    def token_kinds(self) -> tuple[str, ...]:
+        return ("prompts", "generated", *super().token_kinds)
+
+    time_phases = ("generate_s", "score_s", "loss_forward_s", "backward_step_s")
 
     def __init__(self, *args, group_size: int = 8, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -39,35 +43,24 @@ class OnPolicyModule(PostTrainingModule):
         that sample differently (another temperature, no scoring) override this."""
         return self.sample(rows, n=self.group_size)
 
+    def count_sampling(self, rows: list[Row], rollout: Rollout) -> None:
+        """Charge a sampling call to this step (RolloutRefresh calls it after each; the offline
+        cadence's sampling of the whole training set, before the first step, goes to step 0)."""
+        self.count_tokens("prompts", sum(len(row.prompt_ids) for row in rows))  # each prefilled once for its group
+        self.count_tokens("generated", rollout.mask_BT.sum())
+        self.add_time("generate_s", rollout.timing.get("generate_s", 0.0))
+        self.add_time("score_s", rollout.timing.get("score_s", 0.0))
+
     # --- logging ------------------------------------------------------------------------------
 
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
-
-    def on_before_backward(self, loss: Tensor) -> None:
-        self._backward_start = time.perf_counter()
-
-    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        # Backward and the optimizer step run between the loss and this hook.
-        self.log("time/backward_step_s", time.perf_counter() - self._backward_start, batch_size=len(batch), sync_dist=True)
-
     def log_rollout_step(self, rollout: Rollout, metrics: dict[str, Tensor], trained_B: Tensor | None = None) -> None:
-        """Log the rollouts' statistics, token counts and the step's time split with `metrics`."""
+        """Log the rollouts' statistics with the step's `metrics` (its tokens and time are logged
+        by the base module when the step ends)."""
         trained_B = torch.ones(len(rollout), dtype=torch.bool) if trained_B is None else trained_B.cpu()
         values = {
             "train/completion_length": rollout.completion_lengths_B.float().mean(),
             "train/truncated": rollout.truncated_B.float().mean(),
             "train/rows_trained": trained_B.float().mean(),
-            # Throughput: each prompt is prefilled once; the loss forward runs each trained
-            # group's prompt once plus its trained completions.
-            "tokens/prompts": prompt_tokens(rollout, torch.ones_like(trained_B)),
-            "tokens/generated": rollout.mask_BT.sum().float(),
-            "tokens/trained": prompt_tokens(rollout, trained_B) + rollout.mask_BT[trained_B.to(rollout.mask_BT.device)].sum(),
-            "time/generate_s": torch.tensor(rollout.timing.get("generate_s", 0.0)),
-            "time/score_s": torch.tensor(rollout.timing.get("score_s", 0.0)),
-            # RolloutRefresh samples before this module's on_train_batch_start: this is the loss alone.
-            "time/loss_forward_s": torch.tensor(time.perf_counter() - self._step_start),
             **{f"train/{k}": v for k, v in metrics.items()},
         }
         if rollout.reward_B is not None:
@@ -103,9 +96,3 @@ def reward_statistics(rollout: Rollout) -> dict[str, Tensor]:
         "train/zero_variance_groups": (max_G == min_G).float().mean(),
     }
 
-
-def prompt_tokens(rollout: Rollout, rows_B: Tensor) -> Tensor:
-    """Prompt tokens of the groups that have a row in `rows_B`, each prompt counted once."""
-    group_B = rollout.group_B.cpu()
-    first_of_group = torch.searchsorted(group_B, group_B[rows_B].unique())
-    return rollout.attention_BT[first_of_group.to(rollout.attention_BT.device), : rollout.prompt_width].sum().float()

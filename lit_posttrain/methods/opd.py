@@ -81,6 +81,8 @@ class FullVocabJSD(DistillationEstimator):
         student_NV = module.forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
         with torch.no_grad():
             teacher_NV = module.forward_logits(module.teacher, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+        module.count_tokens("trained", attention_BT.sum())
+        module.count_tokens("teacher", attention_BT.sum())
         # Teachers may pad their vocabulary past the tokenizer's; compare the real vocabulary only.
         vocab = min(student_NV.shape[-1], teacher_NV.shape[-1], len(module.tokenizer))
         jsd_N = generalized_jsd(student_NV[:, :vocab] / rollout.temperature, teacher_NV[:, :vocab] / rollout.temperature, self.beta)

@@ -47,6 +47,7 @@ class OTR(SFT):
         first = first_masked(mask_BT)
         # Logits only where a demonstration token is predicted: positions first - 1 .. T - 2.
         logits_BSV = self.forward_logits(self.policy, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
+        self.count_tokens("trained", attention_BT.sum())
         predicts_BS = mask_BT[:, first:]
         logits_NV = logits_BSV[:, :-1][predicts_BS]
         target_N = tokens_BT[:, first:][predicts_BS]
