@@ -19,7 +19,10 @@ SFT teacher's score while forgetting less?). SePT offline is SePT with
 starting temperature). The configs' own Evaluation callbacks are replaced by
 callbacks/evaluation.yaml and callbacks/forgetting.yaml at `every_n_steps: null`: measured once
 before training and once after it; SePT online's also at the sampling temperatures
-SWEPT_TEMPERATURES (its claim is against the untrained model at its best temperature).
+SWEPT_TEMPERATURES (its claim is against the untrained model at its best temperature). Every run
+of a task and seed starts from the same model, so the measurement before training is made by the
+seed's first run and read by the others (the callbacks' `baseline_cache`, under
+<out>/baselines/; a fingerprint checks that the start is the same).
 
 A task other than the built-in arithmetic is a YAML file with a `data:` section (as in README,
 "Choosing the data"), named on the command line as NAME=FILE; it is passed to every run as a
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import re
@@ -67,6 +71,11 @@ sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is
 PROBE_SET = "general_knowledge"  # the set callbacks/forgetting.yaml probes
 
 
+def digest(value) -> str:
+    """A short stable hash of JSON-able `value`, for file names."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Method:
     """One column of the comparison: a shipped config and what this comparison adds to it."""
@@ -75,6 +84,7 @@ class Method:
     extra_args: tuple[str, ...] = ()
     teacher: str | None = None  # the method whose model (same task and seed) teaches this one
     evaluation_args: tuple[str, ...] = ()  # settings of this method's Evaluation callback
+    default: bool = True  # run unless --methods names others
 
 
 # SePT's claim is against the untrained model at its best temperature: SePT online's runs also
@@ -85,7 +95,9 @@ METHODS = {  # in run order: a teacher before its students
     "sft": Method("configs/sft.yaml"),
     "grpo": Method("configs/grpo.yaml"),
     "opd": Method("configs/opd.yaml", teacher="grpo"),
-    "opd_sft": Method("configs/opd.yaml", teacher="sft"),  # the distillation study's comparison: an SFT teacher
+    # The distillation study's comparison, an SFT teacher; named in --methods to run it (3 more
+    # runs, about 11 minutes here: the default stays as close to the hour as it can).
+    "opd_sft": Method("configs/opd.yaml", teacher="sft", default=False),
     "otr": Method("configs/otr.yaml"),
     "sept_online": Method("configs/sept.yaml", evaluation_args=("--trainer.callbacks.temperatures", json.dumps(SWEPT_TEMPERATURES))),
     "sept_offline": Method(
@@ -142,9 +154,14 @@ class Settings:
 
 
 def run_command(
-    settings: Settings, method: str, task_config: Path, probes: Path, seed: int, run_dir: Path, teacher: Path | None, merge: bool
-) -> list[str]:
+    settings: Settings, method: str, task_config: Path, probes: Path, seed: int, run_dir: Path, teacher: Path | None,
+    merge: bool, baselines: Path,
+) -> list[str]:  # fmt: skip
     spec = METHODS[method]
+    # Every method of a task and seed starts from the same model: the first run measures it before
+    # training and the others read that (the files' fingerprints check it is the same start).
+    # Another Evaluation setting (SePT's temperatures) is another measurement, in its own file.
+    evaluation_cache = baselines / (f"evaluation-{digest(spec.evaluation_args)}.json" if spec.evaluation_args else "evaluation.json")
     engine = {"class_path": "lit_posttrain.rollout.HFEngine", "init_args": {"max_new_tokens": settings.max_new_tokens}}
     command = [
         sys.executable, "-m", "lit_posttrain.cli", "fit",
@@ -164,8 +181,10 @@ def run_command(
         "--trainer.callbacks", "[]",
         "--trainer.callbacks+", str(ROOT / "callbacks/evaluation.yaml"), "--trainer.callbacks.every_n_steps", "null",
         "--trainer.callbacks.max_examples", str(settings.eval_examples), *spec.evaluation_args,
+        "--trainer.callbacks.baseline_cache", str(evaluation_cache),
         "--trainer.callbacks+", str(ROOT / "callbacks/forgetting.yaml"), "--trainer.callbacks.every_n_steps", "null",
         "--trainer.callbacks.probe_sets", json.dumps([str(probes)]), "--trainer.callbacks.kl_prompts", str(settings.kl_prompts),
+        "--trainer.callbacks.baseline_cache", str(baselines / "forgetting.json"),
         *spec.extra_args,
         "--export_to", str(run_dir / "model"),
     ]  # fmt: skip
@@ -343,7 +362,8 @@ def method_notes(methods: list[str]) -> list[str]:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps, 1 seed: the test's settings")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="methods to run (default: all)")
+    defaults = [name for name, spec in METHODS.items() if spec.default]
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=defaults, help=f"methods to run (default: {' '.join(defaults)})")
     parser.add_argument("--tasks", nargs="+", default=["arithmetic"], help="'arithmetic' and/or NAME=FILE, FILE a YAML with a data: section")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "compare", help="output folder (default: runs/compare)")
     parser.add_argument("--skip-existing", action="store_true", help="reuse every finished run whose command is unchanged")
@@ -380,7 +400,13 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = out / "runs" / task / method / f"seed{seed}"
                 teacher = METHODS[method].teacher
                 teacher_model = out / "runs" / task / teacher / f"seed{seed}" / "model" if teacher else None
-                command = run_command(settings, method, config, probes, seed, run_dir, teacher_model, merge=method in teachers)
+                # Named by what decides the start's measurement, so that a comparison with other settings in
+                # the same --out measures its own (the files' fingerprints would refuse the old ones).
+                start = {k: v for k, v in vars(settings).items() if k not in ("seeds", "steps", "batch_size")}
+                baselines = out / "baselines" / task / f"seed{seed}" / digest([start, config.read_text()])
+                command = run_command(
+                    settings, method, config, probes, seed, run_dir, teacher_model, merge=method in teachers, baselines=baselines
+                )
                 runs.append(Run(task, method, seed, run_dir, command))
     command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
     setup, notes = describe(settings, command_line), method_notes(methods)

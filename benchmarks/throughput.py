@@ -67,6 +67,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from compare_report import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"  # every shipped config's policy; OPD's teacher here too
@@ -337,13 +338,6 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", choices=[*METHODS, "quickstart"], default=list(METHODS), help="configs/<name>.yaml to run")
@@ -379,6 +373,14 @@ def main(argv: list[str] | None = None) -> None:
         f"GFLOP/s (the higher of {peaks[0] / 1e9:.0f} before and {peaks[1] / 1e9:.0f} after the runs); model: {MODEL}, "
         f"{params / 1e6:.1f}M parameters in matmuls, LoRA; median of {args.steps} steps after {args.warmup} warm-up"
     )
+    if dtype != torch.bfloat16:
+        # Measured too, so that the table says why the runs are not in bf16 (smaller: it is slow here).
+        bf16 = matmul_peak(torch.bfloat16, size=1024)
+        header += (
+            f"\n\nThis CPU has no native bf16 (`dtype: auto` chose {str(dtype).removeprefix('torch.')}): a bf16 matmul runs "
+            f"at {bf16 / 1e9:.1f} GFLOP/s here (1024^3 products), {peak / bf16:.0f}x slower; MFU is against the "
+            f"{str(dtype).removeprefix('torch.')} peak the runs can reach."
+        )
     if any((row[key] or 0) > 1 for row in results for key in ("mfu_generation", "mfu_training", "mfu_step")):
         header += "\n\nAn MFU above 100%: the machine was busier while the peak was measured than in that phase; rerun on an idle machine."
     if args.scaling:
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     report = "\n\n".join([header, *tables]) + "\n"
     for row in results:
         row.update(dtype=str(dtype).removeprefix("torch."), matmul_peak_gflops=peak / 1e9, threads=torch.get_num_threads(), matmul_params=params)
-    write_csv(results, args.out / f"{name}.csv")
+    write_csv(args.out / f"{name}.csv", list(results[0]), results)
     (args.out / f"{name}.md").write_text(report)
     print("\n" + report + f"\nwritten to {args.out}")
 

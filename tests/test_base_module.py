@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from lit_posttrain.logprobs import forward_logits
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.models import LoRA
 from lit_posttrain.optim import lr_multiplier
@@ -115,6 +116,6 @@ def test_scoring_from_a_later_position_gives_the_same_log_probs():
     late_BT = module.policy_logp(TOKENS_BT, ATTENTION_BT, first_scored=3)
     assert torch.allclose(late_BT[:, 3:], full_BT[:, 3:], atol=1e-6)
     assert (late_BT[:, :3] == 0).all()
-    logits_BKV = module.forward_logits(module.policy, TOKENS_BT, ATTENTION_BT, keep_last=2)
+    logits_BKV = forward_logits(module.policy, TOKENS_BT, ATTENTION_BT, keep_last=2)
     assert logits_BKV.shape == (2, 2, module.policy.config.vocab_size)
-    assert torch.allclose(logits_BKV, module.forward_logits(module.policy, TOKENS_BT, ATTENTION_BT)[:, -2:], atol=1e-6)
+    assert torch.allclose(logits_BKV, forward_logits(module.policy, TOKENS_BT, ATTENTION_BT)[:, -2:], atol=1e-6)

@@ -34,7 +34,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_smoke_comparison_tabulates_every_method_and_resumes(tmp_path):
-    compare(tmp_path)
+    compare(tmp_path, "--methods", *METHODS)  # opd_sft is not in the default set
 
     runs = read_csv(tmp_path / "results.csv")
     assert sorted(r["method"] for r in runs) == sorted(METHODS)  # one seed: one row per method
@@ -50,6 +50,11 @@ def test_smoke_comparison_tabulates_every_method_and_resumes(tmp_path):
     assert by_method["sft"]["tokens_generated"] == ""  # SFT samples nothing: blank, not 0
     assert all(float(r["tokens_processed"]) >= float(r["tokens_trained"]) > 0 for r in runs)
     assert float(by_method["opd_sft"]["tokens_teacher"]) > 0 and by_method["grpo"]["tokens_teacher"] == ""
+    # The start is measured once per seed (SePT online's temperature sweep once more) and read by the
+    # others: every method reports the same starting numbers.
+    assert len({(r["accuracy_start"], r["pass@4_start"], r["probe_accuracy_start"]) for r in runs}) == 1
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "baselines").rglob("*.json"))
+    assert cached == ["evaluation", "evaluation", "forgetting"], cached
     # SePT online sweeps temperatures, before training (the untrained model) and after.
     for when in ("start", "end"):
         assert 0 <= float(by_method["sept_online"][f"pass@1_T0.25_{when}"]) <= 1

@@ -14,7 +14,7 @@ from lit_posttrain.cli import LitPostTrainCLI
 from lit_posttrain.data.datamodule import pack_demonstrations
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import DataError
-from lit_posttrain.methods.base import first_masked
+from lit_posttrain.logprobs import first_masked
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.metrics import flips, pass_at_k
 from lit_posttrain.plots import main as plot_main
@@ -176,6 +176,36 @@ def test_evaluation_pass_at_k_and_flips_through_the_callback(in_tmp):
         Evaluation(temperatures=[0.5])
     rows = [r for r in _logged(cli) if r.get("eval/pass@4")]
     assert len(rows) == 3 and all(r.get("eval/right_to_wrong") for r in rows)
+
+
+def test_a_baseline_cache_is_measured_once_and_read_by_another_method_from_the_same_start(in_tmp):
+    def measured(*args, cache: bool) -> tuple[list[dict], list[dict]]:
+        cached = lambda name: ["--trainer.callbacks.baseline_cache", str(in_tmp / f"{name}.json")] if cache else []  # noqa: E731
+        cli = LitPostTrainCLI(
+            args=[
+                "fit", "--config", TINY_GRPO, "--trainer.max_steps", "1", "--seed_everything", "0", *args,
+                "--trainer.callbacks+", str(ROOT / "callbacks" / "evaluation.yaml"), "--trainer.callbacks.every_n_steps", "null",
+                "--trainer.callbacks.max_examples", "8", *cached("evaluation"),
+                "--trainer.callbacks+", str(ROOT / "callbacks" / "forgetting.yaml"), "--trainer.callbacks.every_n_steps", "null",
+                "--trainer.callbacks.max_items", "16", "--trainer.callbacks.kl_prompts", "2", *cached("forgetting"),
+            ]
+        )  # fmt: skip
+        evaluation, forgetting = (next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == n) for n in ("Evaluation", "ForgettingProbes"))
+        return evaluation.history, forgetting.history
+
+    def untimed(entries: list[dict]) -> list[dict]:
+        return [{k: v for k, v in e.items() if "time" not in k} for e in entries]
+
+    written = measured(cache=True)  # GRPO measures and writes both files
+    sft = ["--model.class_path", "lit_posttrain.methods.sft.SFT"]
+    own = measured(*sft, cache=False)  # what SFT measures itself from the same start
+    read = measured(*sft, cache=True)
+    for w, o, r in zip(written, own, read, strict=True):
+        assert untimed(w[:1]) == untimed(o[:1]) == untimed(r[:1]), "the same starting model measures the same"
+        assert len(r) == 2 and r[1]["step"] == 1  # and the run still measures after training itself
+    assert read[1][1]["forget/kl"] > 0  # along the continuations this run's own starting model wrote
+    with pytest.raises(ValueError, match=r"evaluation\.json was measured for another start \(examples differ\)"):
+        measured("--data.task.init_args.seed", "5", cache=True)  # other held-out sums
 
 
 def test_plot_command_compares_runs(in_tmp, capsys):

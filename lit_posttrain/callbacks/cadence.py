@@ -1,21 +1,55 @@
-"""The cadence the measuring callbacks share: before the first step, every N steps, after the last."""
+"""The cadence the measuring callbacks share: before the first step, every N steps, after the last;
+and the measurement before the first step, kept in a file for runs from the same start."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import lightning as L
 
 
+def digest(value) -> str:
+    """A short stable hash of JSON-able `value` (token ids, items): fingerprints compare these."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class EveryNSteps(L.Callback):
     """Calls `run` before the first optimizer step (the baseline), every `every_n_steps` optimizer
-    steps, and after the last one; never twice at the same step."""
+    steps, and after the last one; never twice at the same step.
 
-    def __init__(self, every_n_steps: int | None) -> None:
+    With `baseline_cache`, the baseline is kept in that JSON file with a fingerprint of what decides
+    it (the starting model, dtype, run seed, the examples, the callback's settings): the first run
+    measures and writes it, and a later run with the same fingerprint reads it instead of measuring
+    the same starting model again (a comparison of methods from one start measures it once). A file
+    with another fingerprint stops the run at start-up, naming what differs.
+    """
+
+    def __init__(self, every_n_steps: int | None, baseline_cache: str | None = None) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"{type(self).__name__} every_n_steps must be >= 1 or null, got {every_n_steps}")
         self.every_n_steps = every_n_steps
+        self.baseline_cache = baseline_cache
+        self.history: list[dict] = []
         self._last_step: int | None = None
 
     def run(self, trainer: L.Trainer, module) -> None:
+        """Measure now: append to `history` and log."""
+        raise NotImplementedError
+
+    def fingerprint(self, trainer: L.Trainer, module) -> dict:
+        """What decides the baseline beyond the callback's settings (subclasses add theirs)."""
+        return {
+            "callback": type(self).__name__,
+            "model": str(module.model_folder),
+            "dtype": str(module.weight_dtype),
+            "seed": os.environ.get("PL_GLOBAL_SEED", "0"),
+        }
+
+    def restore(self, trainer: L.Trainer, module, entries: list[dict]) -> None:
+        """Take `entries` (the baseline's `history`) as this run's measurement before training."""
         raise NotImplementedError
 
     def _run_once(self, trainer: L.Trainer, module) -> None:
@@ -23,8 +57,34 @@ class EveryNSteps(L.Callback):
             self._last_step = trainer.global_step
             self.run(trainer, module)
 
-    def on_train_start(self, trainer: L.Trainer, module) -> None:
+    def _baseline(self, trainer: L.Trainer, module) -> None:
+        path = Path(self.baseline_cache)
+        if trainer.world_size > 1:  # each process keeps its own share of the examples
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        fingerprint = self.fingerprint(trainer, module) | {"world_size": trainer.world_size}
+        # Every process reads, or every one measures: measuring takes collectives.
+        if trainer.strategy.reduce_boolean_decision(path.is_file(), all=True):
+            saved = json.loads(path.read_text())
+            differs = sorted(k for k in fingerprint.keys() | saved["fingerprint"].keys() if fingerprint.get(k) != saved["fingerprint"].get(k))
+            if differs:
+                raise ValueError(
+                    f"{type(self).__name__} baseline_cache {path} was measured for another start ({', '.join(differs)} "
+                    "differ): point this run at another file, or delete it to measure again"
+                )
+            self._last_step = 0
+            self.restore(trainer, module, saved["history"])
+            return
         self._run_once(trainer, module)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "history": self.history}))
+        os.replace(tmp, path)  # runs started together see the whole file or none
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        if self.baseline_cache is not None and trainer.global_step == 0:
+            self._baseline(trainer, module)
+        else:
+            self._run_once(trainer, module)
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:

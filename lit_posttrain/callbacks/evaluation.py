@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, SumMetric
 
-from lit_posttrain.callbacks.cadence import EveryNSteps
+from lit_posttrain.callbacks.cadence import EveryNSteps, digest
 from lit_posttrain.data.datamodule import Row
 from lit_posttrain.data.task import Task
 from lit_posttrain.metrics import flips, pass_at_k
@@ -42,6 +42,7 @@ class Evaluation(EveryNSteps):
         temperature: sampling temperature of the pass@k samples.
         temperatures: further temperatures, at each of which `samples` completions per prompt are drawn and their mean accuracy logged as `pass@1_T<t>` (how good the model is at its best temperature, not only greedy).
         batch_size: prompts per generation call.
+        baseline_cache: a JSON file that keeps the evaluation before training for later runs from the same start (see EveryNSteps).
     """
 
     def __init__(
@@ -54,8 +55,9 @@ class Evaluation(EveryNSteps):
         temperature: float = 1.0,
         temperatures: list[float] | None = None,
         batch_size: int = 64,
+        baseline_cache: str | None = None,
     ) -> None:
-        super().__init__(every_n_steps)
+        super().__init__(every_n_steps, baseline_cache)
         k = k if k is not None else ([1, samples] if samples > 1 else [1] if samples else [])
         if samples < 0 or any(not 1 <= kk <= samples for kk in k):
             raise ValueError(f"Evaluation pass@k needs 1 <= k <= samples for every k, got k={k}, samples={samples}")
@@ -65,7 +67,6 @@ class Evaluation(EveryNSteps):
         if self.temperatures and (samples < 1 or self.temperatures[0] <= 0):
             raise ValueError(f"Evaluation temperatures need samples >= 1 and temperatures > 0, got samples={samples}, temperatures={temperatures}")
         self.temperature, self.batch_size = temperature, batch_size
-        self.history: list[dict] = []
         self._rows: dict[str, tuple[Task, list[Row], int, int]] = {}  # task, all rows, rank, world
         self._metrics: dict[str, MeanMetric | SumMetric] = {}
 
@@ -95,11 +96,30 @@ class Evaluation(EveryNSteps):
             result = self._evaluate_task(module, name, task, rows[rank::world], calls, filler=rows[:1])
             result.update(step=step, task=name, time_s=time.perf_counter() - start)
             self.history.append(result)
-            prefix = "eval/" if name == MAIN else f"eval/{name}/"
-            logged = {f"{prefix}{k}": v for k, v in result.items() if k not in ("step", "task", "per_example")}
-            for logger in trainer.loggers:
-                logger.log_metrics(logged, step=step)
-            rank_zero_info(f"step {step}: {name} accuracy {result['accuracy']:.3f}")
+            self._log(trainer, result)
+
+    def _log(self, trainer: L.Trainer, result: dict) -> None:
+        name = result["task"]
+        prefix = "eval/" if name == MAIN else f"eval/{name}/"
+        logged = {f"{prefix}{k}": v for k, v in result.items() if k not in ("step", "task", "per_example")}
+        for logger in trainer.loggers:
+            logger.log_metrics(logged, step=result["step"])
+        rank_zero_info(f"step {result['step']}: {name} accuracy {result['accuracy']:.3f}")
+
+    def fingerprint(self, trainer: L.Trainer, module) -> dict:
+        self._prepare(trainer, module)
+        engine = {k: v for k, v in vars(module.engine).items() if isinstance(v, int | float | str | bool)}
+        return super().fingerprint(trainer, module) | {
+            "examples": {name: digest([row.prompt_ids for row in rows]) for name, (_, rows, _, _) in self._rows.items()},
+            "settings": [self.samples, self.k, self.temperature, self.temperatures, self.batch_size],
+            "engine": [type(module.engine).__name__, engine],
+        }
+
+    def restore(self, trainer: L.Trainer, module, entries: list[dict]) -> None:
+        self._prepare(trainer, module)
+        for entry in entries:
+            self.history.append(entry)
+            self._log(trainer, entry | {"time_s": 0.0})  # read, not measured: it cost this run nothing
 
     def _calls(self, num_rows: int) -> int:
         return -(-num_rows // self.batch_size)

@@ -9,10 +9,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_posttrain.callbacks.cadence import EveryNSteps
+from lit_posttrain.callbacks.cadence import EveryNSteps, digest
 from lit_posttrain.data.datamodule import Row, tokenize_prompt
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import Example
+from lit_posttrain.logprobs import forward_logits, shared_prompt_logp
 from lit_posttrain.losses.distillation import generalized_jsd
 from lit_posttrain.metrics import flips
 from lit_posttrain.rollout import Rollout
@@ -77,7 +78,7 @@ def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batc
         choice_RC, choice_attention_RC = right_pad([row.completion_ids for row in batch], module.tokenizer.pad_token_id)
         tokens_RT = torch.cat([prompt_PT[group_R], choice_RC], 1).to(module.device)
         attention_RT = torch.cat([prompt_attention_PT[group_R], choice_attention_RC], 1).to(module.device)
-        logp_RT = module.shared_prompt_logp(module.policy, tokens_RT, attention_RT, group_R.to(module.device), prompt_PT.shape[1])
+        logp_RT = shared_prompt_logp(module.policy, tokens_RT, attention_RT, group_R.to(module.device), prompt_PT.shape[1])
         sums += logp_RT.sum(-1).tolist()
         counts += choice_attention_RC.sum(-1).tolist()
     correct, nll = [], []
@@ -96,9 +97,9 @@ def kl_to_reference(module, rollout: Rollout) -> float:
     of `rollout` (continuations the starting model wrote): exact at each position, no sampling noise."""
     width, tokens_BT, attention_BT = rollout.prompt_width, rollout.tokens_BT, rollout.attention_BT
     keep, predicts_BS = tokens_BT.shape[1] - width + 1, rollout.mask_BT[:, width:]
-    policy_NV = module.forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+    policy_NV = forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
     with module.reference() as reference:
-        reference_NV = module.forward_logits(reference, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+        reference_NV = forward_logits(reference, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
     return generalized_jsd(policy_NV, reference_NV, beta=1.0).mean().item()  # beta 1: KL(policy || reference)
 
 
@@ -120,6 +121,7 @@ class ForgettingProbes(EveryNSteps):
         kl_max_new_tokens: length of the starting model's continuations the KL is measured along.
         max_items: score at most this many items per set (null: all).
         batch_size: sequences per forward pass.
+        baseline_cache: a JSON file that keeps the probes before training for later runs from the same start (see EveryNSteps); the KL's continuations are still sampled by each run's own starting model.
     """
 
     def __init__(
@@ -130,8 +132,9 @@ class ForgettingProbes(EveryNSteps):
         kl_max_new_tokens: int = 32,
         max_items: int | None = None,
         batch_size: int = 64,
+        baseline_cache: str | None = None,
     ) -> None:
-        super().__init__(every_n_steps)
+        super().__init__(every_n_steps, baseline_cache)
         self.kl_prompts, self.kl_max_new_tokens = kl_prompts, kl_max_new_tokens
         self.max_items, self.batch_size = max_items, batch_size
         # Load now: a missing or malformed probe file stops the run at start-up.
@@ -139,7 +142,6 @@ class ForgettingProbes(EveryNSteps):
             _set_name(source): load_multiple_choice(source, limit=max_items)
             for source in (probe_sets if probe_sets is not None else ["builtin:general_knowledge"])
         }
-        self.history: list[dict] = []
         self._rows: dict[str, list[Row]] = {}
         self._kl_rollout: Rollout | None = None
 
@@ -179,10 +181,28 @@ class ForgettingProbes(EveryNSteps):
         finally:
             module.policy.train(was_training)
         self.history.append(result)
+        self._log(trainer, result)
+
+    def _log(self, trainer: L.Trainer, result: dict) -> None:
         logged = {k: v for k, v in result.items() if k != "step" and not k.endswith("per_example")}
         for logger in trainer.loggers:
-            logger.log_metrics(logged, step=step)
-        rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in logged.items() if not k.startswith("time/")))
+            logger.log_metrics(logged, step=result["step"])
+        rank_zero_info(f"step {result['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in logged.items() if not k.startswith("time/")))
+
+    def fingerprint(self, trainer: L.Trainer, module) -> dict:
+        chat = trainer.datamodule.chat_template if trainer.datamodule is not None else True
+        sets = {name: digest([[item.question, list(item.choices), item.answer] for item in items]) for name, items in self.sets.items()}
+        return super().fingerprint(trainer, module) | {
+            "sets": sets,
+            "settings": [chat, self.kl_prompts, self.kl_max_new_tokens, self.batch_size],
+        }
+
+    def restore(self, trainer: L.Trainer, module, entries: list[dict]) -> None:
+        self._prepare(trainer, module)  # now, while the policy is the starting model: the KL's continuations
+        for entry in entries:
+            self.history.append(entry)
+            # Read, not measured: it cost this run nothing.
+            self._log(trainer, {k: 0.0 if k.startswith("time/") else v for k, v in entry.items()})
 
 
 def _set_name(source: str) -> str:

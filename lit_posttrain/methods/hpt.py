@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.datamodule import Batch, pack_demonstrations
+from lit_posttrain.logprobs import first_masked
 from lit_posttrain.losses import token_mean_nll
-from lit_posttrain.methods.base import first_masked
 from lit_posttrain.methods.grpo import GRPO
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.logprobs import forward_logits
 from lit_posttrain.losses.distillation import generalized_jsd, reverse_kl_advantages
 from lit_posttrain.losses.policy_gradient import Constant, NoMask, Old, PolicyGradientLoss, TokenMean
 from lit_posttrain.methods.on_policy import OnPolicyModule
@@ -78,9 +79,9 @@ class FullVocabJSD(DistillationEstimator):
         # Logits only where a completion token is predicted: positions W - 1 .. T - 2.
         width, tokens_BT, attention_BT = rollout.prompt_width, rollout.tokens_BT, rollout.attention_BT
         keep, predicts_BS = tokens_BT.shape[1] - width + 1, rollout.mask_BT[:, width:]
-        student_NV = module.forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+        student_NV = forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
         with torch.no_grad():
-            teacher_NV = module.forward_logits(module.teacher, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+            teacher_NV = forward_logits(module.teacher, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
         module.count_tokens("trained", attention_BT.sum())
         module.count_tokens("teacher", attention_BT.sum())
         # Teachers may pad their vocabulary past the tokenizer's; compare the real vocabulary only.

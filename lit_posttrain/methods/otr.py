@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.datamodule import Batch, pack_demonstrations
+from lit_posttrain.logprobs import first_masked, forward_logits
 from lit_posttrain.losses.otr import otr_loss, otr_samples
-from lit_posttrain.methods.base import first_masked
 from lit_posttrain.methods.sft import SFT
 
 
@@ -46,7 +46,7 @@ class OTR(SFT):
         tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
         first = first_masked(mask_BT)
         # Logits only where a demonstration token is predicted: positions first - 1 .. T - 2.
-        logits_BSV = self.forward_logits(self.policy, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
+        logits_BSV = forward_logits(self.policy, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
         self.count_tokens("trained", attention_BT.sum())
         predicts_BS = mask_BT[:, first:]
         logits_NV = logits_BSV[:, :-1][predicts_BS]

@@ -16,8 +16,9 @@ import torch
 from torchmetrics import MeanMetric
 
 from lit_posttrain.data.datamodule import Batch, pack_demonstrations
+from lit_posttrain.logprobs import first_masked
 from lit_posttrain.losses import token_mean_nll
-from lit_posttrain.methods.base import PostTrainingModule, first_masked
+from lit_posttrain.methods.base import PostTrainingModule
 
 
 class SFT(PostTrainingModule):

@@ -67,7 +67,7 @@ def completion_mask(completion_BT: Tensor, eos_ids: Tensor) -> tuple[Tensor, Ten
 def last_position(tokens_BT: Tensor) -> Tensor:
     """`logits_to_keep` for the last position only, as an index tensor: an int makes transformers
     take a strided slice of the hidden states, which sends the output head down a batched-matmul
-    path that copies its weight per row on CPU (see PostTrainingModule.forward_logits)."""
+    path that copies its weight per row on CPU (see lit_posttrain.logprobs.forward_logits)."""
     return torch.tensor([tokens_BT.shape[1] - 1], device=tokens_BT.device)
 
 
