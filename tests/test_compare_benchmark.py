@@ -53,7 +53,7 @@ def test_smoke_comparison_tabulates_every_method_and_resumes(tmp_path):
     # The start is measured once per seed (SePT online's temperature sweep once more) and read by the
     # others: every method reports the same starting numbers.
     assert len({(r["accuracy_start"], r["pass@4_start"], r["probe_accuracy_start"]) for r in runs}) == 1
-    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "baselines").rglob("*.json"))
+    cached = sorted(p.stem.split("-")[0] for p in (tmp_path / "baselines").rglob("*.json"))
     assert cached == ["evaluation", "evaluation", "forgetting"], cached
     # SePT online sweeps temperatures, before training (the untrained model) and after.
     for when in ("start", "end"):

@@ -108,7 +108,8 @@ class Evaluation(EveryNSteps):
 
     def fingerprint(self, trainer: L.Trainer, module) -> dict:
         self._prepare(trainer, module)
-        engine = {k: v for k, v in vars(module.engine).items() if isinstance(v, int | float | str | bool)}
+        # The sampling settings, not the engine's state (which changes once it is set up).
+        engine = {k: getattr(module.engine, k, None) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
         return super().fingerprint(trainer, module) | {
             "examples": {name: digest([row.prompt_ids for row in rows]) for name, (_, rows, _, _) in self._rows.items()},
             "settings": [self.samples, self.k, self.temperature, self.temperatures, self.batch_size],
