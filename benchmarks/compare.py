@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import re
@@ -69,11 +68,6 @@ from compare_report import Run, cell, write_atomically, write_charts, write_tabl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is not installed
 PROBE_SET = "general_knowledge"  # the set callbacks/forgetting.yaml probes
-
-
-def digest(value) -> str:
-    """A short stable hash of JSON-able `value`, for file names."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -157,6 +151,8 @@ def run_command(
     settings: Settings, method: str, task_config: Path, probes: Path, seed: int, run_dir: Path, teacher: Path | None,
     merge: bool, baselines: Path,
 ) -> list[str]:  # fmt: skip
+    from lit_posttrain.callbacks.cadence import digest
+
     spec = METHODS[method]
     # Every method of a task and seed starts from the same model: the first run measures it before
     # training and the others read that (the files' fingerprints check it is the same start).
@@ -386,6 +382,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lit_posttrain.callbacks.cadence import digest
+
     args, settings = parse_args(argv)
     out = args.out.resolve()
     tasks = task_configs(args.tasks, settings, out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.rollout.engine import last_position
+from lit_posttrain.rollout.engine import prefill
 
 
 def first_masked(mask_BT: Tensor) -> int:
@@ -71,17 +71,9 @@ def shared_prompt_logp(
     left-padded prompt in the first `width` columns, the same for every row of a group (rows of
     a group contiguous), then a right-padded completion. Each group's prompt runs once and its
     key/value cache is shared by the group's rows; gradients flow through it when enabled."""
-    from transformers import DynamicCache
-
     groups_U, prompt_of_R = torch.unique_consecutive(group_R, return_inverse=True)
     first_U = torch.searchsorted(group_R, groups_U)  # rows of a group are contiguous
-    prompt_UW, prompt_attention_UW = tokens_RT[first_U, :width], attention_RT[first_U, :width]
-    position_UW = (prompt_attention_UW.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    out = model(
-        input_ids=prompt_UW, attention_mask=prompt_attention_UW, position_ids=position_UW,
-        past_key_values=cache, use_cache=True, logits_to_keep=last_position(prompt_UW),
-    )  # fmt: skip
+    prompt_logits_UV, cache, position_UW = prefill(model, tokens_RT[first_U, :width], attention_RT[first_U, :width])
     cache.batch_select_indices(prompt_of_R)  # a differentiable gather: gradients reach the prompt pass
     completion_RC, completion_attention_RC = tokens_RT[:, width:], attention_RT[:, width:]
     position_RC = position_UW[prompt_of_R, -1:] + 1 + torch.arange(completion_RC.shape[1], device=tokens_RT.device)
@@ -91,7 +83,7 @@ def shared_prompt_logp(
     ).logits  # fmt: skip
     # The prompt's last position predicts the first completion token; completion position c
     # predicts token c + 1.
-    logits_RCV = torch.cat([out.logits[prompt_of_R, -1:], completion_logits_RCV[:, :-1]], 1)
+    logits_RCV = torch.cat([prompt_logits_UV[prompt_of_R, None], completion_logits_RCV[:, :-1]], 1)
     if temperature != 1.0:
         logits_RCV = logits_RCV / temperature
     logp_RC = gather_logp(logits_RCV, completion_RC) * completion_attention_RC

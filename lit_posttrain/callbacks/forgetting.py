@@ -17,18 +17,7 @@ from lit_posttrain.logprobs import forward_logits, shared_prompt_logp
 from lit_posttrain.losses.distillation import generalized_jsd
 from lit_posttrain.metrics import flips
 from lit_posttrain.rollout import Rollout
-from lit_posttrain.rollout.engine import left_pad
-
-
-def right_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(tokens_BT, attention_BT)` with every sequence left-aligned."""
-    width = max(len(i) for i in ids)
-    tokens_BT = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    attention_BT = torch.zeros((len(ids), width), dtype=torch.long)
-    for b, row in enumerate(ids):
-        tokens_BT[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_BT[b, : len(row)] = 1
-    return tokens_BT, attention_BT
+from lit_posttrain.rollout.engine import left_pad, right_pad
 
 
 def question_row(item: MultipleChoiceItem, tokenizer, chat_template: bool = True) -> Row:

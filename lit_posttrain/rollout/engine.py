@@ -54,6 +54,32 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return tokens_BT, attention_BT
 
 
+def right_pad(ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """`(tokens_BT, attention_BT)` with every sequence left-aligned."""
+    width = max(len(i) for i in ids)
+    tokens_BT = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention_BT = torch.zeros((len(ids), width), dtype=torch.long)
+    for b, row in enumerate(ids):
+        tokens_BT[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_BT[b, : len(row)] = 1
+    return tokens_BT, attention_BT
+
+
+def prefill(model: torch.nn.Module, prompt_PT: Tensor, attention_PT: Tensor):
+    """Run left-padded prompts once into a fresh KV cache: `(logits_PV, cache, position_PT)`, the
+    logits at each prompt's last position (only there: the output head is costly) and the
+    positions the cache holds. Gradients flow when enabled."""
+    from transformers import DynamicCache
+
+    position_PT = (attention_PT.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=prompt_PT, attention_mask=attention_PT, position_ids=position_PT,
+        past_key_values=cache, use_cache=True, logits_to_keep=last_position(prompt_PT),
+    )  # fmt: skip
+    return out.logits[:, -1], cache, position_PT
+
+
 def completion_mask(completion_BT: Tensor, eos_ids: Tensor) -> tuple[Tensor, Tensor]:
     """Mask of completion tokens up to and including the first EOS, and which rows never stopped.
 

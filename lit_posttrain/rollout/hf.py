@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import assemble_rollout, last_position, left_pad
+from lit_posttrain.rollout.engine import assemble_rollout, left_pad, prefill
 from lit_posttrain.rollout.types import Rollout
 
 
@@ -159,17 +159,10 @@ class HFEngine:
         """Prefill each prompt once, share its KV cache among its `n` samples, then decode token by
         token; rows that reached EOS leave the batch. Returns completion tokens (pad after EOS) and
         the sampler's log-probs, each `(P * n, max_new_tokens)` or shorter if all rows stopped."""
-        from transformers import DynamicCache
-
         model, B = self.model, prompt_PT.shape[0] * n
-        position_PT = (attention_PT.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
-        out = model(
-            input_ids=prompt_PT, attention_mask=attention_PT, position_ids=position_PT,
-            past_key_values=cache, use_cache=True, logits_to_keep=last_position(prompt_PT),
-        )  # fmt: skip
+        logits_PV, cache, position_PT = prefill(model, prompt_PT, attention_PT)
         cache.batch_repeat_interleave(n)
-        logits_AV = out.logits[:, -1].repeat_interleave(n, 0)  # A: rows still decoding
+        logits_AV = logits_PV.repeat_interleave(n, 0)  # A: rows still decoding
         attention_AT = attention_PT.repeat_interleave(n, 0)
         position_A1 = position_PT[:, -1:].repeat_interleave(n, 0) + 1
         alive_A = torch.arange(B, device=prompt_PT.device)
