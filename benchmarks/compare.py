@@ -38,12 +38,11 @@ tables) and `comparison_<task>.png`.
 Time. The full default is 21 runs (7 methods x 3 seeds) of 16 steps of 8 prompts, each measured
 before and after training on 48 held-out examples (greedy and 4 samples), 64 general-knowledge
 items and 8 KL prompts; the script prints the time left after every run. On a 2-core AMD EPYC with
-AVX2 and no native bf16 (float32 weights), nothing else running: 59 minutes on 2026-11-24 and 63.6
-on 2026-12-01 (a slower day: its matmul peak measured 144-178 GFLOP/s against 181), both while
-every run still measured the start itself; 24 runs with opd_sft, 74 minutes. Reading the start
-instead saved 41 s of a GRPO run (measured); over the default that is about 11 minutes, about 53
-in all (estimated from that, not measured whole). On the AMX-BF16 machine of benchmarks/README.md,
-whose GRPO step is 2.5 s, the same command should take well under that (not measured).
+AVX2 and no native bf16 (float32 weights), nothing else running: 59.5 minutes on 2026-12-01 with
+the start read from the cache (before it, every run measuring the start itself: 59 minutes on
+2026-11-24, 63.6 on the morning of 2026-12-01); `opd_sft`'s 3 runs add 11. On the AMX-BF16
+machine of benchmarks/README.md, whose GRPO step is 2.5 s, the same command should take well under
+that (not measured).
 """
 
 from __future__ import annotations

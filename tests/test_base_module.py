@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lit_posttrain.logprobs import forward_logits
+from lit_posttrain.methods.cost import StepCost
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.models import LoRA
 from lit_posttrain.optim import lr_multiplier
@@ -119,3 +120,29 @@ def test_scoring_from_a_later_position_gives_the_same_log_probs():
     logits_BKV = forward_logits(module.policy, TOKENS_BT, ATTENTION_BT, keep_last=2)
     assert logits_BKV.shape == (2, 2, module.policy.config.vocab_size)
     assert torch.allclose(logits_BKV, forward_logits(module.policy, TOKENS_BT, ATTENTION_BT)[:, -2:], atol=1e-6)
+
+
+def test_step_cost_times_its_phases_from_the_marks_and_starts_again_from_zero():
+    now = [0.0]
+    cost = StepCost(("trained",), ("generate_s", "loss_forward_s", "backward_step_s"), owner="M", clock=lambda: now[0])
+    cost.add("tokens/trained", torch.tensor(7))
+    cost.add("time/generate_s", 0.5)  # charged before the step's start mark (sampling by a callback)
+    for name, t in [("start", 1.0), ("backward", 1.25), ("end", 2.0)]:
+        now[0] = t
+        cost.mark(name)
+    now[0] = 3.0
+    assert cost.finish() == {
+        "tokens/trained": 7.0,
+        "time/generate_s": 0.5,
+        "time/loss_forward_s": 0.25,
+        "time/backward_step_s": 0.75,
+    }
+    # A step that returned no loss has no backward mark: everything since its start is the forward.
+    now[0] = 4.0
+    cost.mark("start")
+    now[0] = 4.5
+    assert cost.finish() == {"tokens/trained": 0.0, "time/generate_s": 0.0, "time/loss_forward_s": 0.5, "time/backward_step_s": 0.0}
+    with pytest.raises(KeyError, match="M does not log 'tokens/teacher'"):
+        cost.add("tokens/teacher", 1)
+    with pytest.raises(ValueError, match="lacks the marked phases"):
+        StepCost(("trained",), ("generate_s",))

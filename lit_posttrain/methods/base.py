@@ -1,7 +1,7 @@
 """The shared base of every method: the models (policy, reference, teacher) and their per-token
 log-probs (computed by `lit_posttrain.logprobs`), sampling and scoring, the optimizer and its
 schedule, token normalisation under accumulation, what each step costs (its phases' time and the
-tokens each model ran on), and the export of the trained model.
+tokens each model ran on, tallied by `cost.StepCost`), and the export of the trained model.
 
 It holds no method-specific branches: a method subclasses it and writes `training_step`.
 """
@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from lit_posttrain.data.datamodule import Row
+from lit_posttrain.data.datamodule import Row, pack_demonstrations
 from lit_posttrain.data.task import Task
 from lit_posttrain.logprobs import shared_prompt_logp, shared_prompt_tokens, token_logp
+from lit_posttrain.methods.cost import StepCost
 from lit_posttrain.models import (
     DType,
     LoRA,
@@ -90,8 +91,7 @@ class PostTrainingModule(L.LightningModule):
         self._teacher: torch.nn.Module | None = None
         self._reference: torch.nn.Module | None = None
         self._sharded = False
-        self._tally: dict[str, float] | None = None  # this step's tokens and times, made on first use
-        self._marks: dict[str, float] = {}
+        self._step_cost: StepCost | None = None
 
     # --- models -------------------------------------------------------------------------------
 
@@ -236,6 +236,13 @@ class PostTrainingModule(L.LightningModule):
         """Per-token log-probs under the frozen teacher (from `first_scored` on)."""
         return token_logp(self._required_teacher(), tokens_BT, attention_BT, temperature, first_scored)
 
+    def pack_for_training(self, rows: list[Row]) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows' prompt + demonstration packed on the device (`tokens_BT, attention_BT, mask_BT`),
+        counted as this step's trained tokens: the loss forward about to run reads all of them."""
+        tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, self.tokenizer.pad_token_id, self.device)
+        self.count_tokens("trained", attention_BT.sum())
+        return tokens_BT, attention_BT, mask_BT
+
     # Methods that train on the task's demonstrations say so; the task is checked at start-up.
     needs_demonstrations: bool = False
 
@@ -328,34 +335,31 @@ class PostTrainingModule(L.LightningModule):
     # backward + optimizer step are timed here, the others are added with `add_time`.
     time_phases: tuple[str, ...] = ("loss_forward_s", "backward_step_s")
 
-    def _empty_tally(self) -> dict[str, float]:
-        return dict.fromkeys([f"tokens/{kind}" for kind in self.token_kinds] + [f"time/{p}" for p in self.time_phases], 0.0)
+    @property
+    def step_cost(self) -> StepCost:
+        """This step's tally (made on first use: subclasses' `token_kinds` may read their own settings)."""
+        if self._step_cost is None:
+            self._step_cost = StepCost(self.token_kinds, self.time_phases, owner=type(self).__name__)
+        return self._step_cost
 
     def count_tokens(self, kind: str, count: Tensor | int) -> None:
         """Add `count` tokens of `kind` (one of `token_kinds`) to this step's `tokens/<kind>`."""
-        self._add(f"tokens/{kind}", count)
+        self.step_cost.add(f"tokens/{kind}", count)
 
     def add_time(self, phase: str, seconds: float) -> None:
         """Add `seconds` to this step's `time/<phase>` (one of `time_phases`)."""
-        self._add(f"time/{phase}", seconds)
-
-    def _add(self, key: str, amount: Tensor | float) -> None:
-        if self._tally is None:
-            self._tally = self._empty_tally()
-        if key not in self._tally:
-            raise KeyError(f"{type(self).__name__} does not log {key!r}; it logs {sorted(self._tally)}")
-        self._tally[key] += float(amount)
+        self.step_cost.add(f"time/{phase}", seconds)
 
     # Callbacks' hooks run before the module's: RolloutRefresh has sampled by the time this runs,
     # so the window up to the backward is the loss forward alone.
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._marks = {"start": time.perf_counter()}
+        self.step_cost.mark("start")
 
     def on_before_backward(self, loss: Tensor) -> None:
-        self._marks["backward"] = time.perf_counter()
+        self.step_cost.mark("backward")
 
     def on_after_backward(self) -> None:
-        self._marks["end"] = time.perf_counter()  # moved on by optimizer_step when this micro-batch steps
+        self.step_cost.mark("end")  # moved on by optimizer_step when this micro-batch steps
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # Under automatic optimisation the closure (training_step and backward) runs inside this call.
@@ -363,16 +367,12 @@ class PostTrainingModule(L.LightningModule):
         # An engine sampling from its own copy of the weights must see every update.
         if self._engine_ready:
             self.engine.sync_weights(self.policy)
-        self._marks["end"] = time.perf_counter()
+        self.step_cost.mark("end")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if outputs is not None:
             self.log("train/loss", outputs["loss"].detach(), batch_size=len(batch), sync_dist=True)
-        marks, now = self._marks, time.perf_counter()
-        backward = marks.get("backward", now)  # no backward: the step returned no loss
-        self.add_time("loss_forward_s", backward - marks.get("start", backward))  # makes the tally if none
-        self.add_time("backward_step_s", marks.get("end", now) - backward)
-        tally, self._tally = self._tally, None
+        tally = self.step_cost.finish()
         tokens = {k: v for k, v in tally.items() if k.startswith("tokens/")}
         self.log_dict(tokens, reduce_fx="sum", batch_size=len(batch), sync_dist=True)
         self.log_dict({k: v for k, v in tally.items() if k not in tokens}, batch_size=len(batch), sync_dist=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch, pack_demonstrations
+from lit_posttrain.data.datamodule import Batch
 from lit_posttrain.logprobs import first_masked
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.methods.grpo import GRPO
@@ -66,9 +66,8 @@ class HPT(GRPO):
         if n_sft or both:
             chosen_G = sft_G if n_sft else first_G
             rows = [row for row, to_sft in zip(batch.rows, chosen_G.tolist(), strict=True) if to_sft]
-            tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, self.tokenizer.pad_token_id, self.device)
+            tokens_BT, attention_BT, mask_BT = self.pack_for_training(rows)
             logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
-            self.count_tokens("trained", attention_BT.sum())
             sft_loss, sft_metrics = token_mean_nll(logp_BT, mask_BT)
             loss = loss + n_sft * sft_loss
             metrics.update(self._pooled({"sft_nll": sft_metrics["nll"]}, n_sft))

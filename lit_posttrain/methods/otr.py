@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch, pack_demonstrations
+from lit_posttrain.data.datamodule import Batch
 from lit_posttrain.logprobs import first_masked, forward_logits
 from lit_posttrain.losses.otr import otr_loss, otr_samples
 from lit_posttrain.methods.sft import SFT
@@ -43,11 +43,10 @@ class OTR(SFT):
         self.k, self.kappa, self.beta, self.force_target = k, kappa, beta, force_target
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
+        tokens_BT, attention_BT, mask_BT = self.pack_for_training(batch.rows)
         first = first_masked(mask_BT)
         # Logits only where a demonstration token is predicted: positions first - 1 .. T - 2.
         logits_BSV = forward_logits(self.policy, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
-        self.count_tokens("trained", attention_BT.sum())
         predicts_BS = mask_BT[:, first:]
         logits_NV = logits_BSV[:, :-1][predicts_BS]
         target_N = tokens_BT[:, first:][predicts_BS]

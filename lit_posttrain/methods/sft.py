@@ -33,9 +33,8 @@ class SFT(PostTrainingModule):
         self.test_nll = MeanMetric()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
+        tokens_BT, attention_BT, mask_BT = self.pack_for_training(batch.rows)
         logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
-        self.count_tokens("trained", attention_BT.sum())
         loss, metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=self.token_normaliser(batch.window_tokens))
         self.log("train/nll", metrics["nll"], prog_bar=True, batch_size=len(batch), sync_dist=True)
         self.log("train/tokens", metrics["tokens"], reduce_fx="sum", batch_size=len(batch), sync_dist=True)
