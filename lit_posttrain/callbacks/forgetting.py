@@ -137,7 +137,7 @@ class ForgettingProbes(EveryNSteps):
     def _prepare(self, trainer: L.Trainer, module) -> None:
         if self._rows or not self.sets:
             return
-        chat = trainer.datamodule.chat_template if trainer.datamodule is not None else True
+        chat = _chat_template(trainer)
         self._rows = {name: choice_rows(items, module.tokenizer, chat) for name, items in self.sets.items()}
         if self.kl_prompts:
             # The starting model's own continuations, sampled before any update: policy == reference.
@@ -179,7 +179,7 @@ class ForgettingProbes(EveryNSteps):
         rank_zero_info(f"step {result['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in logged.items() if not k.startswith("time/")))
 
     def fingerprint(self, trainer: L.Trainer, module) -> dict:
-        chat = trainer.datamodule.chat_template if trainer.datamodule is not None else True
+        chat = _chat_template(trainer)
         sets = {name: digest([[item.question, list(item.choices), item.answer] for item in items]) for name, items in self.sets.items()}
         return super().fingerprint(trainer, module) | {
             "sets": sets,
@@ -192,6 +192,11 @@ class ForgettingProbes(EveryNSteps):
             self.history.append(entry)
             # Read, not measured: it cost this run nothing.
             self._log(trainer, {k: 0.0 if k.startswith("time/") else v for k, v in entry.items()})
+
+
+def _chat_template(trainer: L.Trainer) -> bool:
+    """Whether the probes' questions go through the chat template: as the run's data does."""
+    return trainer.datamodule.chat_template if trainer.datamodule is not None else True
 
 
 def _set_name(source: str) -> str:
