@@ -189,3 +189,13 @@ def test_strategy_files_stack_on_a_method_config(strategy, capsys):
     printed = capsys.readouterr().out
     expected = "strategy: ddp" if strategy.startswith("ddp") else "class_path: lightning.pytorch.strategies.ModelParallelStrategy"
     assert expected in printed and "class_path: lit_posttrain.methods.grpo.GRPO" in printed
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "grpo.yaml", "opd.yaml", "sept.yaml", "hpt.yaml"])
+def test_the_vllm_engine_file_stacks_on_every_sampling_config(config, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--config", str(ROOT / "configs" / config),
+                "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"), "--print_config")  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "class_path: lit_posttrain.rollout.vllm.VLLMEngine" in printed
+    assert "max_new_tokens: 8" in printed, "the config's own engine settings are kept"

@@ -1,5 +1,8 @@
-"""The rollout-engine conformance test: every engine must pass it. `VLLMEngine` runs it only where
-a GPU and vllm are present."""
+"""The rollout-engine conformance test: every engine must pass it. `HFEngine` runs it on the tiny
+random model, `VLLMEngine` on the built-in model (vLLM's CPU attention needs a head size of 32 or
+more; the tiny model's is 16), with one engine for the whole module: it takes ~15 s to start."""
+
+import os
 
 import pytest
 import torch
@@ -8,29 +11,49 @@ from lit_posttrain.methods.base import PostTrainingModule
 from lit_posttrain.models import LoRA
 from lit_posttrain.rollout import HFEngine, Rollout, concat_rollouts
 
+try:
+    import vllm  # noqa: F401
 
-def _module(lora=None) -> PostTrainingModule:
-    module = PostTrainingModule(model="tiny-random-llama", dtype="float32", lora=lora)
+    VLLM_MISSING = None
+except ImportError as err:
+    VLLM_MISSING = f"vllm does not import ({err}); scripts/setup.sh installs it"
+# CI installs vLLM and must run its tests: a missing vLLM fails there instead of skipping.
+needs_vllm = pytest.mark.skipif(VLLM_MISSING is not None and not os.environ.get("CI"), reason=str(VLLM_MISSING))
+
+# How close the sampler's log-probs must be to a teacher-forced forward of the same tokens, in
+# nats. HFEngine runs the trainer's own model and kernels: only the order of float32 sums differs.
+# vLLM runs other kernels (its CPU attention, fused qkv and gate-up projections) through 30 layers;
+# measured on the built-in model in float32: at most 5e-5 (mean 1e-5). 2e-4 leaves 4x room, while
+# a wrong temperature, token or weight moves log-probs by 1e-2 and more.
+ATOL = {"HFEngine": 1e-4, "VLLMEngine": 2e-4}
+
+
+def _module(lora=None, model="tiny-random-llama") -> PostTrainingModule:
+    module = PostTrainingModule(model=model, dtype="float32", lora=lora)
     module.configure_model()
     return module
-
-
-def _engines():
-    yield pytest.param(HFEngine, id="hf")
-    yield pytest.param(
-        lambda **kw: __import__("lit_posttrain.rollout.vllm", fromlist=["VLLMEngine"]).VLLMEngine(**kw),
-        id="vllm",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM needs a GPU"),
-    )
 
 
 PROMPTS = [[5, 20, 21], [5, 30, 31, 32, 33, 34], [5, 40]]
 
 
-@pytest.fixture(params=list(_engines()))
+@pytest.fixture(scope="module")
+def vllm_engine_and_module():
+    from lit_posttrain.rollout.vllm import VLLMEngine
+
+    module = _module(model="builtin:smollm2-135m-instruct")
+    engine = VLLMEngine(temperature=1.0, max_new_tokens=12)
+    engine.setup(module.policy, module.tokenizer)
+    yield engine, module
+    engine.close()
+
+
+@pytest.fixture(params=[pytest.param("hf"), pytest.param("vllm", marks=needs_vllm)])
 def engine_and_module(request):
+    if request.param == "vllm":
+        return request.getfixturevalue("vllm_engine_and_module")
     module = _module()
-    engine = request.param(temperature=1.0, max_new_tokens=12)
+    engine = HFEngine(temperature=1.0, max_new_tokens=12)
     engine.setup(module.policy, module.tokenizer)
     return engine, module
 
@@ -70,7 +93,7 @@ def test_sampler_logp_equals_a_teacher_forced_forward_pass(engine_and_module, te
     rollout = engine.generate(PROMPTS, n=2, seed=2, temperature=temperature)
     with torch.no_grad():
         logp_BT = module.policy_logp(rollout.tokens_BT, rollout.attention_BT, temperature=temperature)
-    assert torch.allclose(rollout.logp_BT[rollout.mask_BT], logp_BT[rollout.mask_BT], atol=1e-4)
+    assert torch.allclose(rollout.logp_BT[rollout.mask_BT], logp_BT[rollout.mask_BT], atol=ATOL[type(engine).__name__])
 
 
 def test_determinism_under_a_seed_and_training_state_untouched(engine_and_module):
@@ -124,20 +147,12 @@ def test_select_and_concat_round_trip(engine_and_module):
             assert torch.equal(mine, theirs), name
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the start-up error where vLLM cannot run")
-def test_vllm_engine_without_gpu_fails_at_start_up_with_what_to_do():
-    from lit_posttrain.rollout.vllm import VLLMEngine
-
-    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[vllm\]'.*HFEngine"):
-        VLLMEngine()
-
-
 @pytest.mark.parametrize(("top_k", "top_p"), [(3, 1.0), (0, 0.5)])
-def test_top_k_and_top_p_sample_only_from_the_kept_tokens(top_k, top_p):
-    module = _module()
-    engine = HFEngine(max_new_tokens=1, top_k=top_k, top_p=top_p)
-    engine.setup(module.policy, module.tokenizer)
-    rollout = engine.generate(PROMPTS[:1], n=64, seed=5)
+def test_top_k_and_top_p_sample_only_from_the_kept_tokens(engine_and_module, top_k, top_p, monkeypatch):
+    engine, module = engine_and_module
+    monkeypatch.setattr(engine, "top_k", top_k)
+    monkeypatch.setattr(engine, "top_p", top_p)
+    rollout = engine.generate(PROMPTS[:1], n=64, seed=5, max_new_tokens=1)
     with torch.no_grad():
         probs_V = torch.softmax(module.policy(torch.tensor([PROMPTS[0]])).logits[0, -1], -1)
     order = probs_V.argsort(descending=True)
@@ -145,12 +160,17 @@ def test_top_k_and_top_p_sample_only_from_the_kept_tokens(top_k, top_p):
     sampled = rollout.tokens_BT[:, rollout.prompt_width]
     assert set(sampled.tolist()) <= set(kept.tolist())
     renormalised = torch.log(probs_V[sampled] / probs_V[kept].sum())
-    assert torch.allclose(rollout.logp_BT[:, rollout.prompt_width], renormalised, atol=1e-5)
+    assert torch.allclose(rollout.logp_BT[:, rollout.prompt_width], renormalised, atol=ATOL[type(engine).__name__])
 
 
 def test_per_prompt_seeds_make_samples_independent_of_the_batch(engine_and_module):
+    """The property data-parallel runs and exact resume rely on: a prompt's `n` samples under its
+    seed are the same whichever prompts share its batch, and wherever it stands in it."""
     engine, module = engine_and_module
+    atol = ATOL[type(engine).__name__]
     together = engine.generate(PROMPTS, n=3, seed=[11, 12, 13])
     alone = engine.generate(PROMPTS[1:2], n=3, seed=[12])
-    assert together.completions[3:6] == alone.completions
-    assert torch.allclose(together.logp_BT[3:6][together.mask_BT[3:6]], alone.logp_BT[alone.mask_BT], atol=1e-5)
+    reordered = engine.generate([PROMPTS[2], PROMPTS[0], PROMPTS[1], PROMPTS[0]], n=3, seed=[13, 99, 12, 11])
+    assert together.completions[3:6] == alone.completions == reordered.completions[6:9]
+    assert together.completions[:3] == reordered.completions[9:12]
+    assert torch.allclose(together.logp_BT[3:6][together.mask_BT[3:6]], alone.logp_BT[alone.mask_BT], atol=atol)

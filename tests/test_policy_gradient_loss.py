@@ -14,13 +14,16 @@ from lit_posttrain.losses.policy_gradient import (
     GroupCentered,
     GroupNormalized,
     NoMask,
+    Old,
     One,
     PolicyGradientLoss,
     PPOClip,
     SequenceMean,
     TokenMean,
+    TruncatedIS,
     grpo_preset,
     k3_kl,
+    sampler_mismatch,
     sft_preset,
 )
 
@@ -157,3 +160,41 @@ def test_per_token_advantages_and_argument_checks():
         sft_preset()(logp_BT, torch.ones(1, 2))
     with pytest.raises(ValueError, match="beta"):
         PolicyGradientLoss(beta=-1.0)
+
+
+# The trainer's old probabilities of three sampled tokens and the sampler's: ratios 2, 0.5 and 9.
+OLD_P = torch.tensor([[0.5, 0.2, 0.9]])
+SAMPLER_P = torch.tensor([[0.25, 0.4, 0.1]])
+
+
+def test_truncated_is_weights_are_the_ratio_capped_hand_computed():
+    weight_BT = TruncatedIS(cap=3.0)(OLD_P.log(), SAMPLER_P.log())
+    assert torch.allclose(weight_BT, torch.tensor([[2.0, 0.5, 3.0]]))
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        TruncatedIS(cap=0.0)
+
+
+def test_truncated_is_weighs_each_tokens_term_and_its_gradient():
+    # pi = pi_old (one step per batch): ratio 1, advantage 1, so each token's loss is -w and its
+    # gradient with respect to logp is -w / 3 (token mean over 3 tokens).
+    logp_BT = OLD_P.log().clone().requires_grad_(True)
+    loss_fn = PolicyGradientLoss(Old(), Constant(1.0), NoMask(), TokenMean(), sampler_correction=TruncatedIS(cap=3.0))
+    mask_BT = torch.ones(1, 3, dtype=torch.bool)
+    loss, metrics = loss_fn(logp_BT, mask_BT, adv_B=torch.ones(1), old_logp_BT=OLD_P.log(), sampler_logp_BT=SAMPLER_P.log())
+    assert loss.item() == pytest.approx(-(2.0 + 0.5 + 3.0) / 3)
+    loss.backward()
+    assert torch.allclose(logp_BT.grad, -torch.tensor([[2.0, 0.5, 3.0]]) / 3)
+    assert metrics["sampler_weight"].item() == pytest.approx(5.5 / 3)
+    # Without the sampler's log-probs there is nothing to weigh against: an error, not weight 1.
+    with pytest.raises(ValueError, match="sampler correction needs"):
+        loss_fn(logp_BT, mask_BT, adv_B=torch.ones(1), old_logp_BT=OLD_P.log())
+
+
+def test_sampler_mismatch_hand_computed_on_the_masked_tokens():
+    mask_BT = torch.tensor([[True, True, False]])  # the third token (ratio 9) is not a completion token
+    metrics = sampler_mismatch(OLD_P.log(), SAMPLER_P.log(), mask_BT)
+    assert metrics["sampler_abs_diff"].item() == pytest.approx((math.log(2) + math.log(2)) / 2)
+    # k3 with r = trainer / sampler: r - log r - 1, for r = 2 and r = 0.5.
+    assert metrics["sampler_kl"].item() == pytest.approx(((2 - math.log(2) - 1) + (0.5 + math.log(2) - 1)) / 2)
+    same = sampler_mismatch(OLD_P.log(), OLD_P.log(), mask_BT)
+    assert same["sampler_abs_diff"].item() == 0 and same["sampler_kl"].item() == 0

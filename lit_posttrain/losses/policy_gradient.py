@@ -207,6 +207,40 @@ class ConstantLength(Aggregation):
         return (loss_BT * mask_BT).sum() / (mask_BT.shape[0] * self.max_tokens)
 
 
+# --- the sampler's numerics: measured, and optionally corrected ------------------------------------------
+
+
+def sampler_mismatch(old_logp_BT: Tensor, sampler_logp_BT: Tensor, mask_BT: Tensor) -> dict[str, Tensor]:
+    """How far the engine that sampled the tokens is from the trainer on those tokens: the mean
+    absolute log-prob difference, and the k3 estimate of KL(sampler || trainer) (the tokens were
+    drawn from the sampler: with log r = trainer - sampler, `exp(log r) - log r - 1` >= 0)."""
+    mask_BT = mask_BT.to(old_logp_BT.dtype)
+    count = mask_BT.sum().clamp(min=1)
+    log_ratio_BT = (old_logp_BT - sampler_logp_BT).detach()
+    return {
+        "sampler_abs_diff": (log_ratio_BT.abs() * mask_BT).sum() / count,
+        "sampler_kl": ((torch.exp(log_ratio_BT) - log_ratio_BT - 1) * mask_BT).sum() / count,
+    }
+
+
+@dataclass(frozen=True)
+class TruncatedIS:
+    """Truncated importance sampling for a sampler whose numerics differ from the trainer's (a vLLM
+    engine; Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+    training", as verl, TRL and prime-rl offer it): each token's policy-gradient term is weighted by
+    `min(pi_old(o_t) / pi_sampler(o_t), cap)`, the trainer's old probability over the sampler's,
+    detached. The cap bounds the variance a rare token with a tiny sampler probability would add."""
+
+    cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.cap <= 0:
+            raise ValueError(f"TruncatedIS cap must be > 0, got {self.cap}")
+
+    def __call__(self, old_logp_BT: Tensor, sampler_logp_BT: Tensor) -> Tensor:
+        return torch.exp(old_logp_BT - sampler_logp_BT).detach().clamp(max=self.cap)
+
+
 # --- the composed estimator -----------------------------------------------------------------------------
 
 
@@ -217,7 +251,8 @@ def k3_kl(logp_BT: Tensor, ref_logp_BT: Tensor) -> Tensor:
 
 
 class PolicyGradientLoss:
-    """`loss = aggregate( -where(mask, ratio * A, clipped_ratio * A (no gradient)) + beta * k3 )`.
+    """`loss = aggregate( -w * where(mask, ratio * A, clipped_ratio * A (no gradient)) + beta * k3 )`,
+    w the sampler correction's per-token weight (1 without one).
 
     Args:
         denominator: what the likelihood gradient is divided by: Current (pi), Old (pi_old, the default) or One.
@@ -225,6 +260,7 @@ class PolicyGradientLoss:
         stabilization: which token terms keep their gradient (default PPOClip(0.2, 0.2); NoMask: all).
         aggregation: how per-token losses become one number (default SequenceMean).
         beta: weight of the k3 KL penalty to the reference model (0: off, and no reference forward pass).
+        sampler_correction: reweights each token for the gap between the sampler's and the trainer's numerics, e.g. TruncatedIS(cap=2.0) with a vLLM engine (null: none).
     """
 
     def __init__(
@@ -234,6 +270,7 @@ class PolicyGradientLoss:
         stabilization: StabilizationMask | None = None,
         aggregation: Aggregation | None = None,
         beta: float = 0.0,
+        sampler_correction: TruncatedIS | None = None,
     ) -> None:
         if beta < 0:
             raise ValueError(f"PolicyGradientLoss beta must be >= 0, got {beta}")
@@ -242,10 +279,11 @@ class PolicyGradientLoss:
         self.stabilization = stabilization or PPOClip()
         self.aggregation = aggregation or SequenceMean()
         self.beta = beta
+        self.sampler_correction = sampler_correction
 
     def __repr__(self) -> str:
         parts = (self.denominator, self.advantage, self.stabilization, self.aggregation)
-        return f"PolicyGradientLoss({', '.join(map(repr, parts))}, beta={self.beta})"
+        return f"PolicyGradientLoss({', '.join(map(repr, parts))}, beta={self.beta}, sampler_correction={self.sampler_correction!r})"
 
     def __call__(
         self,
@@ -256,8 +294,11 @@ class PolicyGradientLoss:
         old_logp_BT: Tensor | None = None,
         ref_logp_BT: Tensor | None = None,
         num_tokens: float | None = None,
+        sampler_logp_BT: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-sequence advantages `adv_B` or per-token `adv_BT` (distillation); see the class doc."""
+        """Per-sequence advantages `adv_B` or per-token `adv_BT` (distillation); see the class doc.
+        `sampler_logp_BT`, the log-probs of the engine that sampled the tokens, is needed by a
+        sampler correction, which weighs the trainer's `old_logp_BT` against it."""
         if (adv_B is None) == (adv_BT is None):
             raise ValueError("pass exactly one of adv_B and adv_BT")
         if adv_BT is None:
@@ -271,6 +312,12 @@ class PolicyGradientLoss:
         surrogate_BT = torch.where(keep_BT, ratio_BT * adv_BT, (clipped_BT * adv_BT).detach())
         loss_BT = -surrogate_BT
         metrics = {"clip_fraction": ((~keep_BT).to(logp_BT.dtype) * mask_BT).sum() / mask_BT.sum().clamp(min=1)}
+        if self.sampler_correction is not None:
+            if old_logp_BT is None or sampler_logp_BT is None:
+                raise ValueError("a sampler correction needs old_logp_BT (the trainer's) and sampler_logp_BT (the engine's)")
+            weight_BT = self.sampler_correction(old_logp_BT, sampler_logp_BT)
+            loss_BT = weight_BT * loss_BT
+            metrics["sampler_weight"] = (weight_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)
         if self.beta > 0:
             if ref_logp_BT is None:
                 raise ValueError("beta > 0 needs ref_logp_BT")

@@ -268,6 +268,12 @@ class PostTrainingModule(L.LightningModule):
             self._engine_ready = True
         return self.engine
 
+    def teardown(self, stage: str) -> None:
+        # A vLLM engine holds a KV cache and a process group until closed.
+        if self._engine_ready:
+            self.engine.close()
+            self._engine_ready = False
+
     @torch.no_grad()
     def sample(
         self, rows: list[Row], n: int = 1, score: bool = True, task: Task | None = None, **generate_kwargs

@@ -72,11 +72,13 @@ class GRPO(OnPolicyModule):
                 # Keep one row so that every step (and every rank) runs a backward pass.
                 active_B[0] = True
         logp_BT = self.rollout_logp(rollout, active_B)
-        fresh_BT = (rollout.age_B == 0)[:, None] | ~active_B[:, None]
-        old_logp_BT = torch.where(fresh_BT, logp_BT.detach(), rollout.logp_BT)
+        old_logp_BT, mismatch = self.old_logp(rollout, logp_BT, active_B)
         ref_logp_BT = None
         if self.loss.beta > 0:
             ref_logp_BT = self.reference_logp(rollout.tokens_BT, rollout.attention_BT, rollout.temperature, rollout.prompt_width)
             self.count_tokens("reference", rollout.attention_BT.sum())
-        loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_B=adv_B, old_logp_BT=old_logp_BT, ref_logp_BT=ref_logp_BT)
-        return loss, metrics, active_B
+        loss, metrics = self.loss(
+            logp_BT, rollout.mask_BT, adv_B=adv_B, old_logp_BT=old_logp_BT, ref_logp_BT=ref_logp_BT,
+            sampler_logp_BT=rollout.logp_BT,
+        )  # fmt: skip
+        return loss, metrics | mismatch, active_B

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lit_posttrain.callbacks.rollout_refresh import RolloutRefresh
 from lit_posttrain.data.datamodule import Batch, Row
+from lit_posttrain.losses.policy_gradient import sampler_mismatch
 from lit_posttrain.methods.base import PostTrainingModule
 from lit_posttrain.rollout import Rollout
 
@@ -50,6 +51,23 @@ class OnPolicyModule(PostTrainingModule):
         self.count_tokens("generated", rollout.mask_BT.sum())
         self.add_time("generate_s", rollout.timing.get("generate_s", 0.0))
         self.add_time("score_s", rollout.timing.get("score_s", 0.0))
+
+    @staticmethod
+    def old_logp(rollout: Rollout, logp_BT: Tensor, computed_B: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """pi_old's log-probs for the loss, and how far the sampler was from the trainer.
+
+        Rows reused from an earlier step take the sampler's stored log-probs; the others take the
+        trainer's own, detached (one optimizer step per batch makes pi_old the current policy; rows
+        whose forward was skipped, `computed_B` False, then get ratio 1). The gap between the
+        sampler's and the trainer's log-probs on the fresh computed rows is returned as metrics
+        (`sampler_abs_diff`, `sampler_kl`): with HFEngine in float32 it is ~0, with vLLM's kernels
+        or a bf16 sampling copy it is what `TruncatedIS` corrects for.
+        """
+        computed_B = torch.ones_like(rollout.age_B, dtype=torch.bool) if computed_B is None else computed_B
+        reused_B = (rollout.age_B > 0) & computed_B
+        old_logp_BT = torch.where(reused_B[:, None], rollout.logp_BT, logp_BT.detach())
+        fresh_B = (rollout.age_B == 0) & computed_B
+        return old_logp_BT, sampler_mismatch(old_logp_BT, rollout.logp_BT, rollout.mask_BT & fresh_B[:, None])
 
     # --- logging ------------------------------------------------------------------------------
 

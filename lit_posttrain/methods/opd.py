@@ -55,8 +55,9 @@ class SampledReverseKL(DistillationEstimator):
         teacher_logp_BT = module.teacher_rollout_logp(rollout)
         mask_BT = rollout.mask_BT.to(logp_BT.dtype)
         adv_BT = reverse_kl_advantages(logp_BT, teacher_logp_BT, mask_BT, self.discount)
-        old_logp_BT = torch.where((rollout.age_B == 0)[:, None], logp_BT.detach(), rollout.logp_BT)
-        loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_BT=adv_BT, old_logp_BT=old_logp_BT)
+        old_logp_BT, mismatch = module.old_logp(rollout, logp_BT)
+        loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_BT=adv_BT, old_logp_BT=old_logp_BT, sampler_logp_BT=rollout.logp_BT)
+        metrics |= mismatch
         # The one-sample reverse-KL estimate per token, before any discounting, averaged.
         kl_BT = (logp_BT - teacher_logp_BT).detach() * mask_BT
         metrics["reverse_kl"] = kl_BT.sum() / mask_BT.sum().clamp(min=1)

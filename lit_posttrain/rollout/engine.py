@@ -18,7 +18,8 @@ class RolloutEngine(Protocol):
 
     `setup` is called once the policy exists, `sync_weights` after every optimizer step (an
     engine that samples from a copy of the weights refreshes it there), `generate` samples `n`
-    completions for each prompt (rows of one prompt are contiguous; `group_B` numbers them).
+    completions for each prompt (rows of one prompt are contiguous; `group_B` numbers them),
+    `close` when training is over (it frees what the engine holds; `setup` may follow again).
     `seed`: an int seeds the call; one int per prompt makes each prompt's samples independent of
     the rest of the batch, which keeps data-parallel runs and resumed runs identical to one
     uninterrupted process.
@@ -30,6 +31,8 @@ class RolloutEngine(Protocol):
     def setup(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None: ...
 
     def sync_weights(self, policy: torch.nn.Module) -> None: ...
+
+    def close(self) -> None: ...
 
     def generate(
         self,

@@ -113,6 +113,10 @@ class HFEngine:
             delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
             plain.weight.copy_(base + delta.to(base.dtype))
 
+    def close(self) -> None:
+        """Drop the merged sampling copy (the next `setup` makes a new one)."""
+        self.model, self._copy_targets = None, {}
+
     @contextlib.contextmanager
     def _eval_mode(self):
         was_training = self.model.training

