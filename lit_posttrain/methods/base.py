@@ -132,10 +132,6 @@ class PostTrainingModule(L.LightningModule):
                 f"tensor_parallel_size={mesh['tensor_parallel'].size()}: lit_posttrain shards with FSDP2 only; "
                 "set ModelParallelStrategy(tensor_parallel_size=1)"
             )
-        if not isinstance(self.engine, HFEngine):
-            raise ValueError(
-                f"{type(self.engine).__name__} cannot sample from a sharded policy; use HFEngine with ModelParallelStrategy"
-            )
         mesh = mesh["data_parallel"] if "data_parallel" in mesh.mesh_dim_names else mesh
         inner = self.policy.base_model.model if self.lora is not None else self.policy
         # transformers names the blocks that must not be split across devices: one FSDP unit each,

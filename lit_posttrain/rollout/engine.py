@@ -20,6 +20,9 @@ class RolloutEngine(Protocol):
     engine that samples from a copy of the weights refreshes it there), `generate` samples `n`
     completions for each prompt (rows of one prompt are contiguous; `group_B` numbers them),
     `close` when training is over (it frees what the engine holds; `setup` may follow again).
+    Under FSDP2 the policy's parameters are DTensor shards and every rank calls `setup` and
+    `sync_weights` together: an engine samples from the sharded policy in lock-step (HFEngine) or
+    gathers the full weights there (VLLMEngine).
     `seed`: an int seeds the call; one int per prompt makes each prompt's samples independent of
     the rest of the batch, which keeps data-parallel runs and resumed runs identical to one
     uninterrupted process.

@@ -141,7 +141,7 @@ class VLLMEngine:
         self._check_model(folder, config)
         eos = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
         self.eos_ids = torch.tensor(sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}))
-        dtype = _full_tensor(next(base.parameters())).dtype
+        dtype = next(base.parameters()).dtype
         kwargs = self._memory_kwargs(config, dtype) | self._lora_kwargs(policy)
         self.threads = self.threads or torch.get_num_threads()
         # In-process engine core: the weights are pushed as tensors, without crossing processes.
@@ -267,13 +267,18 @@ class VLLMEngine:
         process group it made), so that another engine can start in this process."""
         if self.llm is None:
             return
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-        self.llm.llm_engine.engine_core.shutdown()
-        self.llm = None
-        destroy_model_parallel()
+        client = self.llm.llm_engine.engine_core  # the in-process engine core's client
         if self._owns_process_group:
-            destroy_distributed_environment()
+            client.shutdown()  # also destroys vLLM's process group
+        else:
+            # Under DDP or FSDP vLLM's groups stand on the trainer's process group, and the engine
+            # core's shutdown ends by destroying the default group: the trainer's, which the export
+            # after fit still needs. Free the executor and the scheduler by hand, and detach the
+            # finalizer that would run that shutdown when the engine is collected.
+            client._finalizer.detach()
+            client.engine_core.model_executor.shutdown()
+            client.engine_core.scheduler.shutdown()
+        self.llm = None
         if self._adapter_dir is not None:
             shutil.rmtree(self._adapter_dir, ignore_errors=True)
         gc.collect()
