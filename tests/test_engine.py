@@ -174,3 +174,15 @@ def test_per_prompt_seeds_make_samples_independent_of_the_batch(engine_and_modul
     assert together.completions[3:6] == alone.completions == reordered.completions[6:9]
     assert together.completions[:3] == reordered.completions[9:12]
     assert torch.allclose(together.logp_BT[3:6][together.mask_BT[3:6]], alone.logp_BT[alone.mask_BT], atol=atol)
+
+
+def test_a_batch_whose_prefill_exceeds_one_engine_step(engine_and_module):
+    """8 prompts of 70 tokens x 8 seeded samples: 4,544 prompt tokens, more than vLLM schedules in
+    one step (4,096), which split prefills across steps and crashed its CPU build's seeded sampler
+    before chunked prefill was turned off. Every row is sampled, and seeds still decide the samples."""
+    engine, module = engine_and_module
+    prompts = [[5 + i] + [20 + (t % 30) for t in range(69)] for i in range(8)]
+    a = engine.generate(prompts, n=8, seed=list(range(8)), max_new_tokens=2)
+    b = engine.generate(prompts[4:], n=8, seed=list(range(4, 8)), max_new_tokens=2)
+    assert len(a) == 64 and a.group_B.tolist() == [g for g in range(8) for _ in range(8)]
+    assert a.completions[32:] == b.completions

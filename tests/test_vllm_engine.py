@@ -3,6 +3,7 @@ follow training (full and LoRA), and GRPO through the CLI with it, on the built-
 test that starts an engine takes ~15 s for it; the start-up checks start none."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -179,3 +180,41 @@ def test_each_process_has_its_own_engine_under_fsdp(tmp_path):
     assert len(rows) == 2
     assert all(0 <= float(r["train/sampler_abs_diff"]) < ATOL["VLLMEngine"] for r in rows)
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+SAMPLING_METHODS = {
+    "opd": ["--model.class_path", "lit_posttrain.methods.opd.OPD", "--model.init_args.teacher", BUILTIN],
+    "sept": ["--model.class_path", "lit_posttrain.methods.sept.SePT"],
+    "hpt": ["--model.class_path", "lit_posttrain.methods.hpt.HPT"],
+}
+
+
+@pytest.mark.parametrize("method", list(SAMPLING_METHODS))
+def test_every_sampling_method_and_callback_runs_on_vllm(method, tmp_path, monkeypatch):
+    """OPD, SePT and HPT (GRPO: above) with vLLM for their rollouts, reused for 2 steps by
+    RolloutRefresh; with OPD, also Evaluation's greedy and pass@k samples and the forgetting probes'
+    KL rollouts (the callbacks sample the same way whatever the method). Two steps train, and OPD
+    logs the gap between the sampler's log-probs and the trainer's."""
+    monkeypatch.chdir(tmp_path)
+    callbacks = [{"class_path": "lit_posttrain.callbacks.RolloutRefresh", "init_args": {"every_n_steps": 2}}]
+    # SePT trains on its samples without their log-probs; HPT logs the RL side's only on steps
+    # where some prompt is solved, which 2 samples of a few prompts may never be.
+    expected = {"train/sampler_abs_diff", "train/sampler_kl"} if method == "opd" else {"train/loss"}
+    if method == "opd":
+        callbacks += [
+            {"class_path": "lit_posttrain.callbacks.Evaluation", "init_args": {"max_examples": 2, "samples": 2, "k": [1, 2]}},
+            {"class_path": "lit_posttrain.callbacks.ForgettingProbes", "init_args": {"kl_prompts": 2, "kl_max_new_tokens": 4, "max_items": 2}},
+        ]
+        expected |= {"eval/accuracy", "eval/pass@2", "forget/kl"}
+    cli = LitPostTrainCLI(
+        args=[
+            "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"),
+            *SAMPLING_METHODS[method], "--model.init_args.dtype", "float32", "--trainer.max_steps", "2",
+            "--trainer.callbacks", json.dumps(callbacks), "--data.batch_size", "2", "--model.init_args.group_size", "2",
+            "--export_to", str(tmp_path / "model"),
+        ]
+    )  # fmt: skip
+    assert type(cli.model.engine).__name__ == "VLLMEngine" and cli.trainer.global_step == 2
+    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
+        logged = {k for row in csv.DictReader(f) for k, v in row.items() if v}
+    assert expected <= logged, sorted(logged)

@@ -162,6 +162,11 @@ class VLLMEngine:
                 enable_prefix_caching=True,  # a group's completions share their prompt
                 logprobs_mode="processed_logprobs",  # log-probs of the sampling distribution, as HFEngine's
                 seed=0,
+                # With chunked prefill, a request prefilled over two engine steps has the token of
+                # the first discarded by rewinding its seeded generator, which the CPU build cannot
+                # do ("CPU Generator does not use offset"): 8 one-shot prompts x 8 samples is enough.
+                # Whole prefills only; each prompt is one forward anyway, shared by its group.
+                enable_chunked_prefill=False,
                 **kwargs,
             )
         finally:
