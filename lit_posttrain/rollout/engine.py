@@ -86,6 +86,14 @@ def prefill(model: torch.nn.Module, prompt_PT: Tensor, attention_PT: Tensor):
     return out.logits[:, -1], cache, position_PT
 
 
+def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Tensor:
+    """Every token that ends a completion: the tokenizer's EOS and the model's generation config's
+    (chat models often stop on an end-of-turn token as well)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
 def completion_mask(completion_BT: Tensor, eos_ids: Tensor) -> tuple[Tensor, Tensor]:
     """Mask of completion tokens up to and including the first EOS, and which rows never stopped.
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import assemble_rollout, left_pad, prefill
+from lit_posttrain.rollout.engine import assemble_rollout, eos_token_ids, left_pad, prefill
 from lit_posttrain.rollout.types import Rollout
 
 
@@ -79,9 +79,7 @@ class HFEngine:
     def setup(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
-        eos = policy.generation_config.eos_token_id if hasattr(policy, "generation_config") else None
-        eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
-        self.eos_ids = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self.eos_ids = eos_token_ids(policy, tokenizer)
         # A policy sharded with FSDP2 holds DTensor weights. Its forward passes gather weights from
         # every rank, so it is sampled as it is (a merged copy would need the full weights) and
         # every rank runs the same number of decoding steps (`_any_rank`).

@@ -37,7 +37,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import assemble_rollout, left_pad
+from lit_posttrain.rollout.engine import assemble_rollout, eos_token_ids, left_pad
 from lit_posttrain.rollout.types import Rollout
 
 INSTALL_HINT = (
@@ -139,8 +139,7 @@ class VLLMEngine:
         folder, config = self._model_folder(base), base.config
         self.max_model_len = self.max_model_len or min(getattr(config, "max_position_embeddings", 2048) or 2048, 2048)
         self._check_model(folder, config)
-        eos = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
-        self.eos_ids = torch.tensor(sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}))
+        self.eos_ids = eos_token_ids(base, tokenizer)
         dtype = next(base.parameters()).dtype
         kwargs = self._memory_kwargs(config, dtype) | self._lora_kwargs(policy)
         self.threads = self.threads or torch.get_num_threads()
@@ -194,7 +193,7 @@ class VLLMEngine:
         if self.platform == "cpu":
             from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
-            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            head_dim = _head_dim(config)
             supported = CPUAttentionBackend.get_supported_head_sizes()
             if head_dim not in supported:
                 raise ValueError(
@@ -217,9 +216,8 @@ class VLLMEngine:
                 f"VLLMEngine memory_fraction {fraction} asks {kv_bytes / 2**30:.1f} GiB of RAM for the KV cache, but only "
                 f"{available / 2**30:.1f} GiB of {total / 2**30:.1f} are free: lower memory_fraction"
             )
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+        per_token = 2 * config.num_hidden_layers * kv_heads * _head_dim(config) * dtype.itemsize  # keys and values
         if kv_bytes < per_token * self.max_model_len:
             raise ValueError(
                 f"VLLMEngine memory_fraction {fraction} gives a KV cache of {kv_bytes // per_token} tokens, less than one "
@@ -284,6 +282,7 @@ class VLLMEngine:
             client.engine_core.model_executor.shutdown()
             client.engine_core.scheduler.shutdown()
         self.llm = None
+        self._lora_request = None
         if self._adapter_dir is not None:
             shutil.rmtree(self._adapter_dir, ignore_errors=True)
         gc.collect()
@@ -356,6 +355,10 @@ class VLLMEngine:
             time.perf_counter() - start,
         )  # fmt: skip
         return _to(rollout, self.device)
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _with_seed(params, seed: int):
