@@ -49,6 +49,16 @@ class RolloutEngine(Protocol):
     ) -> Rollout: ...
 
 
+def check_sampling_settings(engine: str, temperature: float, top_p: float, max_new_tokens: int) -> None:
+    """Refuse, at construction, sampling settings no engine can honour."""
+    if temperature <= 0:
+        raise ValueError(f"{engine} temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"{engine} top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"{engine} max_new_tokens must be at least 1, got {max_new_tokens}")
+
+
 def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """`(tokens_BT, attention_BT)` with every prompt right-aligned."""
     width = max(len(p) for p in prompt_ids)

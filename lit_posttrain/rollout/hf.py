@@ -11,7 +11,13 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import assemble_rollout, eos_token_ids, left_pad, prefill
+from lit_posttrain.rollout.engine import (
+    assemble_rollout,
+    check_sampling_settings,
+    eos_token_ids,
+    left_pad,
+    prefill,
+)
 from lit_posttrain.rollout.types import Rollout
 
 
@@ -64,12 +70,7 @@ class HFEngine:
         max_new_tokens: int = 64,
         merged_copy: bool = True,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"HFEngine temperature must be > 0 (use greedy=True for argmax), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"HFEngine top_p must be in (0, 1], got {top_p}")
-        if max_new_tokens < 1:
-            raise ValueError(f"HFEngine max_new_tokens must be at least 1, got {max_new_tokens}")
+        check_sampling_settings("HFEngine", temperature, top_p, max_new_tokens)
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_new_tokens, self.merged_copy = max_new_tokens, merged_copy
         self.model: torch.nn.Module | None = None

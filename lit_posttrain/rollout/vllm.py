@@ -37,7 +37,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import assemble_rollout, eos_token_ids, left_pad
+from lit_posttrain.rollout.engine import assemble_rollout, check_sampling_settings, eos_token_ids, left_pad
 from lit_posttrain.rollout.types import Rollout
 
 INSTALL_HINT = (
@@ -97,12 +97,7 @@ class VLLMEngine:
         max_lora_rank: int | None = None,
         merge_lora: bool | None = None,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"VLLMEngine temperature must be > 0 (use greedy=True for argmax), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"VLLMEngine top_p must be in (0, 1], got {top_p}")
-        if max_new_tokens < 1:
-            raise ValueError(f"VLLMEngine max_new_tokens must be at least 1, got {max_new_tokens}")
+        check_sampling_settings("VLLMEngine", temperature, top_p, max_new_tokens)
         if memory_fraction is not None and not 0 < memory_fraction < 1:
             raise ValueError(f"VLLMEngine memory_fraction must be in (0, 1), got {memory_fraction}")
         if max_model_len is not None and max_model_len <= max_new_tokens:
