@@ -2,7 +2,6 @@
 memory, thread settings, and the quickstart's GRPO step with each.
 
     .venv/bin/python benchmarks/engines.py [--lengths 16 64 256] [--threads 1 2] [--steps 4] [--out runs/engines]
-    .venv/bin/python benchmarks/engines.py --smoke          # tiny settings, a few minutes (CI: tests/)
 
 Sampling: the built-in model (`dtype: auto`: float32 without native bf16) samples a group of 8
 completions for each of 8 story prompts (chat template, the prompts benchmarks/throughput.py's
@@ -121,14 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed GRPO steps per engine (0: skip the GRPO step)")
     parser.add_argument("--warmup", type=int, default=1, help="GRPO steps run first and not timed")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "engines", help="folder for the tables")
-    parser.add_argument("--smoke", action="store_true", help="one short length, one repeat, one GRPO step")
     parser.add_argument("--sample-one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sample_one:
         print(json.dumps(sample_one(json.loads(args.sample_one))))
         return
-    if args.smoke:
-        args.lengths, args.repeats, args.steps, args.warmup = [8], 1, 1, 0
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
