@@ -48,6 +48,15 @@ def forward_logits(model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tens
     return model(input_ids=tokens_BT, attention_mask=attention_BT, position_ids=position_ids_BT, logits_to_keep=keep).logits
 
 
+def completion_logits(model: torch.nn.Module, rollout) -> Tensor:
+    """`logits_NV` at the positions that predict a completion token of `rollout` (its mask), in row
+    order: only those positions go through the output head."""
+    width, tokens_BT = rollout.prompt_width, rollout.tokens_BT
+    logits_BSV = forward_logits(model, tokens_BT, rollout.attention_BT, keep_last=tokens_BT.shape[1] - width + 1)
+    # S: positions W - 1 .. T - 2, predicting the completion tokens W .. T - 1.
+    return logits_BSV[:, :-1][rollout.mask_BT[:, width:]]
+
+
 def token_logp(
     model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0,
     first_scored: int | None = None,

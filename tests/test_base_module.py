@@ -5,13 +5,15 @@ import torch
 
 from lit_posttrain.logprobs import forward_logits
 from lit_posttrain.methods.cost import StepCost
+from lit_posttrain.methods.grpo import GRPO
+from lit_posttrain.methods.opd import OPD
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.models import LoRA
 from lit_posttrain.optim import lr_multiplier
 
 
-def _module(**kwargs) -> SFT:
-    module = SFT(model="tiny-random-llama", dtype="float32", **kwargs)
+def _module(method=SFT, **kwargs):
+    module = method(model="tiny-random-llama", dtype="float32", **kwargs)
     module.configure_model()
     return module
 
@@ -39,8 +41,13 @@ def test_reference_is_the_starting_model(lora):
     assert all("_reference" not in name for name, _ in module.named_parameters())
 
 
+def test_a_teacher_given_to_a_method_that_does_not_use_one_is_refused():
+    with pytest.raises(ValueError, match=r"SFT does not use a teacher, but `teacher: tiny-random-llama:1` is set: remove it"):
+        SFT(model="tiny-random-llama", teacher="tiny-random-llama:1")
+
+
 def test_teacher_is_frozen_and_scores_the_same_tokens(tiny_model_dir):
-    module = _module(teacher=tiny_model_dir)
+    module = _module(OPD, teacher=tiny_model_dir)
     assert not any(p.requires_grad for p in module.teacher.parameters())
     logp_BT = module.teacher_logp(TOKENS_BT, ATTENTION_BT)
     assert logp_BT.shape == TOKENS_BT.shape and not logp_BT.requires_grad
@@ -52,7 +59,7 @@ def test_teacher_is_frozen_and_scores_the_same_tokens(tiny_model_dir):
 def test_teacher_scores_a_rollout_with_shared_prompts_as_in_full(tiny_model_dir):
     from lit_posttrain.rollout import HFEngine
 
-    module = _module(teacher="tiny-random-llama:1")
+    module = _module(OPD, teacher="tiny-random-llama:1")
     engine = HFEngine(max_new_tokens=5, temperature=0.7)
     engine.setup(module.policy, module.tokenizer)
     rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33]], n=3, seed=0)
@@ -88,7 +95,7 @@ def test_shared_prompt_logp_equals_the_full_forward_and_its_gradient(lora):
     from lit_posttrain.rollout import HFEngine
 
     torch.manual_seed(0)
-    module = _module(lora=lora)
+    module = _module(GRPO, lora=lora)
     _perturb(module)
     engine = HFEngine(max_new_tokens=6, temperature=0.8)
     engine.setup(module.policy, module.tokenizer)

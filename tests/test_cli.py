@@ -169,18 +169,6 @@ def test_long_prompts_are_refused_or_counted(in_tmp):
     assert cli.datamodule.overflow_counts["train"].prompts_truncated == 16
 
 
-def test_teacher_with_another_tokenizer_stops_at_start_up(in_tmp, tiny_model_dir):
-    import shutil
-
-    other = in_tmp / "other-teacher"
-    shutil.copytree(tiny_model_dir, other)
-    tokenizer = AutoTokenizer.from_pretrained(other)
-    tokenizer.add_tokens(["<extra>"])
-    tokenizer.save_pretrained(other)
-    with pytest.raises(ValueError, match="does not share the policy's tokenizer"):
-        run_cli("fit", "--config", TINY, "--model.init_args.teacher", str(other))
-
-
 @pytest.mark.parametrize("strategy", sorted(p.name for p in (ROOT / "configs" / "strategies").glob("*.yaml")))
 def test_strategy_files_stack_on_a_method_config(strategy, capsys):
     with pytest.raises(SystemExit):

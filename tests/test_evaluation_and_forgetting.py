@@ -9,11 +9,11 @@ import torch
 import yaml
 
 from lit_posttrain.callbacks.evaluation import Evaluation
-from lit_posttrain.callbacks.forgetting import choice_rows, item_batches, score_choices
 from lit_posttrain.cli import LitPostTrainCLI
 from lit_posttrain.data.datamodule import pack_demonstrations
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import DataError
+from lit_posttrain.evaluation import choice_rows, item_batches, score_choices
 from lit_posttrain.logprobs import first_masked
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.metrics import flips, pass_at_k

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 from jsonargparse import ArgumentParser
 
-from lit_posttrain.rewards import ExactMatch, MathVerifier, NumericMatch, Verifier
+from lit_posttrain.rewards import ExactMatch, MathVerifier, NumericMatch, Verifier, VerifierTimeout
+from lit_posttrain.rewards.guard import GuardedScorer
 
 
 def _scripted_score(completion: str, answer: str) -> float:
@@ -206,24 +207,32 @@ def test_math_verifier_survives_pickling(math_verifier: MathVerifier) -> None:
     assert math_verifier("\\boxed{4}", "4") == 1.0
 
 
-def test_timeout_scores_zero_and_restarts(scripted: MathVerifier) -> None:
+def test_timeout_raises_and_restarts(scripted: MathVerifier) -> None:
     assert scripted("7", "7") == 1.0
     start = time.monotonic()
-    assert scripted("hang", "hang") == 0.0
+    with pytest.raises(VerifierTimeout, match="longer than 0.5s"):
+        scripted("hang", "hang")
     assert time.monotonic() - start < 5
-    assert (scripted.timeouts, scripted.failures) == (1, 0)
     assert scripted("7", "7") == 1.0
 
 
-def test_worker_crash_scores_zero_and_restarts(scripted: MathVerifier) -> None:
-    assert scripted("crash", "crash") == 0.0
-    assert (scripted.timeouts, scripted.failures) == (0, 1)
+def test_a_math_verifier_timeout_in_training_scores_zero_and_counts_as_a_timeout(scripted: MathVerifier) -> None:
+    scorer = GuardedScorer(timeout_s=30)  # the verifier's own bound (0.5 s) fires first
+    assert scorer([lambda: scripted("hang", "hang"), lambda: scripted("7", "7")]) == [0.0, 1.0]
+    assert (scorer.failures.timeouts, scorer.failures.errors) == (1, 0)
+    assert scorer([lambda: scripted("crash", "crash")]) == [0.0]
+    assert (scorer.failures.timeouts, scorer.failures.errors) == (1, 1)
+
+
+def test_worker_crash_raises_and_restarts(scripted: MathVerifier) -> None:
+    with pytest.raises(RuntimeError, match="worker process died"):
+        scripted("crash", "crash")
     assert scripted("7", "7") == 1.0
 
 
-def test_error_in_worker_scores_zero(scripted: MathVerifier) -> None:
-    assert scripted("raise", "raise") == 0.0
-    assert scripted.failures == 1
+def test_error_in_worker_raises(scripted: MathVerifier) -> None:
+    with pytest.raises(RuntimeError, match="math verification failed"):
+        scripted("raise", "raise")
     assert scripted("7", "7") == 1.0
 
 
@@ -252,7 +261,6 @@ def test_forked_copy_gets_its_own_worker(scripted: MathVerifier) -> None:
     os.waitpid(pid, 0)
     assert child_worker not in (-1.0, parent_worker)
     assert scripted("pid", "") == parent_worker
-    assert (scripted.timeouts, scripted.failures) == (0, 0)
 
 
 def test_math_verifier_rejects_bad_timeout() -> None:

@@ -1,5 +1,6 @@
 """Held-out evaluation during training, step 0 included: the baseline every later number is read
-against."""
+against. The measuring is `lit_posttrain.evaluation.generation_scores`; this callback decides when,
+shares the examples among processes, reduces and logs the metrics, and keeps their history."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from torchmetrics import MeanMetric, SumMetric
 from lit_posttrain.callbacks.cadence import EveryNSteps, digest
 from lit_posttrain.data.datamodule import Row
 from lit_posttrain.data.task import Task
-from lit_posttrain.metrics import flips, pass_at_k
+from lit_posttrain.evaluation import generation_scores
+from lit_posttrain.metrics import flips
 
 MAIN = "held_out"  # the training task's held-out split
 
@@ -92,7 +94,7 @@ class Evaluation(EveryNSteps):
         for name, (task, rows, rank, world) in self._rows.items():
             start = time.perf_counter()
             # Under FSDP every rank must make as many generation calls as the one with most rows.
-            calls = self._calls(-(-len(rows) // world)) if module.lockstep else 0
+            calls = self._calls(-(-len(rows) // world)) if module.sharded else 0
             result = self._evaluate_task(module, name, task, rows[rank::world], calls, filler=rows[:1])
             result.update(step=step, task=name, time_s=time.perf_counter() - start)
             self.history.append(result)
@@ -125,13 +127,6 @@ class Evaluation(EveryNSteps):
     def _calls(self, num_rows: int) -> int:
         return -(-num_rows // self.batch_size)
 
-    def _sample_calls(self, module, task: Task, batch: list[Row]):
-        """The greedy rollout, with `samples` the sampled one, and one per further temperature."""
-        greedy = module.sample(batch, greedy=True, task=task)
-        sampled = module.sample(batch, n=self.samples, task=task, temperature=self.temperature) if self.samples else None
-        swept = {t: module.sample(batch, n=self.samples, task=task, temperature=t) for t in self.temperatures}
-        return greedy, sampled, swept
-
     @torch.no_grad()
     def _evaluate_task(
         self, module, name: str, task: Task, rows: list[Row], calls: int = 0, filler: list[Row] = ()
@@ -140,22 +135,16 @@ class Evaluation(EveryNSteps):
         most, yet that can be one call more on some ranks, whose forward passes the others then
         join with a throw-away `filler` row."""
         metrics = {name: metric.to(module.device) for name, metric in self._metrics.items()}
+        settings = {"samples": self.samples, "k": self.k, "temperature": self.temperature, "temperatures": self.temperatures}
         for _ in range(calls - self._calls(len(rows))):
-            self._sample_calls(module, task, list(filler))
+            generation_scores(module, task, list(filler), **settings)
         correct = []
         for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            greedy, sampled, swept = self._sample_calls(module, task, batch)
-            correct += (greedy.reward_B >= 1.0).tolist()
-            metrics["accuracy"].update(greedy.reward_B)
-            metrics["completion_length"].update(greedy.completion_lengths_B.float())
-            metrics["truncated"].update(greedy.truncated_B.float())
-            if sampled is not None:
-                hits_P = torch.zeros(len(batch)).index_add_(0, sampled.group_B.cpu(), (sampled.reward_B.cpu() >= 1.0).float())
-                for k in self.k:
-                    metrics[f"pass@{k}"].update(torch.tensor([pass_at_k(self.samples, int(c), k) for c in hits_P]))
-            for t, rollout in swept.items():
-                metrics[f"pass@1_T{t:g}"].update((rollout.reward_B >= 1.0).float())
+            scores = generation_scores(module, task, rows[start : start + self.batch_size], **settings)
+            correct += scores.pop("correct").bool().tolist()
+            scores["accuracy"] = scores.pop("reward")  # a graded verifier's mean reward
+            for key, values in scores.items():
+                metrics[key].update(values.to(module.device))
         first = next((h["per_example"] for h in self.history if h["task"] == name), None)
         changed = flips(first, correct) if first is not None else {"right_to_wrong": 0, "wrong_to_right": 0}
         metrics["right_to_wrong"].update(changed["right_to_wrong"])

@@ -1,4 +1,5 @@
-"""Forgetting, measured while training runs, against the starting model."""
+"""Forgetting, measured while training runs, against the starting model: when the probes of
+`lit_posttrain.evaluation` run, what is logged, and what a checkpoint keeps."""
 
 from __future__ import annotations
 
@@ -6,90 +7,14 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_posttrain.callbacks.cadence import EveryNSteps, digest
-from lit_posttrain.data.datamodule import Row, tokenize_prompt
-from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
-from lit_posttrain.data.task import Example
-from lit_posttrain.logprobs import forward_logits, shared_prompt_logp
-from lit_posttrain.losses.distillation import generalized_jsd
+from lit_posttrain.data.datamodule import Row
+from lit_posttrain.data.multiple_choice import load_multiple_choice
+from lit_posttrain.evaluation import choice_rows, kl_to_reference, question_row, score_choices
 from lit_posttrain.metrics import flips
 from lit_posttrain.rollout import Rollout
-from lit_posttrain.rollout.engine import left_pad, right_pad
-
-
-def question_row(item: MultipleChoiceItem, tokenizer, chat_template: bool = True) -> Row:
-    """The item's question as a user turn, tokenized as a prompt."""
-    example = Example([{"role": "user", "content": item.question}], source=item.source)
-    return Row(example, tokenize_prompt(tokenizer, example, chat_template), None)
-
-
-def choice_rows(items: list[MultipleChoiceItem], tokenizer, chat_template: bool = True) -> list[Row]:
-    """One row per (item, choice): the question as a user turn, the choice as the reply to score."""
-    rows = []
-    for item in items:
-        question = question_row(item, tokenizer, chat_template)
-        for choice in item.choices:
-            rows.append(Row(question.example, question.prompt_ids, tokenizer(choice, add_special_tokens=False)["input_ids"]))
-    return rows
-
-
-def item_batches(items: list[MultipleChoiceItem], batch_size: int) -> list[tuple[int, int]]:
-    """`(first item, end item)` ranges of whole items with at most `batch_size` choices each (one
-    item alone when it has more)."""
-    batches, first, choices = [], 0, 0
-    for i, item in enumerate(items):
-        if choices and choices + len(item.choices) > batch_size:
-            batches.append((first, i))
-            first, choices = i, 0
-        choices += len(item.choices)
-    return batches + [(first, len(items))] if items else batches
-
-
-@torch.no_grad()
-def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batch_size: int = 64) -> dict:
-    """Pick each item's likeliest choice by summed log-likelihood of its tokens. Returns accuracy,
-    the mean per-token NLL of the right choices, and per-item correctness.
-
-    `rows` are `choice_rows(items)`: one per choice, the item's question as the prompt. The question
-    runs once per item and its key/value cache is shared by the item's choices, which are a few
-    tokens against a question of dozens: about a quarter of the work of scoring each row in full."""
-    sums, counts = [], []
-    starts = [0]
-    for item in items:
-        starts.append(starts[-1] + len(item.choices))
-    for first, end in item_batches(items, batch_size):
-        batch = rows[starts[first] : starts[end]]
-        prompt_PT, prompt_attention_PT = left_pad([rows[starts[i]].prompt_ids for i in range(first, end)], module.tokenizer.pad_token_id)
-        group_R = torch.repeat_interleave(torch.tensor([len(items[i].choices) for i in range(first, end)]))
-        choice_RC, choice_attention_RC = right_pad([row.completion_ids for row in batch], module.tokenizer.pad_token_id)
-        tokens_RT = torch.cat([prompt_PT[group_R], choice_RC], 1).to(module.device)
-        attention_RT = torch.cat([prompt_attention_PT[group_R], choice_attention_RC], 1).to(module.device)
-        logp_RT = shared_prompt_logp(module.policy, tokens_RT, attention_RT, group_R.to(module.device), prompt_PT.shape[1])
-        sums += logp_RT.sum(-1).tolist()
-        counts += choice_attention_RC.sum(-1).tolist()
-    correct, nll = [], []
-    offset = 0
-    for item in items:
-        scores = sums[offset : offset + len(item.choices)]
-        correct.append(max(range(len(scores)), key=scores.__getitem__) == item.answer)
-        nll.append(-scores[item.answer] / max(counts[offset + item.answer], 1))
-        offset += len(item.choices)
-    return {"accuracy": sum(correct) / len(correct), "nll": sum(nll) / len(nll), "per_example": correct}
-
-
-@torch.no_grad()
-def kl_to_reference(module, rollout: Rollout) -> float:
-    """Mean per-token KL(policy || reference) over the full vocabulary, at every completion position
-    of `rollout` (continuations the starting model wrote): exact at each position, no sampling noise."""
-    width, tokens_BT, attention_BT = rollout.prompt_width, rollout.tokens_BT, rollout.attention_BT
-    keep, predicts_BS = tokens_BT.shape[1] - width + 1, rollout.mask_BT[:, width:]
-    policy_NV = forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
-    with module.reference() as reference:
-        reference_NV = forward_logits(reference, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
-    return generalized_jsd(policy_NV, reference_NV, beta=1.0).mean().item()  # beta 1: KL(policy || reference)
 
 
 class ForgettingProbes(EveryNSteps):

@@ -13,7 +13,9 @@ from lit_posttrain.rollout import Rollout, concat_rollouts
 
 
 class RolloutRefresh(L.Callback):
-    """Before each training step, give the module rollouts for the step's prompts (`module.rollout`).
+    """Owns when the training data is regenerated: an on-policy method's `training_step` asks for its
+    batch's rollouts (`module.rollouts_for(batch)`, which calls `rollouts_for` here), and gets them
+    sampled now or reused from this callback's cache.
 
     A prompt's rollouts are sampled again once they are `every_n_steps` optimizer steps old, and
     reused until then (the loss then divides by the stored sampler log-probs). `every_n_steps: 1`
@@ -57,7 +59,9 @@ class RolloutRefresh(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self._cache = {tuple(key): (Rollout(**fields), sampled_at) for key, fields, sampled_at in state["cache"]}
 
-    def on_train_batch_start(self, trainer: L.Trainer, module, batch: Batch, batch_idx: int) -> None:
+    def rollouts_for(self, trainer: L.Trainer, module, batch: Batch) -> Rollout:
+        """The rollouts of `batch`'s prompts at this step, group g answering `batch.rows[g]`: the
+        cached ones where still fresh enough, the others sampled now with the current weights."""
         step = trainer.global_step
         if self.every_n_steps == 1:
             self._cache.clear()  # nothing is reused: keep no memory of it
@@ -67,7 +71,7 @@ class RolloutRefresh(L.Callback):
             or (self.every_n_steps is not None and step - self._cache[tuple(row.prompt_ids)][1] >= self.every_n_steps)
         ]  # fmt: skip
         # Under FSDP every rank must sample when any does (prompts age differently on each rank).
-        anywhere = trainer.strategy.reduce_boolean_decision(bool(stale), all=False) if module.lockstep else bool(stale)
+        anywhere = trainer.strategy.reduce_boolean_decision(bool(stale), all=False) if module.sharded else bool(stale)
         if stale:
             self._sample(module, stale, step)
         elif anywhere:
@@ -77,7 +81,7 @@ class RolloutRefresh(L.Callback):
         for row in batch.rows:
             part, sampled_at = self._cache[tuple(row.prompt_ids)]
             parts.append(_with_age(part, step - sampled_at))
-        module.rollout = concat_rollouts(parts, module.tokenizer.pad_token_id)
+        return concat_rollouts(parts, module.tokenizer.pad_token_id)
 
 
 def _with_age(rollout: Rollout, age: int) -> Rollout:

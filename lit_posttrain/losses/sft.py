@@ -11,7 +11,7 @@ def token_mean_nll(logp_BT: Tensor, mask_BT: Tensor, num_tokens: float | Tensor 
 
     `num_tokens` defaults to this batch's masked-token count. Under gradient accumulation pass the
     per-micro-batch share of the whole accumulated batch's count (see
-    `PostTrainingModule.token_normaliser`): a mean of per-micro-batch means weights a token of a
+    `SFT.token_normaliser`): a mean of per-micro-batch means weights a token of a
     short micro-batch more than a token of a long one, and is not the token mean SFT defines.
 
     Returns the loss and detached metrics: `nll_sum` and `tokens` of this batch (summable across

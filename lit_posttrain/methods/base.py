@@ -1,17 +1,17 @@
 """The shared base of every method: the models (policy, reference, teacher) and their per-token
-log-probs (computed by `lit_posttrain.logprobs`), sampling and scoring, the optimizer and its
-schedule, token normalisation under accumulation, what each step costs (its phases' time and the
-tokens each model ran on, tallied by `cost.StepCost`), and the export of the trained model.
+log-probs, sampling with the policy and scoring by the task, the optimizer, and the export.
 
-It holds no method-specific branches: a method subclasses it and writes `training_step`.
+Elsewhere, each with one job: building and sharding the models (`lit_posttrain.models`,
+`lit_posttrain.sharding`), the forward passes (`lit_posttrain.logprobs`), what each step costs
+(`methods.cost.StepCostHooks`), measurement (`lit_posttrain.evaluation`), the export folder
+(`lit_posttrain.export`). A method subclasses `PostTrainingModule` (or `OnPolicyModule`, to train
+on its own samples) and writes `training_step`; README.md, "Adding a method", gives the contract.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
-import shutil
 import time
 import zlib
 from contextlib import contextmanager
@@ -22,10 +22,13 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from lit_posttrain.callbacks.non_finite import NonFiniteGuard
+from lit_posttrain.callbacks.sigterm import CheckpointOnSigterm
 from lit_posttrain.data.datamodule import Row, pack_demonstrations
 from lit_posttrain.data.task import Task
-from lit_posttrain.logprobs import shared_prompt_logp, shared_prompt_tokens, token_logp
-from lit_posttrain.methods.cost import StepCost
+from lit_posttrain.export import save_hf_folder
+from lit_posttrain.logprobs import first_masked, token_logp
+from lit_posttrain.methods.cost import StepCostHooks
 from lit_posttrain.models import (
     DType,
     LoRA,
@@ -40,22 +43,29 @@ from lit_posttrain.models import (
 from lit_posttrain.optim import Optim, lr_multiplier
 from lit_posttrain.rewards.guard import GuardedScorer
 from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
+from lit_posttrain.sharding import full_state_dict, is_sharded, shard_policy
 
 
-class PostTrainingModule(L.LightningModule):
+class PostTrainingModule(StepCostHooks, L.LightningModule):
     """Policy, reference and teacher models plus what every method needs around them.
 
     Args:
         model: model source: "builtin:smollm2-135m-instruct", "tiny-random-llama[:SEED]", a local Hugging Face folder, or a hub id.
         lora: train LoRA adapters instead of every weight (null: full fine-tuning).
         dtype: weight dtype: "auto" (bfloat16 where the hardware supports it, else float32), "bfloat16", "float32" or "float16".
-        teacher: model source of a frozen teacher (distillation methods); it must share the policy's tokenizer.
+        teacher: model source of a frozen teacher, for the methods that distil from one (OPD); it must share the policy's tokenizer.
         optim: optimizer and learning-rate schedule.
         engine: how completions are sampled (rollouts, evaluation); default HFEngine().
         verifier_timeout_s: a reward call that takes longer scores 0 and is counted, like one that raises.
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~20% slower).
         trust_remote_code: allow model folders to run their own Python code; off unless you trust the source.
     """
+
+    # What a method declares (README.md, "Adding a method"): whether it trains on the task's
+    # demonstrations (the task is checked for them at start-up) and whether it reads a teacher (a
+    # teacher given to a method that does not is refused, not loaded for nothing).
+    needs_demonstrations: bool = False
+    uses_teacher: bool = False
 
     def __init__(
         self,
@@ -71,6 +81,11 @@ class PostTrainingModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if teacher is not None and not self.uses_teacher:
+            raise ValueError(
+                f"{type(self).__name__} does not use a teacher, but `teacher: {teacher}` is set: remove it "
+                "(OPD is the method that distils from one)"
+            )
         self.lora = lora
         self.optim = optim or Optim()
         self.engine = engine or HFEngine()
@@ -90,8 +105,6 @@ class PostTrainingModule(L.LightningModule):
         self.policy: torch.nn.Module | None = None
         self._teacher: torch.nn.Module | None = None
         self._reference: torch.nn.Module | None = None
-        self._sharded = False
-        self._step_cost: StepCost | None = None
 
     # --- models -------------------------------------------------------------------------------
 
@@ -115,52 +128,27 @@ class PostTrainingModule(L.LightningModule):
             # Kept out of the module's children, like the reference: frozen weights have no place in
             # every checkpoint (they are reloaded from their source), nor in a sharding plan.
             self.__dict__["_teacher"] = teacher
-        # ModelParallelStrategy hands the module a device mesh before this hook: shard the policy.
+        # ModelParallelStrategy hands the module a device mesh before this hook: shard the policy
+        # (FSDP2). The teacher and, with full fine-tuning, the reference stay whole on every rank:
+        # they are frozen and only run forward.
         if self._device_mesh is not None:
-            self._shard_policy(self._device_mesh)
-
-    def _shard_policy(self, mesh) -> None:
-        """FSDP2: every decoder layer, then the rest of the model, sharded over the data-parallel
-        ranks. Under LoRA the inner transformers model is sharded, not peft's wrapper: sharding the
-        wrapper leaves the embedding's weight a DTensor inside an unsharded call (`aten.embedding`
-        then sees mixed Tensor and DTensor arguments). The teacher and, with full fine-tuning, the
-        reference stay whole on every rank: they are frozen and only run forward."""
-        from torch.distributed.fsdp import fully_shard
-
-        if "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
-                f"tensor_parallel_size={mesh['tensor_parallel'].size()}: lit_posttrain shards with FSDP2 only; "
-                "set ModelParallelStrategy(tensor_parallel_size=1)"
-            )
-        mesh = mesh["data_parallel"] if "data_parallel" in mesh.mesh_dim_names else mesh
-        inner = self.policy.base_model.model if self.lora is not None else self.policy
-        # transformers names the blocks that must not be split across devices: one FSDP unit each,
-        # so that only one block's full weights exist at a time.
-        blocks = set(getattr(inner, "_no_split_modules", None) or [])
-        for module in inner.modules():
-            if type(module).__name__ in blocks:
-                fully_shard(module, mesh=mesh)
-        fully_shard(inner, mesh=mesh)
-        self._sharded = True
+            shard_policy(self.policy, self._device_mesh, lora=self.lora is not None)
 
     @property
-    def lockstep(self) -> bool:
-        """Whether every rank must run the policy's forward passes together: under FSDP each one
-        gathers weights from all ranks, so a rank that skips or adds a forward deadlocks the others."""
-        return self._sharded
+    def sharded(self) -> bool:
+        """Whether the policy is sharded (FSDP2). Every rank must then run the policy's forward
+        passes together: each gathers weights from all ranks, so a rank that skips or adds a
+        forward deadlocks the others."""
+        return self.policy is not None and is_sharded(self.policy)
 
     @property
-    def teacher(self) -> torch.nn.Module | None:
-        """The frozen teacher (None without one), on the policy's device."""
-        teacher = self._teacher
-        if teacher is not None and next(teacher.parameters()).device != self.device:
-            teacher.to(self.device)
-        return teacher
-
-    def _required_teacher(self) -> torch.nn.Module:
-        if self.teacher is None:
-            raise RuntimeError("this module was built without a teacher: set `teacher:` to a model source")
-        return self.teacher
+    def teacher(self) -> torch.nn.Module:
+        """The frozen teacher, on the policy's device."""
+        if self._teacher is None:
+            raise RuntimeError(f"{type(self).__name__} was built without a teacher: set `teacher:` to a model source")
+        if next(self._teacher.parameters()).device != self.device:
+            self._teacher.to(self.device)
+        return self._teacher
 
     @contextmanager
     def reference(self):
@@ -182,41 +170,6 @@ class PostTrainingModule(L.LightningModule):
         """Per-token log-probs under the policy, with gradients (from `first_scored` on)."""
         return token_logp(self.policy, tokens_BT, attention_BT, temperature, first_scored)
 
-    def rollout_logp(self, rollout: Rollout, rows: Tensor | None = None, temperature: float | None = None) -> Tensor:
-        """Policy log-probs (with gradients) of a rollout's tokens, at its sampling temperature
-        unless `temperature` is given.
-
-        Each prompt is run once and its key/value cache shared by its group's completions, which
-        gives the same log-probs and gradient as running every row in full at a fraction of the
-        cost (prompts are usually most of the tokens). `rows` selects rows to compute; the others
-        get zeros with no gradient. Gradient checkpointing disables the cache, so the plain
-        full-row forward is used then.
-        """
-        rows = torch.ones(len(rollout), dtype=torch.bool, device=rollout.tokens_BT.device) if rows is None else rows
-        logp_BT = torch.zeros(rollout.tokens_BT.shape, device=rollout.tokens_BT.device)
-        index_R = rows.nonzero().squeeze(-1)
-        tokens_RT, attention_RT = rollout.tokens_BT[index_R], rollout.attention_BT[index_R]
-        temperature = rollout.temperature if temperature is None else temperature
-        if self.gradient_checkpointing:
-            logp_RT = self.policy_logp(tokens_RT, attention_RT, temperature, rollout.prompt_width) * rollout.mask_BT[index_R]
-            self.count_tokens("trained", attention_RT.sum())
-        else:
-            logp_RT = shared_prompt_logp(
-                self.policy, tokens_RT, attention_RT, rollout.group_B[index_R], rollout.prompt_width, temperature
-            )
-            self.count_tokens("trained", shared_prompt_tokens(attention_RT, rollout.group_B[index_R], rollout.prompt_width))
-        return logp_BT.index_put((index_R,), logp_RT)
-
-    @torch.no_grad()
-    def teacher_rollout_logp(self, rollout: Rollout) -> Tensor:
-        """The teacher's log-probs of a rollout's completion tokens at its sampling temperature (0
-        elsewhere), each prompt run once for its whole group, as the policy's are."""
-        teacher = self._required_teacher()
-        self.count_tokens("teacher", shared_prompt_tokens(rollout.attention_BT, rollout.group_B, rollout.prompt_width))
-        return shared_prompt_logp(
-            teacher, rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout.prompt_width, rollout.temperature
-        )
-
     @torch.no_grad()
     def reference_logp(
         self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0, first_scored: int | None = None
@@ -230,17 +183,14 @@ class PostTrainingModule(L.LightningModule):
         self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0, first_scored: int | None = None
     ) -> Tensor:
         """Per-token log-probs under the frozen teacher (from `first_scored` on)."""
-        return token_logp(self._required_teacher(), tokens_BT, attention_BT, temperature, first_scored)
+        return token_logp(self.teacher, tokens_BT, attention_BT, temperature, first_scored)
 
-    def pack_for_training(self, rows: list[Row]) -> tuple[Tensor, Tensor, Tensor]:
-        """Rows' prompt + demonstration packed on the device (`tokens_BT, attention_BT, mask_BT`),
-        counted as this step's trained tokens: the loss forward about to run reads all of them."""
+    def demonstration_logp(self, rows: list[Row]) -> tuple[Tensor, Tensor]:
+        """The policy's log-probs (with gradients) of the rows' demonstrations given their prompts,
+        and the mask of those tokens: `(logp_BT, mask_BT)`. Counted as this step's trained tokens."""
         tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, self.tokenizer.pad_token_id, self.device)
         self.count_tokens("trained", attention_BT.sum())
-        return tokens_BT, attention_BT, mask_BT
-
-    # Methods that train on the task's demonstrations say so; the task is checked at start-up.
-    needs_demonstrations: bool = False
+        return self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT)), mask_BT
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -294,74 +244,17 @@ class PostTrainingModule(L.LightningModule):
         rollout.timing["score_s"] = time.perf_counter() - start
         return rollout.with_rewards(reward_B)
 
-    def _seed(self, *parts) -> int:
-        # The run's seed, the step and the given parts: the same after a resume, on any rank.
+    def run_seed(self, *parts) -> int:
+        """A seed from the run's seed, the step and `parts`: the same after a resume, on any rank."""
         step = self._trainer.global_step if self._trainer is not None else 0
         return zlib.crc32(repr((os.environ.get("PL_GLOBAL_SEED", "0"), step, *parts)).encode())
 
     def prompt_seed(self, row: Row, n: int) -> int:
         """The sampling seed of a prompt at this step, so that its samples are the same whichever
         batch or rank it lands in and after a resume."""
-        return self._seed(n, row.prompt_ids)
+        return self.run_seed(n, row.prompt_ids)
 
-    def step_seed(self, batch_idx: int) -> int:
-        """A seed for this step's own random draws (OTR's candidates)."""
-        return self._seed("batch", batch_idx)
-
-    @torch.no_grad()
-    def evaluate(self, rows: list[Row], batch_size: int = 64, task: Task | None = None) -> dict:
-        """Greedy held-out evaluation: accuracy under the task's verifier, mean completion length,
-        truncation rate, and the per-example rewards (for comparisons example by example)."""
-        rollouts = [
-            self.sample(rows[i : i + batch_size], greedy=True, task=task) for i in range(0, len(rows), batch_size)
-        ]
-        reward_B = torch.cat([r.reward_B for r in rollouts])
-        return {
-            "accuracy": reward_B.mean().item(),
-            "completion_length": torch.cat([r.completion_lengths_B for r in rollouts]).float().mean().item(),
-            "truncated": torch.cat([r.truncated_B for r in rollouts]).float().mean().item(),
-            "per_example": reward_B.tolist(),
-        }
-
-    # --- what a step costs ----------------------------------------------------------------------
-
-    @property
-    def token_kinds(self) -> tuple[str, ...]:
-        """Logged every step as `tokens/<kind>`: the tokens each model's forward ran on, summed over
-        processes. `trained`: the policy's loss forward (with gradients); `teacher`: the teacher's,
-        when there is one; methods that sample add `prompts` (each prompt prefilled once) and
-        `generated`. Fixed for a run, so that every process logs the same keys (each is a collective)."""
-        return ("trained", "teacher") if self.teacher_folder is not None else ("trained",)
-
-    # Logged every step as `time/<phase>`, in seconds, the mean over processes; the loss forward and
-    # backward + optimizer step are timed here, the others are added with `add_time`.
-    time_phases: tuple[str, ...] = ("loss_forward_s", "backward_step_s")
-
-    @property
-    def step_cost(self) -> StepCost:
-        """This step's tally (made on first use: subclasses' `token_kinds` may read their own settings)."""
-        if self._step_cost is None:
-            self._step_cost = StepCost(self.token_kinds, self.time_phases, owner=type(self).__name__)
-        return self._step_cost
-
-    def count_tokens(self, kind: str, count: Tensor | int) -> None:
-        """Add `count` tokens of `kind` (one of `token_kinds`) to this step's `tokens/<kind>`."""
-        self.step_cost.add(f"tokens/{kind}", count)
-
-    def add_time(self, phase: str, seconds: float) -> None:
-        """Add `seconds` to this step's `time/<phase>` (one of `time_phases`)."""
-        self.step_cost.add(f"time/{phase}", seconds)
-
-    # Callbacks' hooks run before the module's: RolloutRefresh has sampled by the time this runs,
-    # so the window up to the backward is the loss forward alone.
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self.step_cost.mark("start")
-
-    def on_before_backward(self, loss: Tensor) -> None:
-        self.step_cost.mark("backward")
-
-    def on_after_backward(self) -> None:
-        self.step_cost.mark("end")  # moved on by optimizer_step when this micro-batch steps
+    # --- optimisation -------------------------------------------------------------------------
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # Under automatic optimisation the closure (training_step and backward) runs inside this call.
@@ -371,26 +264,6 @@ class PostTrainingModule(L.LightningModule):
             self.engine.sync_weights(self.policy)
         self.step_cost.mark("end")
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if outputs is not None:
-            self.log("train/loss", outputs["loss"].detach(), batch_size=len(batch), sync_dist=True)
-        tally = self.step_cost.finish()
-        tokens = {k: v for k, v in tally.items() if k.startswith("tokens/")}
-        self.log_dict(tokens, reduce_fx="sum", batch_size=len(batch), sync_dist=True)
-        self.log_dict({k: v for k, v in tally.items() if k not in tokens}, batch_size=len(batch), sync_dist=True)
-
-    def token_normaliser(self, window_tokens: int) -> float:
-        """This micro-batch's share of its accumulation window's token count.
-
-        Lightning divides each micro-batch loss by `accumulate_grad_batches` and data-parallel
-        strategies average gradients over ranks; dividing the summed loss by this share undoes both,
-        so the window's gradient is exactly the token mean over all of its tokens on all ranks.
-        """
-        share = self.trainer.accumulate_grad_batches * self.trainer.world_size
-        return max(window_tokens, 1) / share
-
-    # --- optimisation -------------------------------------------------------------------------
-
     def configure_callbacks(self):
         """Callbacks every run of this module needs, added only where the configuration has none of
         the same type (Lightning would otherwise replace the configured one)."""
@@ -398,10 +271,6 @@ class PostTrainingModule(L.LightningModule):
         return [cb for cb in self.default_callbacks() if type(cb) not in present]
 
     def default_callbacks(self) -> list:
-        # Imported here: the callbacks package imports this module (for its helpers).
-        from lit_posttrain.callbacks.non_finite import NonFiniteGuard
-        from lit_posttrain.callbacks.sigterm import CheckpointOnSigterm
-
         return [NonFiniteGuard(), CheckpointOnSigterm()]
 
     def configure_optimizers(self):
@@ -419,36 +288,18 @@ class PostTrainingModule(L.LightningModule):
     # --- export -------------------------------------------------------------------------------
 
     def export_hf(self, folder: str | Path) -> Path:
-        """Write the policy as a Hugging Face folder with its tokenizer. With LoRA: a merged full
-        model when `lora.merge_on_save`, else a peft adapter folder (which transformers also loads
-        when peft is installed). Written to a temporary sibling and renamed, so a crash while
-        saving never leaves a half-written folder under the final name.
+        """Write the policy as a Hugging Face folder with its tokenizer (`export.save_hf_folder`).
+        With LoRA: a merged full model when `lora.merge_on_save`, else a peft adapter folder.
 
         Under data parallelism only rank 0 writes; with a sharded policy every rank must call it
         (the full weights are gathered from all of them)."""
-        folder = Path(folder)
-        policy = self._gather_policy() if self.lockstep else (self.policy if self.global_rank == 0 else None)
-        if policy is None:  # another rank writes
-            return folder
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if self.lora is not None and self.lora.merge_on_save:
-            # Merge a copy: merging in place would change the live model (and in bf16 drift it).
-            policy = copy.deepcopy(policy).merge_and_unload()
-        policy.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        return folder
-
-    def _gather_policy(self) -> torch.nn.Module | None:
-        """An unsharded copy of the sharded policy on rank 0 (None elsewhere): a collective."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.global_rank != 0:
-            return None
-        policy = load_model(self.model_folder, self.weight_dtype, self.trust_remote_code)
-        policy = apply_lora(policy, self.lora) if self.lora is not None else policy
-        policy.load_state_dict(state)
-        return policy
+        policy = self.policy
+        if self.sharded:
+            state = full_state_dict(self.policy, self.global_rank)
+            if state is not None:  # rank 0: an unsharded copy to write
+                policy = load_model(self.model_folder, self.weight_dtype, self.trust_remote_code)
+                policy = apply_lora(policy, self.lora) if self.lora is not None else policy
+                policy.load_state_dict(state)
+        if self.global_rank != 0:  # rank 0 writes
+            return Path(folder)
+        return save_hf_folder(policy, self.tokenizer, folder, merge_lora=self.lora is not None and self.lora.merge_on_save)

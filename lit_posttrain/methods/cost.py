@@ -61,3 +61,54 @@ class StepCost:
         self.add("time/backward_step_s", self.marks.get("end", now) - backward)
         totals, self.totals, self.marks = self.totals, dict.fromkeys(self.keys, 0.0), {}
         return totals
+
+
+class StepCostHooks:
+    """The step-cost tally as a LightningModule mixin: the module's hooks mark the timed phases and
+    log every key of the tally when the step ends (`tokens/<kind>` summed over processes,
+    `time/<phase>` their mean). A method counts with `count_tokens` and `add_time`, and declares
+    what it may count in `token_kinds` and `time_phases`."""
+
+    @property
+    def token_kinds(self) -> tuple[str, ...]:
+        """Logged every step as `tokens/<kind>`: the tokens each model's forward ran on, summed over
+        processes. `trained`: the policy's loss forward (with gradients); `teacher`: the teacher's,
+        when there is one; methods that sample add `prompts` (each prompt prefilled once) and
+        `generated`. Fixed for a run, so that every process logs the same keys (each is a collective)."""
+        return ("trained", "teacher") if self.teacher_folder is not None else ("trained",)
+
+    # Logged every step as `time/<phase>`, in seconds, the mean over processes; the loss forward and
+    # backward + optimizer step are timed from the marks, the others are added with `add_time`.
+    time_phases: tuple[str, ...] = ("loss_forward_s", "backward_step_s")
+
+    @property
+    def step_cost(self) -> StepCost:
+        """This step's tally (made on first use: subclasses' `token_kinds` may read their own settings)."""
+        if getattr(self, "_step_cost", None) is None:
+            self._step_cost = StepCost(self.token_kinds, self.time_phases, owner=type(self).__name__)
+        return self._step_cost
+
+    def count_tokens(self, kind: str, count: Tensor | int) -> None:
+        """Add `count` tokens of `kind` (one of `token_kinds`) to this step's `tokens/<kind>`."""
+        self.step_cost.add(f"tokens/{kind}", count)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        """Add `seconds` to this step's `time/<phase>` (one of `time_phases`)."""
+        self.step_cost.add(f"time/{phase}", seconds)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.step_cost.mark("start")  # methods that sample mark it again once their rollouts are in
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        self.step_cost.mark("backward")
+
+    def on_after_backward(self) -> None:
+        self.step_cost.mark("end")  # moved on by optimizer_step when this micro-batch steps
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if outputs is not None:
+            self.log("train/loss", outputs["loss"].detach(), batch_size=len(batch), sync_dist=True)
+        tally = self.step_cost.finish()
+        tokens = {k: v for k, v in tally.items() if k.startswith("tokens/")}
+        self.log_dict(tokens, reduce_fx="sum", batch_size=len(batch), sync_dist=True)
+        self.log_dict({k: v for k, v in tally.items() if k not in tokens}, batch_size=len(batch), sync_dist=True)

@@ -58,8 +58,9 @@ class GRPO(OnPolicyModule):
         self.skip_zero_advantage = skip_zero_advantage
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, metrics, trained_B = self.policy_gradient_loss(self.rollout)
-        self.log_rollout_step(self.rollout, metrics, trained_B=trained_B)
+        rollout = self.rollouts_for(batch)
+        loss, metrics, trained_B = self.policy_gradient_loss(rollout)
+        self.log_rollout_step(rollout, metrics, trained_B=trained_B)
         return loss
 
     def policy_gradient_loss(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor], Tensor]:

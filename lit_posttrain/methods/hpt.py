@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.datamodule import Batch
-from lit_posttrain.logprobs import first_masked
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.methods.grpo import GRPO
 
@@ -52,7 +51,7 @@ class HPT(GRPO):
         self.gamma, self.solved_threshold = gamma, solved_threshold
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        rollout = self.rollout
+        rollout = self.rollouts_for(batch)
         sft_G = route_to_sft(rollout.reward_B, rollout.group_B, self.gamma, self.solved_threshold)
         n_sft, n_rl = int(sft_G.sum()), int((~sft_G).sum())
         loss = torch.zeros((), device=self.device)
@@ -65,9 +64,8 @@ class HPT(GRPO):
         first_G = torch.arange(len(sft_G), device=sft_G.device) == 0
         if n_sft or both:
             chosen_G = sft_G if n_sft else first_G
-            rows = [row for row, to_sft in zip(batch.rows, chosen_G.tolist(), strict=True) if to_sft]
-            tokens_BT, attention_BT, mask_BT = self.pack_for_training(rows)
-            logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
+            # Group g of the rollout answers batch.rows[g] (OnPolicyModule.rollouts_for).
+            logp_BT, mask_BT = self.demonstration_logp([batch.rows[g] for g in chosen_G.nonzero().squeeze(-1).tolist()])
             sft_loss, sft_metrics = token_mean_nll(logp_BT, mask_BT)
             loss = loss + n_sft * sft_loss
             metrics.update(self._pooled({"sft_nll": sft_metrics["nll"]}, n_sft))

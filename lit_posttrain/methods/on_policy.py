@@ -1,6 +1,6 @@
-"""What every method that trains on its own samples shares: rollouts delivered by the
-`RolloutRefresh` callback, rollout statistics and the cost of sampling in the logs, held-out
-accuracy as the validation metric."""
+"""What every method that trains on its own samples shares: its step's rollouts, asked for in
+`training_step` and sampled or reused as the `RolloutRefresh` callback decides, their statistics
+and the cost of sampling in the logs, held-out accuracy as the validation metric."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ from torch import Tensor
 
 from lit_posttrain.callbacks.rollout_refresh import RolloutRefresh
 from lit_posttrain.data.datamodule import Batch, Row
+from lit_posttrain.evaluation import greedy_accuracy
+from lit_posttrain.logprobs import shared_prompt_logp, shared_prompt_tokens
 from lit_posttrain.losses.policy_gradient import sampler_mismatch
 from lit_posttrain.methods.base import PostTrainingModule
 from lit_posttrain.rollout import Rollout
 
 
 class OnPolicyModule(PostTrainingModule):
-    """Base of the on-policy methods: `self.rollout` holds the current step's rollouts.
+    """Base of the on-policy methods. A method's `training_step` starts with
+    `rollout = self.rollouts_for(batch)`, the batch's scored samples (group g answers
+    `batch.rows[g]`), and ends with `self.log_rollout_step(rollout, metrics)`.
 
     Args:
         group_size: completions sampled per prompt.
@@ -32,12 +36,20 @@ class OnPolicyModule(PostTrainingModule):
         if group_size < 1:
             raise ValueError(f"group_size must be at least 1, got {group_size}")
         self.group_size = group_size
-        self.rollout: Rollout | None = None  # set by RolloutRefresh before every step
 
     def default_callbacks(self) -> list:
         # Rollouts reach the module through RolloutRefresh: strictly on-policy unless the run's
         # configuration chose another cadence.
         return [*super().default_callbacks(), RolloutRefresh()]
+
+    def rollouts_for(self, batch: Batch) -> Rollout:
+        """This step's rollouts for `batch`, group g answering `batch.rows[g]`: sampled now with the
+        current weights, or reused, as the run's `RolloutRefresh` decides (its cadence and cache).
+        The sampling's tokens and time are charged to this step."""
+        refresh = next(cb for cb in self.trainer.callbacks if isinstance(cb, RolloutRefresh))  # see default_callbacks
+        rollout = refresh.rollouts_for(self.trainer, self, batch)
+        self.step_cost.mark("start")  # the loss forward starts here; sampling is timed as its own phases
+        return rollout
 
     def sample_rollouts(self, rows: list[Row]) -> Rollout:
         """The rollouts RolloutRefresh asks for: `group_size` scored samples per prompt. Methods
@@ -51,6 +63,31 @@ class OnPolicyModule(PostTrainingModule):
         self.count_tokens("generated", rollout.mask_BT.sum())
         self.add_time("generate_s", rollout.timing.get("generate_s", 0.0))
         self.add_time("score_s", rollout.timing.get("score_s", 0.0))
+
+    def rollout_logp(self, rollout: Rollout, rows: Tensor | None = None, temperature: float | None = None) -> Tensor:
+        """Policy log-probs (with gradients) of a rollout's tokens, at its sampling temperature
+        unless `temperature` is given.
+
+        Each prompt is run once and its key/value cache shared by its group's completions, which
+        gives the same log-probs and gradient as running every row in full at a fraction of the
+        cost (prompts are usually most of the tokens). `rows` selects rows to compute; the others
+        get zeros with no gradient. Gradient checkpointing disables the cache, so the plain
+        full-row forward is used then.
+        """
+        rows = torch.ones(len(rollout), dtype=torch.bool, device=rollout.tokens_BT.device) if rows is None else rows
+        logp_BT = torch.zeros(rollout.tokens_BT.shape, device=rollout.tokens_BT.device)
+        index_R = rows.nonzero().squeeze(-1)
+        tokens_RT, attention_RT = rollout.tokens_BT[index_R], rollout.attention_BT[index_R]
+        temperature = rollout.temperature if temperature is None else temperature
+        if self.gradient_checkpointing:
+            logp_RT = self.policy_logp(tokens_RT, attention_RT, temperature, rollout.prompt_width) * rollout.mask_BT[index_R]
+            self.count_tokens("trained", attention_RT.sum())
+        else:
+            logp_RT = shared_prompt_logp(
+                self.policy, tokens_RT, attention_RT, rollout.group_B[index_R], rollout.prompt_width, temperature
+            )
+            self.count_tokens("trained", shared_prompt_tokens(attention_RT, rollout.group_B[index_R], rollout.prompt_width))
+        return logp_BT.index_put((index_R,), logp_RT)
 
     @staticmethod
     def old_logp(rollout: Rollout, logp_BT: Tensor, computed_B: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -92,12 +129,12 @@ class OnPolicyModule(PostTrainingModule):
     # --- held-out accuracy --------------------------------------------------------------------
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        result = self.evaluate(batch.rows)
+        result = greedy_accuracy(self, batch.rows)
         self.log("val/accuracy", result["accuracy"], prog_bar=True, batch_size=len(batch), sync_dist=True)
         self.log("val/completion_length", result["completion_length"], batch_size=len(batch), sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        result = self.evaluate(batch.rows)
+        result = greedy_accuracy(self, batch.rows)
         self.log("test/accuracy", result["accuracy"], batch_size=len(batch), sync_dist=True)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.datamodule import Batch
-from lit_posttrain.logprobs import forward_logits
+from lit_posttrain.logprobs import completion_logits, shared_prompt_logp, shared_prompt_tokens
 from lit_posttrain.losses.distillation import generalized_jsd, reverse_kl_advantages
 from lit_posttrain.losses.policy_gradient import Constant, NoMask, Old, PolicyGradientLoss, TokenMean
 from lit_posttrain.methods.on_policy import OnPolicyModule
@@ -77,14 +77,11 @@ class FullVocabJSD(DistillationEstimator):
         self.beta = beta
 
     def __call__(self, module: OPD, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        # Logits only where a completion token is predicted: positions W - 1 .. T - 2.
-        width, tokens_BT, attention_BT = rollout.prompt_width, rollout.tokens_BT, rollout.attention_BT
-        keep, predicts_BS = tokens_BT.shape[1] - width + 1, rollout.mask_BT[:, width:]
-        student_NV = forward_logits(module.policy, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
+        student_NV = completion_logits(module.policy, rollout)
         with torch.no_grad():
-            teacher_NV = forward_logits(module.teacher, tokens_BT, attention_BT, keep)[:, :-1][predicts_BS]
-        module.count_tokens("trained", attention_BT.sum())
-        module.count_tokens("teacher", attention_BT.sum())
+            teacher_NV = completion_logits(module.teacher, rollout)
+        module.count_tokens("trained", rollout.attention_BT.sum())
+        module.count_tokens("teacher", rollout.attention_BT.sum())
         # Teachers may pad their vocabulary past the tokenizer's; compare the real vocabulary only.
         vocab = min(student_NV.shape[-1], teacher_NV.shape[-1], len(module.tokenizer))
         jsd_N = generalized_jsd(student_NV[:, :vocab] / rollout.temperature, teacher_NV[:, :vocab] / rollout.temperature, self.beta)
@@ -98,13 +95,25 @@ class OPD(OnPolicyModule):
         estimator: how the teacher's scores become a loss: SampledReverseKL (default) or FullVocabJSD.
     """
 
+    uses_teacher = True
+
     def __init__(self, *args, estimator: DistillationEstimator | None = None, group_size: int = 1, **kwargs) -> None:
         super().__init__(*args, group_size=group_size, **kwargs)
         if self.teacher_folder is None:
             raise ValueError("OPD needs a teacher: set `teacher:` to a model source that shares the policy's tokenizer")
         self.estimator = estimator or SampledReverseKL()
 
+    @torch.no_grad()
+    def teacher_rollout_logp(self, rollout: Rollout) -> Tensor:
+        """The teacher's log-probs of a rollout's completion tokens at its sampling temperature (0
+        elsewhere), each prompt run once for its whole group, as the policy's are."""
+        self.count_tokens("teacher", shared_prompt_tokens(rollout.attention_BT, rollout.group_B, rollout.prompt_width))
+        return shared_prompt_logp(
+            self.teacher, rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout.prompt_width, rollout.temperature
+        )
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, metrics = self.estimator(self, self.rollout)
-        self.log_rollout_step(self.rollout, metrics)
+        rollout = self.rollouts_for(batch)
+        loss, metrics = self.estimator(self, rollout)
+        self.log_rollout_step(rollout, metrics)
         return loss

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.data.datamodule import Batch, pack_demonstrations
 from lit_posttrain.logprobs import first_masked, forward_logits
 from lit_posttrain.losses.otr import otr_loss, otr_samples
 from lit_posttrain.methods.sft import SFT
@@ -43,7 +43,8 @@ class OTR(SFT):
         self.k, self.kappa, self.beta, self.force_target = k, kappa, beta, force_target
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        tokens_BT, attention_BT, mask_BT = self.pack_for_training(batch.rows)
+        tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
+        self.count_tokens("trained", attention_BT.sum())
         first = first_masked(mask_BT)
         # Logits only where a demonstration token is predicted: positions first - 1 .. T - 2.
         logits_BSV = forward_logits(self.policy, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
@@ -52,7 +53,7 @@ class OTR(SFT):
         target_N = tokens_BT[:, first:][predicts_BS]
         # Seeded by the run, the step and the micro-batch, not the global RNG: a resumed run draws
         # the same candidates as the uninterrupted one.
-        generator = torch.Generator(logits_NV.device).manual_seed(self.step_seed(batch_idx))
+        generator = torch.Generator(logits_NV.device).manual_seed(self.run_seed("batch", batch_idx))
         samples_NK = otr_samples(logits_NV, target_N, self.k, self.kappa, self.force_target, generator)
         logp_NV = torch.log_softmax(logits_NV.float(), -1)
         loss_N = otr_loss(logp_NV, samples_NK, target_N, self.beta)

@@ -75,7 +75,7 @@ class SePT(OnPolicyModule):
         return self.sample(rows, n=self.group_size, temperature=temperature, score=False)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        rollout = self.rollout
+        rollout = self.rollouts_for(batch)
         logp_BT = self.rollout_logp(rollout, temperature=self.train_temperature)
         loss, metrics = token_mean_nll(logp_BT, rollout.mask_BT)
         self.log_rollout_step(rollout, {"nll": metrics["nll"], "sampling_temperature": torch.tensor(rollout.temperature)})

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import MeanMetric
 
-from lit_posttrain.data.datamodule import Batch, pack_demonstrations
-from lit_posttrain.logprobs import first_masked
+from lit_posttrain.data.datamodule import Batch
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.methods.base import PostTrainingModule
 
@@ -33,16 +32,24 @@ class SFT(PostTrainingModule):
         self.test_nll = MeanMetric()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        tokens_BT, attention_BT, mask_BT = self.pack_for_training(batch.rows)
-        logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
+        logp_BT, mask_BT = self.demonstration_logp(batch.rows)
         loss, metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=self.token_normaliser(batch.window_tokens))
         self.log("train/nll", metrics["nll"], prog_bar=True, batch_size=len(batch), sync_dist=True)
         self.log("train/tokens", metrics["tokens"], reduce_fx="sum", batch_size=len(batch), sync_dist=True)
         return loss
 
+    def token_normaliser(self, window_tokens: int) -> float:
+        """This micro-batch's share of its accumulation window's token count.
+
+        Lightning divides each micro-batch loss by `accumulate_grad_batches` and data-parallel
+        strategies average gradients over ranks; dividing the summed loss by this share undoes both,
+        so the window's gradient is exactly the token mean over all of its tokens on all ranks.
+        """
+        share = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return max(window_tokens, 1) / share
+
     def _held_out_nll(self, batch: Batch, metric: MeanMetric, name: str) -> None:
-        tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
-        logp_BT = self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT))
+        logp_BT, mask_BT = self.demonstration_logp(batch.rows)
         _, metrics = token_mean_nll(logp_BT, mask_BT)
         metric.update(metrics["nll"], weight=metrics["tokens"])
         self.log(name, metric, prog_bar=True, batch_size=len(batch))

@@ -4,9 +4,9 @@ Importing this package stays cheap: `MathVerifier` imports math_verify (and symp
 worker subprocess.
 """
 
-from lit_posttrain.rewards.base import Verifier
+from lit_posttrain.rewards.base import Verifier, VerifierTimeout
 from lit_posttrain.rewards.code import CodeOutputMatch
 from lit_posttrain.rewards.exact import ExactMatch, NumericMatch, RegexMatch
 from lit_posttrain.rewards.math import MathVerifier
 
-__all__ = ["CodeOutputMatch", "ExactMatch", "MathVerifier", "NumericMatch", "RegexMatch", "Verifier"]
+__all__ = ["CodeOutputMatch", "ExactMatch", "MathVerifier", "NumericMatch", "RegexMatch", "Verifier", "VerifierTimeout"]

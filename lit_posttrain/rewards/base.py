@@ -1,4 +1,5 @@
-"""The verifier protocol: a callable from (completion, answer) to a reward in [0, 1]."""
+"""The verifier protocol: a callable from (completion, answer) to a reward in [0, 1]. A verifier
+that cannot score raises; training scores that completion 0 and counts it (`GuardedScorer`)."""
 
 from __future__ import annotations
 
@@ -8,3 +9,7 @@ from typing import Protocol, runtime_checkable
 @runtime_checkable
 class Verifier(Protocol):
     def __call__(self, completion: str, answer: str) -> float: ...
+
+
+class VerifierTimeout(TimeoutError):
+    """A verifier that bounds its own time (`MathVerifier`) ran out of it: counted as a timeout."""

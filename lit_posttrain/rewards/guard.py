@@ -8,6 +8,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from lit_posttrain.rewards.base import VerifierTimeout
+
 log = logging.getLogger(__name__)
 
 
@@ -20,7 +22,9 @@ class ScoreFailures:
 class GuardedScorer:
     """Run reward calls in worker threads, each bounded by `timeout_s`.
 
-    A call that raises or does not return in time scores 0.0 and is counted in `failures`. Python
+    A call that raises or does not return in time scores 0.0 and is counted in `failures` (a
+    verifier's own `VerifierTimeout` as a timeout): the one count of both, logged by the on-policy
+    methods as `train/verifier_errors` and `train/verifier_timeouts`. Python
     cannot stop a thread: a call that never returns keeps its worker, so the pool is replaced when
     one times out and the stuck thread is abandoned. A verifier that can spin on the CPU forever
     should isolate itself in a process, as `MathVerifier` and code execution do; this guard keeps
@@ -45,6 +49,10 @@ class GuardedScorer:
                 rewards.append(0.0)
                 log.warning("a verifier call took longer than %.1f s: scored 0", self.timeout_s)
                 self._replace_pool()
+            except VerifierTimeout as err:  # a verifier that bounds its own time (MathVerifier)
+                self.failures.timeouts += 1
+                rewards.append(0.0)
+                log.warning("%s: scored 0", err)
             except Exception as err:  # a verifier's bug must not end the run
                 self.failures.errors += 1
                 rewards.append(0.0)

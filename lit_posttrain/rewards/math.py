@@ -12,7 +12,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from lit_posttrain.rewards.base import VerifierTimeout
 
 ScoreFn = Callable[[str, str], float]
 
@@ -85,9 +85,10 @@ class MathVerifier:
     math-verify's own timeouts use SIGALRM, which only works in the main thread (the trainer may
     score from worker threads), and a sympy call that hangs cannot be interrupted from another
     thread at all, only by killing the process that runs it. A request that takes longer than
-    `timeout_s` scores 0.0, counts in `timeouts`, and the worker is killed; a fresh one starts on
-    the next call. A worker that dies, or a score that raises (e.g. an unparseable gold answer),
-    scores 0.0 and counts in `failures`. Calls from several threads are serialised.
+    `timeout_s` raises `VerifierTimeout` and the worker is killed; a fresh one starts on the next
+    call. A worker that dies, or a score that raises (e.g. an unparseable gold answer), raises
+    `RuntimeError`. In training both score 0.0 and are counted, as `train/verifier_timeouts` and
+    `train/verifier_errors` (`GuardedScorer`). Calls from several threads are serialised.
 
     The worker is started with the 'spawn' method (forking a process that runs torch threads is
     unsafe), so, as with any spawn-based multiprocessing, a script that calls the verifier must
@@ -104,8 +105,6 @@ class MathVerifier:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.timeout_s = timeout_s
-        self.timeouts = 0
-        self.failures = 0
         self._score_fn = _score_fn
         self._reset_worker_state()
 
@@ -136,22 +135,18 @@ class MathVerifier:
             self._reset_worker_state()
         with self._lock:
             conn = self._conn if self._conn is not None else self._start_worker()
-            if conn is None:
-                return 0.0
             try:
                 conn.send((completion, answer))
-                if not conn.poll(self.timeout_s):
-                    self.timeouts += 1
-                    logger.warning(
-                        "math verification timed out after %ss; restarting the worker", self.timeout_s
-                    )
-                    self._stop()
-                    return 0.0
-                status, payload = conn.recv()
+                answered = conn.poll(self.timeout_s)
+                status, payload = conn.recv() if answered else (None, None)
             except (EOFError, OSError):
-                return self._record_failure("the worker process died")
+                self._stop()
+                raise RuntimeError("math verification failed: its worker process died") from None
+            if not answered:
+                self._stop()  # the next call starts a fresh worker
+                raise VerifierTimeout(f"math verification took longer than {self.timeout_s}s")
             if status != "ok":
-                return self._record_failure(payload, restart=False)
+                raise RuntimeError(f"math verification failed: {payload}")
             return payload
 
     def close(self) -> None:
@@ -159,7 +154,7 @@ class MathVerifier:
         with self._lock:
             self._stop()
 
-    def _start_worker(self) -> Connection | None:
+    def _start_worker(self) -> Connection:
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe()
         proc = ctx.Process(target=_serve, args=(child_conn, self._score_fn), daemon=True, name="MathVerifier")
@@ -172,24 +167,17 @@ class MathVerifier:
             ready = parent_conn.poll(_STARTUP_TIMEOUT_S)
             message = parent_conn.recv() if ready else None
         except (EOFError, OSError):
-            self._record_failure("the worker process died while starting")
-            return None
+            self._stop()
+            raise RuntimeError("math verification failed: its worker process died while starting") from None
         if message is None:
-            self._record_failure(f"the worker did not start within {_STARTUP_TIMEOUT_S}s")
-            return None
+            self._stop()
+            raise VerifierTimeout(f"the math verification worker did not start within {_STARTUP_TIMEOUT_S}s")
         if message != _READY:
             self._stop()
             # Retrying cannot fix a worker that fails on a trivial input (e.g. math_verify missing);
             # scoring every sample 0.0 would hide it, so this one is raised.
             raise RuntimeError(f"MathVerifier worker failed to start: {message[1]}")
         return parent_conn
-
-    def _record_failure(self, reason: str, restart: bool = True) -> float:
-        self.failures += 1
-        logger.warning("math verification failed (%s); scoring 0.0", reason)
-        if restart:
-            self._stop()
-        return 0.0
 
     def _stop(self) -> None:
         if self._finalizer is not None:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.rollout.engine import (
@@ -19,6 +18,7 @@ from lit_posttrain.rollout.engine import (
     prefill,
 )
 from lit_posttrain.rollout.types import Rollout
+from lit_posttrain.sharding import is_sharded
 
 
 def _sample(probs_AV: Tensor, generator, prompt_A: Tensor) -> Tensor:
@@ -75,7 +75,7 @@ class HFEngine:
         self.max_new_tokens, self.merged_copy = max_new_tokens, merged_copy
         self.model: torch.nn.Module | None = None
         self._copy_targets: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
-        self.lockstep = False
+        self.sharded = False
 
     def setup(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
@@ -84,9 +84,9 @@ class HFEngine:
         # A policy sharded with FSDP2 holds DTensor weights. Its forward passes gather weights from
         # every rank, so it is sampled as it is (a merged copy would need the full weights) and
         # every rank runs the same number of decoding steps (`_any_rank`).
-        self.lockstep = any(isinstance(p, DTensor) for p in policy.parameters())
+        self.sharded = is_sharded(policy)
         lora = _lora_layers(policy)
-        if not (lora and self.merged_copy) or self.lockstep:
+        if not (lora and self.merged_copy) or self.sharded:
             self.model = policy
             return
         import copy
@@ -201,8 +201,8 @@ class HFEngine:
         raise AssertionError("unreachable: the loop returns at its last step")
 
     def _any_rank(self, flag: Tensor) -> bool:
-        """`flag` on any rank (this rank's own value unless sampling in lock-step)."""
-        if not self.lockstep:
+        """`flag` on any rank (this rank's own value unless the policy is sharded)."""
+        if not self.sharded:
             return bool(flag)
         flag = flag.to(torch.int32)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)

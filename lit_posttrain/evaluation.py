@@ -1,0 +1,137 @@
+"""Measuring a model while it trains: generation metrics on a task's held-out prompts (greedy
+accuracy, pass@k, accuracy at further temperatures), and the forgetting probes (multiple-choice
+items scored by likelihood, KL to the starting model). Functions of a module and its data; the
+callbacks (`Evaluation`, `ForgettingProbes`) own only when to call them, logging and their state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lit_posttrain.data.datamodule import Row, tokenize_prompt
+from lit_posttrain.data.multiple_choice import MultipleChoiceItem
+from lit_posttrain.data.task import Example, Task
+from lit_posttrain.logprobs import completion_logits, shared_prompt_logp
+from lit_posttrain.losses.distillation import generalized_jsd
+from lit_posttrain.metrics import pass_at_k
+from lit_posttrain.rollout import Rollout
+from lit_posttrain.rollout.engine import left_pad, right_pad
+
+# --- generation metrics ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generation_scores(
+    module, task: Task, rows: list[Row], samples: int = 0, k: list[int] = (), temperature: float = 1.0,
+    temperatures: list[float] = (),
+) -> dict[str, Tensor]:  # fmt: skip
+    """Per-example scores of one generation call's `rows`, each a 1-D tensor to average: the greedy
+    completions' `reward` (as the task's verifier scores it), `correct` (reward >= 1),
+    `completion_length` and `truncated`; with `samples`, `pass@<k>` per prompt from `samples` completions at
+    `temperature` (unbiased estimator); for each of `temperatures`, `pass@1_T<t>` per completion."""
+    greedy = module.sample(rows, greedy=True, task=task)
+    scores = {
+        "reward": greedy.reward_B.float().cpu(),
+        "correct": (greedy.reward_B >= 1.0).float().cpu(),
+        "completion_length": greedy.completion_lengths_B.float().cpu(),
+        "truncated": greedy.truncated_B.float().cpu(),
+    }
+    if samples:
+        sampled = module.sample(rows, n=samples, task=task, temperature=temperature)
+        hits_P = torch.zeros(len(rows)).index_add_(0, sampled.group_B.cpu(), (sampled.reward_B.cpu() >= 1.0).float())
+        for kk in k:
+            scores[f"pass@{kk}"] = torch.tensor([pass_at_k(samples, int(c), kk) for c in hits_P])
+    for t in temperatures:
+        swept = module.sample(rows, n=samples, task=task, temperature=t)
+        scores[f"pass@1_T{t:g}"] = (swept.reward_B.cpu() >= 1.0).float()
+    return scores
+
+
+@torch.no_grad()
+def greedy_accuracy(module, rows: list[Row], task: Task | None = None, batch_size: int = 64) -> dict:
+    """Greedy held-out evaluation of `rows` (default task: the training task): mean accuracy under
+    the task's verifier (the mean reward, for graded verifiers), mean completion length, truncation
+    rate, and the per-example rewards."""
+    task = task or module.task
+    calls = [generation_scores(module, task, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    reward_B = torch.cat([c["reward"] for c in calls])
+    return {
+        "accuracy": reward_B.mean().item(),
+        "completion_length": torch.cat([c["completion_length"] for c in calls]).mean().item(),
+        "truncated": torch.cat([c["truncated"] for c in calls]).mean().item(),
+        "per_example": reward_B.tolist(),
+    }
+
+
+# --- forgetting probes ----------------------------------------------------------------------------
+
+
+def question_row(item: MultipleChoiceItem, tokenizer, chat_template: bool = True) -> Row:
+    """The item's question as a user turn, tokenized as a prompt."""
+    example = Example([{"role": "user", "content": item.question}], source=item.source)
+    return Row(example, tokenize_prompt(tokenizer, example, chat_template), None)
+
+
+def choice_rows(items: list[MultipleChoiceItem], tokenizer, chat_template: bool = True) -> list[Row]:
+    """One row per (item, choice): the question as a user turn, the choice as the reply to score."""
+    rows = []
+    for item in items:
+        question = question_row(item, tokenizer, chat_template)
+        for choice in item.choices:
+            rows.append(Row(question.example, question.prompt_ids, tokenizer(choice, add_special_tokens=False)["input_ids"]))
+    return rows
+
+
+def item_batches(items: list[MultipleChoiceItem], batch_size: int) -> list[tuple[int, int]]:
+    """`(first item, end item)` ranges of whole items with at most `batch_size` choices each (one
+    item alone when it has more)."""
+    batches, first, choices = [], 0, 0
+    for i, item in enumerate(items):
+        if choices and choices + len(item.choices) > batch_size:
+            batches.append((first, i))
+            first, choices = i, 0
+        choices += len(item.choices)
+    return batches + [(first, len(items))] if items else batches
+
+
+@torch.no_grad()
+def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batch_size: int = 64) -> dict:
+    """Pick each item's likeliest choice by summed log-likelihood of its tokens. Returns accuracy,
+    the mean per-token NLL of the right choices, and per-item correctness.
+
+    `rows` are `choice_rows(items)`: one per choice, the item's question as the prompt. The question
+    runs once per item and its key/value cache is shared by the item's choices, which are a few
+    tokens against a question of dozens: about a quarter of the work of scoring each row in full."""
+    sums, counts = [], []
+    starts = [0]
+    for item in items:
+        starts.append(starts[-1] + len(item.choices))
+    for first, end in item_batches(items, batch_size):
+        batch = rows[starts[first] : starts[end]]
+        prompt_PT, prompt_attention_PT = left_pad([rows[starts[i]].prompt_ids for i in range(first, end)], module.tokenizer.pad_token_id)
+        group_R = torch.repeat_interleave(torch.tensor([len(items[i].choices) for i in range(first, end)]))
+        choice_RC, choice_attention_RC = right_pad([row.completion_ids for row in batch], module.tokenizer.pad_token_id)
+        tokens_RT = torch.cat([prompt_PT[group_R], choice_RC], 1).to(module.device)
+        attention_RT = torch.cat([prompt_attention_PT[group_R], choice_attention_RC], 1).to(module.device)
+        logp_RT = shared_prompt_logp(module.policy, tokens_RT, attention_RT, group_R.to(module.device), prompt_PT.shape[1])
+        sums += logp_RT.sum(-1).tolist()
+        counts += choice_attention_RC.sum(-1).tolist()
+    correct, nll = [], []
+    offset = 0
+    for item in items:
+        scores = sums[offset : offset + len(item.choices)]
+        correct.append(max(range(len(scores)), key=scores.__getitem__) == item.answer)
+        nll.append(-scores[item.answer] / max(counts[offset + item.answer], 1))
+        offset += len(item.choices)
+    return {"accuracy": sum(correct) / len(correct), "nll": sum(nll) / len(nll), "per_example": correct}
+
+
+@torch.no_grad()
+def kl_to_reference(module, rollout: Rollout) -> float:
+    """Mean per-token KL(policy || reference) over the full vocabulary, at every completion position
+    of `rollout` (continuations the starting model wrote): exact at each position, no sampling noise."""
+    policy_NV = completion_logits(module.policy, rollout)
+    with module.reference() as reference:
+        reference_NV = completion_logits(reference, rollout)
+    return generalized_jsd(policy_NV, reference_NV, beta=1.0).mean().item()  # beta 1: KL(policy || reference)

@@ -1,0 +1,27 @@
+"""Writing a trained policy as a Hugging Face folder, never half-written."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def save_hf_folder(policy: torch.nn.Module, tokenizer, folder: str | Path, merge_lora: bool = False) -> Path:
+    """Write `policy` and `tokenizer` to `folder`. A peft policy is written merged into a full model
+    when `merge_lora`, else as an adapter folder (which transformers also loads when peft is
+    installed). Written to a temporary sibling and renamed, so a crash while saving never leaves a
+    half-written folder under the final name."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if merge_lora:
+        # Merge a copy: merging in place would change the live model (and in bf16 drift it).
+        policy = copy.deepcopy(policy).merge_and_unload()
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
