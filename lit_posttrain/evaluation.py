@@ -15,8 +15,8 @@ from lit_posttrain.data.task import Example, Task
 from lit_posttrain.logprobs import completion_logits, shared_prompt_logp
 from lit_posttrain.losses.distillation import generalized_jsd
 from lit_posttrain.metrics import pass_at_k
+from lit_posttrain.padding import left_pad, right_pad
 from lit_posttrain.rollout import Rollout
-from lit_posttrain.rollout.engine import left_pad, right_pad
 
 # --- generation metrics ---------------------------------------------------------------------------
 

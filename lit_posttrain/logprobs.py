@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_posttrain.groups import dense_groups
 from lit_posttrain.rollout.engine import prefill
 
 
@@ -28,10 +29,17 @@ def gather_logp(logits_BTV: Tensor, tokens_BT: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
+def first_rows(group_R: Tensor) -> tuple[Tensor, Tensor]:
+    """`(first_G, prompt_of_R)`: the first row of each group, and each row's group as 0..G-1.
+    Rows of a group are contiguous and groups in ascending order, as in a Rollout."""
+    prompt_of_R, groups = dense_groups(group_R)
+    return torch.searchsorted(prompt_of_R, torch.arange(groups, device=group_R.device)), prompt_of_R
+
+
 def shared_prompt_tokens(attention_RT: Tensor, group_R: Tensor, prompt_width: int) -> Tensor:
     """Tokens a shared-prompt forward runs on: each group's prompt once, plus every row's completion."""
-    first_U = torch.searchsorted(group_R, torch.unique_consecutive(group_R))  # rows of a group are contiguous
-    return attention_RT[first_U, :prompt_width].sum() + attention_RT[:, prompt_width:].sum()
+    first_G, _ = first_rows(group_R)
+    return attention_RT[first_G, :prompt_width].sum() + attention_RT[:, prompt_width:].sum()
 
 
 def forward_logits(model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor, keep_last: int = 0) -> Tensor:
@@ -80,19 +88,18 @@ def shared_prompt_logp(
     left-padded prompt in the first `width` columns, the same for every row of a group (rows of
     a group contiguous), then a right-padded completion. Each group's prompt runs once and its
     key/value cache is shared by the group's rows; gradients flow through it when enabled."""
-    groups_U, prompt_of_R = torch.unique_consecutive(group_R, return_inverse=True)
-    first_U = torch.searchsorted(group_R, groups_U)  # rows of a group are contiguous
-    prompt_logits_UV, cache, position_UW = prefill(model, tokens_RT[first_U, :width], attention_RT[first_U, :width])
+    first_G, prompt_of_R = first_rows(group_R)
+    prompt_logits_GV, cache, position_GW = prefill(model, tokens_RT[first_G, :width], attention_RT[first_G, :width])
     cache.batch_select_indices(prompt_of_R)  # a differentiable gather: gradients reach the prompt pass
     completion_RC, completion_attention_RC = tokens_RT[:, width:], attention_RT[:, width:]
-    position_RC = position_UW[prompt_of_R, -1:] + 1 + torch.arange(completion_RC.shape[1], device=tokens_RT.device)
+    position_RC = position_GW[prompt_of_R, -1:] + 1 + torch.arange(completion_RC.shape[1], device=tokens_RT.device)
     completion_logits_RCV = model(
         input_ids=completion_RC, attention_mask=attention_RT, position_ids=position_RC,
         past_key_values=cache, use_cache=True,
     ).logits  # fmt: skip
     # The prompt's last position predicts the first completion token; completion position c
     # predicts token c + 1.
-    logits_RCV = torch.cat([prompt_logits_UV[prompt_of_R, None], completion_logits_RCV[:, :-1]], 1)
+    logits_RCV = torch.cat([prompt_logits_GV[prompt_of_R, None], completion_logits_RCV[:, :-1]], 1)
     if temperature != 1.0:
         logits_RCV = logits_RCV / temperature
     logp_RC = gather_logp(logits_RCV, completion_RC) * completion_attention_RC

@@ -83,7 +83,7 @@ CONFIGS = {
     "top_p_above_one": (TINY_GRPO, ["--model.init_args.engine.init_args.top_p", "1.5"], r"top_p must be in"),
     "no_new_tokens": (TINY_GRPO, ["--model.init_args.engine.init_args.max_new_tokens", "0"], r"max_new_tokens must be at least 1"),
     "group_of_one": (TINY_GRPO, ["--model.init_args.group_size", "1"], r"group_size must be at least 2"),
-    "negative_kl_weight": (TINY_GRPO, ["--model.init_args.loss.beta", "-0.1"], r"beta must be >= 0"),
+    "negative_kl_weight": (TINY_GRPO, ["--model.init_args.loss.kl_coef", "-0.1"], r"kl_coef must be >= 0"),
     "refresh_every_zero_steps": (TINY_GRPO, ["--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh", "--trainer.callbacks.every_n_steps", "0"], r"every_n_steps must be >= 1"),
     "pass_at_k_above_samples": (TINY_GRPO, ["--trainer.callbacks+", "lit_posttrain.callbacks.Evaluation", "--trainer.callbacks.samples", "2", "--trainer.callbacks.k", "[4]"], r"1 <= k <= samples"),
     "evaluation_every_zero_steps": (TINY_GRPO, ["--trainer.callbacks+", "lit_posttrain.callbacks.Evaluation", "--trainer.callbacks.every_n_steps", "0"], r"every_n_steps must be >= 1"),

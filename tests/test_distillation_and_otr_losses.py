@@ -55,7 +55,7 @@ def test_reverse_kl_advantages_hand_computed():
 def test_otr_loss_through_counts_hand_computed():
     logp_NV = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
     samples_NK = torch.tensor([[0, 0, 1, 2]])  # counts: target 0 twice, token 1 once, token 2 once
-    loss = otr_loss(logp_NV, samples_NK, torch.tensor([0]), beta=-0.1)
+    loss = otr_loss(logp_NV, samples_NK, torch.tensor([0]), wrong_reward=-0.1)
     expected = -(2 * 1.0 * math.log(0.5) + 1 * -0.1 * math.log(0.3) + 1 * -0.1 * math.log(0.2)) / 4
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     # Counts through a V-wide vector give the same number.
@@ -68,7 +68,7 @@ def test_otr_with_beta_zero_and_all_hits_is_cross_entropy():
     logits_NV = torch.randn(5, 11, requires_grad=True)
     target_N = torch.randint(0, 11, (5,))
     samples_NK = target_N[:, None].expand(5, 8)
-    loss = otr_loss(torch.log_softmax(logits_NV, -1), samples_NK, target_N, beta=0.0).mean()
+    loss = otr_loss(torch.log_softmax(logits_NV, -1), samples_NK, target_N, wrong_reward=0.0).mean()
     ce = torch.nn.functional.cross_entropy(logits_NV, target_N)
     assert loss.item() == pytest.approx(ce.item(), rel=1e-6)
 

@@ -41,7 +41,7 @@ def test_grpo_with_kl_lora_and_reused_rollouts_runs():
     cli = LitPostTrainCLI(
         args=[
             "fit", "--config", TINY_GRPO, "--trainer.max_steps", "4",
-            "--model.init_args.lora", "{}", "--model.init_args.loss.beta", "0.1",
+            "--model.init_args.lora", "{}", "--model.init_args.loss.kl_coef", "0.1",
             "--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh",
             "--trainer.callbacks.every_n_steps", "3", "--data.task.init_args.num_train", "8",
         ]

@@ -58,7 +58,7 @@ def test_zero_variance_groups_give_zero_advantage_and_no_nan(advantage):
     single_B = advantage(torch.tensor([3.0]), torch.tensor([0]))  # a group of one
     assert torch.isfinite(single_B).all()
     logp_BT = torch.randn(8, 3, requires_grad=True)
-    loss, _ = grpo_preset(scale=advantage)(logp_BT, torch.ones(8, 3), adv_B=adv_B, old_logp_BT=logp_BT.detach())
+    loss, _ = grpo_preset(advantage=advantage)(logp_BT, torch.ones(8, 3), adv_B=adv_B, old_logp_BT=logp_BT.detach())
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(logp_BT.grad, torch.zeros(8, 3))
 
@@ -97,11 +97,11 @@ def test_k3_kl_hand_computed_and_in_the_loss():
     logp_BT, ref_BT = torch.log(torch.tensor([[0.5]])), torch.log(torch.tensor([[0.25]]))
     assert k3_kl(logp_BT, ref_BT).item() == pytest.approx(0.5 + math.log(2) - 1)
     assert k3_kl(ref_BT, ref_BT).item() == 0.0
-    loss, metrics = grpo_preset(beta=0.1)(logp_BT, torch.ones(1, 1), adv_B=torch.zeros(1), old_logp_BT=logp_BT, ref_logp_BT=ref_BT)
+    loss, metrics = grpo_preset(kl_coef=0.1)(logp_BT, torch.ones(1, 1), adv_B=torch.zeros(1), old_logp_BT=logp_BT, ref_logp_BT=ref_BT)
     assert loss.item() == pytest.approx(0.1 * (0.5 + math.log(2) - 1))
     assert "kl" in metrics
     with pytest.raises(ValueError, match="ref_logp_BT"):
-        grpo_preset(beta=0.1)(logp_BT, torch.ones(1, 1), adv_B=torch.zeros(1), old_logp_BT=logp_BT)
+        grpo_preset(kl_coef=0.1)(logp_BT, torch.ones(1, 1), adv_B=torch.zeros(1), old_logp_BT=logp_BT)
 
 
 def test_sft_preset_gradient_is_cross_entropys():
@@ -158,8 +158,8 @@ def test_per_token_advantages_and_argument_checks():
     assert loss.item() == pytest.approx(-0.5)
     with pytest.raises(ValueError, match="exactly one"):
         sft_preset()(logp_BT, torch.ones(1, 2))
-    with pytest.raises(ValueError, match="beta"):
-        PolicyGradientLoss(beta=-1.0)
+    with pytest.raises(ValueError, match="kl_coef"):
+        PolicyGradientLoss(kl_coef=-1.0)
 
 
 # The trainer's old probabilities of three sampled tokens and the sampler's: ratios 2, 0.5 and 9.

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.data.task import DataError, Example, Task
+from lit_posttrain.padding import right_pad
 
 log = logging.getLogger(__name__)
 
@@ -298,18 +300,10 @@ def pack_demonstrations(rows: Sequence[Row], pad_id: int, device=None):
 
     `loss_mask_BT` marks demonstration tokens (EOS included); prompt and padding are masked out.
     """
-    import torch
-
     missing = [row.example.source or str(i) for i, row in enumerate(rows) if row.completion_ids is None]
     if missing:
         raise DataError(f"rows without a demonstration cannot be trained on with SFT: {', '.join(missing[:5])}")
-    length = max(len(r.prompt_ids) + len(r.completion_ids) for r in rows)
-    tokens_BT = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention_BT = torch.zeros((len(rows), length), dtype=torch.long)
-    loss_mask_BT = torch.zeros((len(rows), length), dtype=torch.bool)
-    for b, row in enumerate(rows):
-        prompt, completion = len(row.prompt_ids), len(row.completion_ids)
-        tokens_BT[b, : prompt + completion] = torch.tensor(row.prompt_ids + row.completion_ids)
-        attention_BT[b, : prompt + completion] = 1
-        loss_mask_BT[b, prompt : prompt + completion] = True
+    tokens_BT, attention_BT = right_pad([row.prompt_ids + row.completion_ids for row in rows], pad_id)
+    prompt_B = torch.tensor([len(row.prompt_ids) for row in rows])
+    loss_mask_BT = (torch.arange(tokens_BT.shape[1]) >= prompt_B[:, None]) & attention_BT.bool()
     return tokens_BT.to(device), attention_BT.to(device), loss_mask_BT.to(device)

@@ -21,14 +21,14 @@ def otr_samples(
     return samples_NK
 
 
-def otr_loss(logp_NV: Tensor, samples_NK: Tensor, target_N: Tensor, beta: float) -> Tensor:
+def otr_loss(logp_NV: Tensor, samples_NK: Tensor, target_N: Tensor, wrong_reward: float) -> Tensor:
     """Per-position loss `-(1/K) sum_v c_v R_v log pi(v)`, `c_v` the count of v among the K samples,
-    `R_v = 1` for the ground-truth token and `beta` otherwise (rewards are constants).
+    `R_v = 1` for the ground-truth token and `wrong_reward` otherwise (rewards are constants).
 
-    Because R takes two values, the sum is `(1 - beta) * c_target * log pi(target) + beta * sum_j
+    Because R takes two values, the sum is `(1 - wrong_reward) * c_target * log pi(target) + wrong_reward * sum_j
     log pi(a_j)`: one gather of K log-probs per position instead of a V-wide count vector."""
     k = samples_NK.shape[1]
     hits_N = (samples_NK == target_N[:, None]).sum(-1).to(logp_NV.dtype)
     logp_target_N = logp_NV.gather(-1, target_N[:, None]).squeeze(-1)
     logp_samples_N = logp_NV.gather(-1, samples_NK).sum(-1)
-    return -((1 - beta) * hits_N * logp_target_N + beta * logp_samples_N) / k
+    return -((1 - wrong_reward) * hits_N * logp_target_N + wrong_reward * logp_samples_N) / k

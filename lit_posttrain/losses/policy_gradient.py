@@ -8,8 +8,8 @@ assembled from small parts, each a callable selectable by `class_path`:
   (pi_old: the importance ratio of PPO / GRPO), `One` (no denominator: the term is grad pi);
 - advantage: `GroupNormalized`, `BatchNormalized`, `GroupCentered` (Dr.GRPO), `Constant` (SFT);
 - stabilization mask: `NoMask`, `PPOClip` (separate low and high epsilon);
-- aggregation over tokens: `SequenceMean` (GRPO), `TokenMean` (DAPO / BNPO, and SFT's exact token
-  mean under accumulation), `ConstantLength` (Dr.GRPO).
+- aggregation over tokens: `SequenceMean` (GRPO), `TokenMean` (DAPO / BNPO, SFT), `ConstantLength`
+  (Dr.GRPO).
 
 The fourth part of the paper's view, the data source (demonstrations or own rollouts), is which
 rows a method feeds in. Every named method is a preset: `sft_preset()`, `grpo_preset()`.
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from lit_posttrain.groups import group_mean_std
 
 # --- denominators: return log(denominator) per token ---------------------------------------------
 
@@ -71,17 +73,6 @@ class Advantage:
         raise NotImplementedError
 
 
-def _group_stats(reward_B: Tensor, group_B: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and (unbiased) standard deviation of each sequence's group, per sequence."""
-    _, group_B = torch.unique(group_B, return_inverse=True)
-    groups = int(group_B.max()) + 1
-    count_G = torch.zeros(groups, device=reward_B.device).index_add_(0, group_B, torch.ones_like(reward_B))
-    mean_G = torch.zeros(groups, device=reward_B.device).index_add_(0, group_B, reward_B) / count_G
-    sq_G = torch.zeros(groups, device=reward_B.device).index_add_(0, group_B, (reward_B - mean_G[group_B]) ** 2)
-    std_G = (sq_G / (count_G - 1).clamp(min=1)).sqrt()
-    return mean_G[group_B], std_G[group_B]
-
-
 @dataclass(frozen=True)
 class GroupNormalized(Advantage):
     """GRPO: `(r - mean of the group) / (std of the group + eps)`. A group whose rewards are all
@@ -90,7 +81,7 @@ class GroupNormalized(Advantage):
     eps: float = 1e-4
 
     def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
-        mean_B, std_B = _group_stats(reward_B, group_B)
+        mean_B, std_B = group_mean_std(reward_B, group_B)
         return (reward_B - mean_B) / (std_B + self.eps)
 
 
@@ -101,7 +92,7 @@ class BatchNormalized(Advantage):
     eps: float = 1e-4
 
     def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
-        mean_B, _ = _group_stats(reward_B, group_B)
+        mean_B, _ = group_mean_std(reward_B, group_B)
         std = reward_B.std() if len(reward_B) > 1 else reward_B.new_zeros(())
         return (reward_B - mean_B) / (std + self.eps)
 
@@ -111,7 +102,7 @@ class GroupCentered(Advantage):
     """Dr.GRPO: `r - mean of the group`, no scaling (std scaling favours easy and hard prompts)."""
 
     def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
-        mean_B, _ = _group_stats(reward_B, group_B)
+        mean_B, _ = group_mean_std(reward_B, group_B)
         return reward_B - mean_B
 
 
@@ -189,7 +180,10 @@ class SequenceMean(Aggregation):
 @dataclass(frozen=True)
 class TokenMean(Aggregation):
     """Sum over every token divided by the token count (DAPO, BNPO, SFT). `num_tokens`, when given,
-    replaces this batch's count: the accumulation window's share, for an exact mean."""
+    replaces this batch's count: passed the accumulation window's share (as `SFT.token_normaliser`
+    computes it) the mean is exact over the whole window. The on-policy methods pass none: their
+    window's completions are sampled micro-batch by micro-batch, so its token count is not known
+    when the first micro-batch's loss is taken, and each micro-batch is its own mean."""
 
     def __call__(self, loss_BT: Tensor, mask_BT: Tensor, num_tokens: float | None = None) -> Tensor:
         denominator = mask_BT.sum().clamp(min=1) if num_tokens is None else num_tokens
@@ -251,7 +245,7 @@ def k3_kl(logp_BT: Tensor, ref_logp_BT: Tensor) -> Tensor:
 
 
 class PolicyGradientLoss:
-    """`loss = aggregate( -w * where(mask, ratio * A, clipped_ratio * A (no gradient)) + beta * k3 )`,
+    """`loss = aggregate( -w * where(mask, ratio * A, clipped_ratio * A (no gradient)) + kl_coef * k3 )`,
     w the sampler correction's per-token weight (1 without one).
 
     Args:
@@ -259,7 +253,7 @@ class PolicyGradientLoss:
         advantage: rewards and group ids to a per-sequence advantage (default GroupNormalized).
         stabilization: which token terms keep their gradient (default PPOClip(0.2, 0.2); NoMask: all).
         aggregation: how per-token losses become one number (default SequenceMean).
-        beta: weight of the k3 KL penalty to the reference model (0: off, and no reference forward pass).
+        kl_coef: weight of the k3 KL penalty to the reference model (0: off, and no reference forward pass).
         sampler_correction: reweights each token for the gap between the sampler's and the trainer's numerics, e.g. TruncatedIS(cap=2.0) with a vLLM engine (null: none).
     """
 
@@ -269,21 +263,21 @@ class PolicyGradientLoss:
         advantage: Advantage | None = None,
         stabilization: StabilizationMask | None = None,
         aggregation: Aggregation | None = None,
-        beta: float = 0.0,
+        kl_coef: float = 0.0,
         sampler_correction: TruncatedIS | None = None,
     ) -> None:
-        if beta < 0:
-            raise ValueError(f"PolicyGradientLoss beta must be >= 0, got {beta}")
+        if kl_coef < 0:
+            raise ValueError(f"PolicyGradientLoss kl_coef must be >= 0, got {kl_coef}")
         self.denominator = denominator or Old()
         self.advantage = advantage or GroupNormalized()
         self.stabilization = stabilization or PPOClip()
         self.aggregation = aggregation or SequenceMean()
-        self.beta = beta
+        self.kl_coef = kl_coef
         self.sampler_correction = sampler_correction
 
     def __repr__(self) -> str:
         parts = (self.denominator, self.advantage, self.stabilization, self.aggregation)
-        return f"PolicyGradientLoss({', '.join(map(repr, parts))}, beta={self.beta}, sampler_correction={self.sampler_correction!r})"
+        return f"PolicyGradientLoss({', '.join(map(repr, parts))}, kl_coef={self.kl_coef}, sampler_correction={self.sampler_correction!r})"
 
     def __call__(
         self,
@@ -318,11 +312,11 @@ class PolicyGradientLoss:
             weight_BT = self.sampler_correction(old_logp_BT, sampler_logp_BT)
             loss_BT = weight_BT * loss_BT
             metrics["sampler_weight"] = (weight_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)
-        if self.beta > 0:
+        if self.kl_coef > 0:
             if ref_logp_BT is None:
-                raise ValueError("beta > 0 needs ref_logp_BT")
+                raise ValueError("kl_coef > 0 needs ref_logp_BT")
             kl_BT = k3_kl(logp_BT, ref_logp_BT)
-            loss_BT = loss_BT + self.beta * kl_BT
+            loss_BT = loss_BT + self.kl_coef * kl_BT
             metrics["kl"] = ((kl_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)).detach()
         loss = self.aggregation(loss_BT, mask_BT, num_tokens)
         return loss, {k: v.detach() for k, v in metrics.items()}
@@ -335,7 +329,8 @@ def sft_preset() -> PolicyGradientLoss:
 
 
 def grpo_preset(
-    eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0, scale: Advantage | None = None
+    eps_low: float = 0.2, eps_high: float = 0.2, kl_coef: float = 0.0, advantage: Advantage | None = None
 ) -> PolicyGradientLoss:
-    """GRPO: own rollouts, denominator pi_old, group-normalised advantage, PPO clip, sequence mean."""
-    return PolicyGradientLoss(Old(), scale or GroupNormalized(), PPOClip(eps_low, eps_high), SequenceMean(), beta)
+    """GRPO: own rollouts, denominator pi_old, group-normalised advantage (unless `advantage` is
+    given), PPO clip, sequence mean, the k3 KL to the reference weighted by `kl_coef` (0: off)."""
+    return PolicyGradientLoss(Old(), advantage or GroupNormalized(), PPOClip(eps_low, eps_high), SequenceMean(), kl_coef)

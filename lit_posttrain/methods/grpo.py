@@ -2,17 +2,17 @@
 unified policy-gradient estimator.
 
 Objective, per prompt q with G completions o_i scored r_i by the task's verifier:
-    L = -mean_i mean_t min(rho_it A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) A_i) + beta * KL_k3,
+    L = -mean_i mean_t min(rho_it A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) A_i) + kl_coef * KL_k3,
     rho_it = pi(o_it | q, o_i<t) / pi_old(o_it | ...),  A_i = (r_i - mean_G r) / (std_G r + eps).
 
 Where it departs from the paper, or chooses:
 1. One optimizer step per rollout batch by default, so pi_old is the current policy and `old_logp`
    is the detached current log-probs: no second forward pass. Rows reused from an earlier step (a
    RolloutRefresh cadence above 1) divide by their stored sampler log-probs instead.
-2. KL to the reference is off by default (beta = 0, today's common choice); when on it is the k3
+2. KL to the reference is off by default (kl_coef = 0, today's common choice); when on it is the k3
    estimator and costs one reference forward pass (free in memory with LoRA).
-3. Rows whose advantage is zero (groups whose rewards are all equal) carry no gradient when beta
-   is 0, so their forward pass is skipped; the loss is normalised as if they were there.
+3. Rows whose advantage is zero (groups whose rewards are all equal) carry no gradient when
+   kl_coef is 0, so their forward pass is skipped; the loss is normalised as if they were there.
 4. Log-probs are taken at the sampling temperature, so that the ratio compares the distribution
    that sampled the tokens with the one being trained.
 5. Advantage scaling, clipping and aggregation are injected parts (`loss:`), not flags.
@@ -40,7 +40,7 @@ class GRPO(OnPolicyModule):
     @property
     def token_kinds(self) -> tuple[str, ...]:
         # The reference's forward, for the KL term.
-        return (*super().token_kinds, "reference") if self.loss.beta > 0 else super().token_kinds
+        return (*super().token_kinds, "reference") if self.loss.kl_coef > 0 else super().token_kinds
 
     def __init__(
         self,
@@ -67,7 +67,7 @@ class GRPO(OnPolicyModule):
         """The loss of a scored rollout batch, its metrics, and which rows ran the forward pass."""
         adv_B = self.loss.advantage(rollout.reward_B, rollout.group_B)
         active_B = torch.ones_like(adv_B, dtype=torch.bool)
-        if self.skip_zero_advantage and self.loss.beta == 0:
+        if self.skip_zero_advantage and self.loss.kl_coef == 0:
             active_B = adv_B != 0
             if not active_B.any():
                 # Keep one row so that every step (and every rank) runs a backward pass.
@@ -75,7 +75,7 @@ class GRPO(OnPolicyModule):
         logp_BT = self.rollout_logp(rollout, active_B)
         old_logp_BT, mismatch = self.old_logp(rollout, logp_BT, active_B)
         ref_logp_BT = None
-        if self.loss.beta > 0:
+        if self.loss.kl_coef > 0:
             ref_logp_BT = self.reference_logp(rollout.tokens_BT, rollout.attention_BT, rollout.temperature, rollout.prompt_width)
             self.count_tokens("reference", rollout.attention_BT.sum())
         loss, metrics = self.loss(

@@ -22,16 +22,14 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.groups import dense_groups, group_reduce
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.methods.grpo import GRPO
 
 
 def route_to_sft(reward_B: Tensor, group_B: Tensor, gamma: float, solved_threshold: float = 1.0) -> Tensor:
-    """Per group (prompt, in order of first appearance): True where its solved fraction <= gamma."""
-    groups_G, group_B = torch.unique_consecutive(group_B, return_inverse=True)
-    solved_G = torch.zeros(len(groups_G), device=reward_B.device).index_add_(0, group_B, (reward_B >= solved_threshold).float())
-    count_G = torch.zeros(len(groups_G), device=reward_B.device).index_add_(0, group_B, torch.ones_like(reward_B))
-    return solved_G / count_G <= gamma
+    """Per group (prompt, in group order: the batch's): True where its solved fraction <= gamma."""
+    return group_reduce((reward_B >= solved_threshold).float(), group_B, "mean") <= gamma
 
 
 class HPT(GRPO):
@@ -70,7 +68,7 @@ class HPT(GRPO):
             loss = loss + n_sft * sft_loss
             metrics.update(self._pooled({"sft_nll": sft_metrics["nll"]}, n_sft))
         if n_rl or both:
-            _, group_of_B = torch.unique_consecutive(rollout.group_B, return_inverse=True)
+            group_of_B, _ = dense_groups(rollout.group_B)
             chosen_G = ~sft_G if n_rl else first_G
             rl_rows = chosen_G[group_of_B].nonzero().squeeze(-1)
             rl_loss, rl_metrics, trained_rl = self.policy_gradient_loss(rollout.select(rl_rows.tolist()))

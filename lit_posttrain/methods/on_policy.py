@@ -10,6 +10,7 @@ from torch import Tensor
 from lit_posttrain.callbacks.rollout_refresh import RolloutRefresh
 from lit_posttrain.data.datamodule import Batch, Row
 from lit_posttrain.evaluation import greedy_accuracy
+from lit_posttrain.groups import group_reduce
 from lit_posttrain.logprobs import shared_prompt_logp, shared_prompt_tokens
 from lit_posttrain.losses.policy_gradient import sampler_mismatch
 from lit_posttrain.methods.base import PostTrainingModule
@@ -139,12 +140,8 @@ class OnPolicyModule(PostTrainingModule):
 
 
 def reward_statistics(rollout: Rollout) -> dict[str, Tensor]:
-    _, group_B = torch.unique(rollout.group_B, return_inverse=True)
-    groups = int(group_B.max()) + 1
-    reward_B = rollout.reward_B.cpu()
-    group_B = group_B.cpu()
-    max_G = torch.full((groups,), -float("inf")).scatter_reduce(0, group_B, reward_B, "amax")
-    min_G = torch.full((groups,), float("inf")).scatter_reduce(0, group_B, reward_B, "amin")
+    reward_B, group_B = rollout.reward_B.cpu(), rollout.group_B.cpu()
+    max_G, min_G = group_reduce(reward_B, group_B, "amax"), group_reduce(reward_B, group_B, "amin")
     return {
         "train/reward": reward_B.mean(),
         "train/reward_std": reward_B.std() if len(reward_B) > 1 else torch.tensor(0.0),

@@ -3,12 +3,12 @@ token-level policy gradient.
 
 Objective, at every demonstration position t with ground-truth token x_t: sample K candidate
 tokens a_j from the exploration distribution softmax(logits_t / kappa), reward R_j = 1 if
-a_j = x_t else beta, and minimise
+a_j = x_t else `wrong_reward`, and minimise
     L_t = -(1/K) * sum_j R_j * log pi(a_j | context_t)          (rewards held constant),
 averaged over every demonstration token of the optimizer step (SFT's exact token mean).
 
 Choices where the paper is silent, each a parameter:
-1. beta = -0.1 by default (the paper reports "slightly negative" works best, not the value).
+1. wrong_reward = -0.1 by default (the paper reports "slightly negative" works best, not the value).
 2. The ground-truth token is not forced into the samples by default (`force_target`).
 3. Log-probs are at temperature 1; only the exploration distribution uses kappa.
 4. Computed through counts: because R takes two values the loss needs one gather of K log-probs
@@ -32,15 +32,15 @@ class OTR(SFT):
     Args:
         k: candidate tokens sampled per position (K).
         kappa: temperature of the exploration distribution the candidates are sampled from.
-        beta: reward of a candidate that is not the ground-truth token (the ground truth gets 1).
+        wrong_reward: reward of a candidate that is not the ground-truth token (the ground truth gets 1).
         force_target: put the ground-truth token among the samples where none of the K drew it.
     """
 
-    def __init__(self, *args, k: int = 256, kappa: float = 1.3, beta: float = -0.1, force_target: bool = False, **kwargs) -> None:
+    def __init__(self, *args, k: int = 256, kappa: float = 1.3, wrong_reward: float = -0.1, force_target: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if k < 1 or kappa <= 0:
             raise ValueError(f"OTR needs k >= 1 and kappa > 0, got k={k}, kappa={kappa}")
-        self.k, self.kappa, self.beta, self.force_target = k, kappa, beta, force_target
+        self.k, self.kappa, self.wrong_reward, self.force_target = k, kappa, wrong_reward, force_target
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
@@ -56,7 +56,7 @@ class OTR(SFT):
         generator = torch.Generator(logits_NV.device).manual_seed(self.run_seed("batch", batch_idx))
         samples_NK = otr_samples(logits_NV, target_N, self.k, self.kappa, self.force_target, generator)
         logp_NV = torch.log_softmax(logits_NV.float(), -1)
-        loss_N = otr_loss(logp_NV, samples_NK, target_N, self.beta)
+        loss_N = otr_loss(logp_NV, samples_NK, target_N, self.wrong_reward)
         loss = loss_N.sum() / self.token_normaliser(batch.window_tokens)
         with torch.no_grad():
             nll = -logp_NV.gather(-1, target_N[:, None]).mean()

@@ -59,28 +59,6 @@ def check_sampling_settings(engine: str, temperature: float, top_p: float, max_n
         raise ValueError(f"{engine} max_new_tokens must be at least 1, got {max_new_tokens}")
 
 
-def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """`(tokens_BT, attention_BT)` with every prompt right-aligned."""
-    width = max(len(p) for p in prompt_ids)
-    tokens_BT = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    attention_BT = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for b, ids in enumerate(prompt_ids):
-        tokens_BT[b, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_BT[b, width - len(ids) :] = 1
-    return tokens_BT, attention_BT
-
-
-def right_pad(ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """`(tokens_BT, attention_BT)` with every sequence left-aligned."""
-    width = max(len(i) for i in ids)
-    tokens_BT = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    attention_BT = torch.zeros((len(ids), width), dtype=torch.long)
-    for b, row in enumerate(ids):
-        tokens_BT[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_BT[b, : len(row)] = 1
-    return tokens_BT, attention_BT
-
-
 def prefill(model: torch.nn.Module, prompt_PT: Tensor, attention_PT: Tensor):
     """Run left-padded prompts once into a fresh KV cache: `(logits_PV, cache, position_PT)`, the
     logits at each prompt's last position (only there: the output head is costly) and the

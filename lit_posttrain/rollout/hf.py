@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from lit_posttrain.padding import left_pad
 from lit_posttrain.rollout.engine import (
     assemble_rollout,
     check_sampling_settings,
     eos_token_ids,
-    left_pad,
     prefill,
 )
 from lit_posttrain.rollout.types import Rollout

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from lit_posttrain.groups import dense_groups
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -107,9 +109,9 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
 
     groups, offset = [], 0
     for r in rollouts:
-        _, dense_B = torch.unique_consecutive(r.group_B, return_inverse=True)  # 0, 1, ... within r
+        dense_B, count = dense_groups(r.group_B)  # 0, 1, ... within r
         groups.append(dense_B + offset)
-        offset += int(dense_B.max()) + 1 if len(r) else 0
+        offset += count
     has_rewards = all(r.reward_B is not None for r in rollouts)
     has_age = all(r.age_B is not None for r in rollouts)
     return Rollout(

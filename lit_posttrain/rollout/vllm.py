@@ -37,7 +37,8 @@ import torch
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.rollout.engine import assemble_rollout, check_sampling_settings, eos_token_ids, left_pad
+from lit_posttrain.padding import left_pad
+from lit_posttrain.rollout.engine import assemble_rollout, check_sampling_settings, eos_token_ids
 from lit_posttrain.rollout.types import Rollout
 
 INSTALL_HINT = (
