@@ -1,7 +1,8 @@
 """Two CPU processes under DDP and under FSDP2 train to the same weights, with the same losses, as
 one process on the same global batch; every method runs sharded.
 
-Each run goes through the real `lit-posttrain` command, whose launcher starts the second process.
+Each run goes through the real CLI, whose launcher starts the second process; runs with the same
+strategy share one launch (`tests/helpers/fit_many.py`), as process start-up is most of their time.
 """
 
 import csv
@@ -19,58 +20,75 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).parent / "lit-posttrain")
 STRATEGIES = {
     "ddp": ["--trainer.strategy", "ddp"],
     "fsdp": ["--config", str(ROOT / "configs" / "strategies" / "fsdp_cpu2.yaml")],
 }
 
 
-def _fit(workdir: Path, config: str, *extra: str) -> tuple[dict, list[float]]:
-    """Train through the CLI in `workdir`; the exported weights and the logged loss of each step."""
-    workdir.mkdir()
-    args = [CLI, "fit", "--config", str(ROOT / "configs" / config), "--export_to", str(workdir / "model"), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def _read_run(workdir: Path) -> tuple[dict, list[float]]:
+    """The exported weights of a run in `workdir` and the logged loss of each step."""
     (metrics,) = workdir.glob("runs/lightning_logs/version_*/metrics.csv")
     with open(metrics) as f:
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
     return load_file(workdir / "model" / "model.safetensors"), losses
 
 
-def _train(tmp_path: Path, name: str, config: str, global_batch: int, devices: int, *extra: str):
-    args = [
+def _args(workdir: Path, config: str, *extra: str) -> list[str]:
+    return ["fit", "--config", str(ROOT / "configs" / config), "--export_to", str(workdir / "model"), *extra]
+
+
+def _launch(command: list[str], cwd: Path) -> None:
+    # One thread per process: two processes on two cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _fit_many(root: Path, runs: dict[str, tuple[str, list[str]]]) -> dict[str, tuple[dict, list[float]]]:
+    """Several runs (name: config and arguments, all with the same strategy and device count) in
+    one launch of `tests/helpers/fit_many.py`: the processes start once for all of them."""
+    root.mkdir(parents=True, exist_ok=True)
+    spec = [[str(root / name), _args(root / name, config, *extra)] for name, (config, extra) in runs.items()]
+    (root / "runs.json").write_text(json.dumps(spec))
+    _launch([sys.executable, str(ROOT / "tests" / "helpers" / "fit_many.py"), str(root / "runs.json")], root)
+    return {name: _read_run(root / name) for name in runs}
+
+
+def _train_args(global_batch: int, devices: int, *extra: str) -> list[str]:
+    return [
         "--data.batch_size", str(global_batch // devices), "--data.shuffle", "false", "--trainer.max_steps", "3",
         "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--seed_everything", "3",
         "--model.init_args.lora", "{}", "--model.init_args.lora.merge_on_save", "true", *extra,
     ]  # fmt: skip
-    return _fit(tmp_path / name, config, *args)
 
 
 CONFIGS = {"sft": ("tiny.yaml", []), "grpo": ("tiny_grpo.yaml", ["--data.task.init_args.num_train", "32"])}
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
-    """The single-process run of each config, trained once for both strategies."""
-    runs = {}
+def runs(tmp_path_factory):
+    """Every config trained on one process, and on two under each strategy: one launch each."""
+    done = {}
 
-    def run(method: str):
-        if method not in runs:
-            config, extra = CONFIGS[method]
-            runs[method] = _train(tmp_path_factory.mktemp(method), "one", config, 8, 1, *extra)
-        return runs[method]
+    def get(devices: int, strategy: str | None = None):
+        key = (devices, strategy)
+        if key not in done:
+            root = tmp_path_factory.mktemp(f"{devices}-{strategy}")
+            extra = STRATEGIES[strategy] if strategy else []
+            done[key] = _fit_many(
+                root, {m: (config, _train_args(8, devices, *extra, *more)) for m, (config, more) in CONFIGS.items()}
+            )
+        return done[key]
 
-    return run
+    return get
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("method", list(CONFIGS))
-def test_two_processes_match_one(tmp_path, method, strategy, one_process, tiny_model_dir):
-    one, one_losses = one_process(method)
-    config, extra = CONFIGS[method]
-    two, two_losses = _train(tmp_path, "two", config, 8, 2, *STRATEGIES[strategy], *extra)
+def test_two_processes_match_one(method, strategy, runs, tiny_model_dir):
+    one, one_losses = runs(1)[method]
+    two, two_losses = runs(2, strategy)[method]
     start = load_file(Path(tiny_model_dir) / "model.safetensors")
     assert any(not torch.equal(one[k], start[k]) for k in one), "training moved the weights"
     for name in one:
@@ -99,17 +117,33 @@ METHODS = {
 
 # Every method sharded; under DDP the methods the comparison above does not cover that log
 # metrics of their own (a metric logged on one rank and not another would hang the run).
-@pytest.mark.parametrize(
-    ("strategy", "method"), [("fsdp", method) for method in METHODS] + [("ddp", "opd"), ("ddp", "hpt")]
-)
-def test_every_method_trains_on_two_processes(tmp_path, strategy, method, tiny_model_dir):
+EVERY_METHOD = {"fsdp": list(METHODS), "ddp": ["opd", "hpt"]}
+
+
+@pytest.fixture(scope="module")
+def every_method_runs(tmp_path_factory):
+    done = {}
+
+    def get(strategy: str):
+        if strategy not in done:
+            common = [
+                *STRATEGIES[strategy], "--data.batch_size", "2", "--data.task.init_args.num_eval", "3",
+                "--trainer.max_steps", "2", "--trainer.callbacks+", json.dumps(EVALUATION),
+                "--trainer.callbacks+", json.dumps(FORGETTING),
+            ]  # fmt: skip
+            runs = {method: ("tiny_grpo.yaml", [*common, *METHODS[method]]) for method in EVERY_METHOD[strategy]}
+            done[strategy] = _fit_many(tmp_path_factory.mktemp(f"every-{strategy}"), runs)
+        return done[strategy]
+
+    return get
+
+
+@pytest.mark.parametrize(("strategy", "method"), [(s, m) for s, methods in EVERY_METHOD.items() for m in methods])
+def test_every_method_trains_on_two_processes(strategy, method, every_method_runs, tiny_model_dir):
     """Full fine-tuning with evaluation, forgetting probes and uneven shares: the run finishes (under
-    FSDP a rank that skipped a forward pass would hang it), losses are finite, every weight moves."""
-    weights, losses = _fit(
-        tmp_path / method, "tiny_grpo.yaml", *STRATEGIES[strategy], *METHODS[method],
-        "--data.batch_size", "2", "--data.task.init_args.num_eval", "3", "--trainer.max_steps", "2",
-        "--trainer.callbacks+", json.dumps(EVALUATION), "--trainer.callbacks+", json.dumps(FORGETTING),
-    )  # fmt: skip
+    FSDP a rank that skipped a forward pass would hang it), losses are finite, every weight moves.
+    A strategy's methods run one after another in the same two processes."""
+    weights, losses = every_method_runs(strategy)[method]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     start = load_file(Path(tiny_model_dir) / "model.safetensors")
     assert all(not torch.equal(start[k], weights[k]) for k in start), "every weight trains in full fine-tuning"
@@ -117,22 +151,24 @@ def test_every_method_trains_on_two_processes(tmp_path, strategy, method, tiny_m
 
 def test_sharded_run_resumes_exactly(tmp_path):
     """Stopped after step 1 with a distributed checkpoint (a folder of shards), resumed to step 3:
-    the same losses and weights as the run that was never stopped."""
+    the same losses and weights as the run that was never stopped (the three runs in one launch)."""
     common = [
         *STRATEGIES["fsdp"], "--data.batch_size", "4", "--seed_everything", "3",
         "--model.init_args.lora", "{}", "--model.init_args.lora.merge_on_save", "true",
     ]  # fmt: skip
-    whole, whole_losses = _fit(tmp_path / "whole", "tiny_grpo.yaml", *common, "--trainer.max_steps", "3")
     checkpoints = tmp_path / "checkpoints"
-    _fit(
-        tmp_path / "first", "tiny_grpo.yaml", *common, "--trainer.max_steps", "1",
-        "--trainer.enable_checkpointing", "true", "--trainer.callbacks+", "lightning.pytorch.callbacks.ModelCheckpoint",
-        "--trainer.callbacks.dirpath", str(checkpoints), "--trainer.callbacks.save_last", "true",
-    )  # fmt: skip
+    first = [
+        "--trainer.max_steps", "1", "--trainer.enable_checkpointing", "true", "--trainer.callbacks+",
+        "lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", str(checkpoints),
+        "--trainer.callbacks.save_last", "true",
+    ]  # fmt: skip
+    done = _fit_many(tmp_path, {
+        "whole": ("tiny_grpo.yaml", [*common, "--trainer.max_steps", "3"]),
+        "first": ("tiny_grpo.yaml", [*common, *first]),
+        "rest": ("tiny_grpo.yaml", [*common, "--trainer.max_steps", "3", "--ckpt_path", str(checkpoints / "last.ckpt")]),
+    })  # fmt: skip
     assert (checkpoints / "last.ckpt").is_dir()
-    resumed, resumed_losses = _fit(
-        tmp_path / "rest", "tiny_grpo.yaml", *common, "--trainer.max_steps", "3", "--ckpt_path", str(checkpoints / "last.ckpt")
-    )
+    (whole, whole_losses), (resumed, resumed_losses) = done["whole"], done["rest"]
     assert resumed_losses == pytest.approx(whole_losses[1:], rel=1e-5, abs=1e-7)
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name

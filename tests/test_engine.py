@@ -186,3 +186,11 @@ def test_a_batch_whose_prefill_exceeds_one_engine_step(engine_and_module):
     b = engine.generate(prompts[4:], n=8, seed=list(range(4, 8)), max_new_tokens=2)
     assert len(a) == 64 and a.group_B.tolist() == [g for g in range(8) for _ in range(8)]
     assert a.completions[32:] == b.completions
+
+
+@needs_vllm
+def test_a_completion_longer_than_max_model_len_is_refused_before_sampling(vllm_engine_and_module):
+    engine, _ = vllm_engine_and_module
+    longest = engine.max_model_len - engine.max_new_tokens  # a prompt that fits exactly
+    with pytest.raises(ValueError, match=rf"prompt 1 has {longest + 1} tokens; with max_new_tokens 12 it exceeds max_model_len {engine.max_model_len}"):
+        engine.generate([[5] * longest, [5] * (longest + 1)], n=2, seed=0)

@@ -1,7 +1,8 @@
 """VLLMEngine beyond the conformance test (tests/test_engine.py): its start-up checks, weights that
-follow training (full and LoRA), and GRPO through the CLI with it, on the built-in model. Each
-test that starts an engine takes ~15 s for it; the start-up checks start none."""
+follow training (full and LoRA), and the methods through the CLI with it, on the built-in model.
+Each test that starts an engine takes ~15 s for it; the start-up checks start none."""
 
+import copy
 import csv
 import json
 import os
@@ -87,17 +88,6 @@ def test_lora_rank_above_the_engines_maximum_is_refused_when_serving_adapters():
 # --- with a running engine ---------------------------------------------------------------------
 
 
-def test_a_completion_longer_than_max_model_len_is_refused_before_sampling(builtin_module):
-    engine = _engine(max_model_len=64, max_new_tokens=8)
-    engine.setup(builtin_module.policy, builtin_module.tokenizer)
-    try:
-        engine.generate([[5] * 50], n=2, seed=0)  # 50 + 8 fits
-        with pytest.raises(ValueError, match=r"prompt 1 has 60 tokens; with max_new_tokens 8 it exceeds max_model_len 64"):
-            engine.generate([[5] * 50, [5] * 60], n=2, seed=0)
-    finally:
-        engine.close()
-
-
 class _CheckEngineAfterFirstStep(L.Callback):
     """After the first optimizer step (and the engine's weight push that follows it), sample with the
     engine and keep its log-probs beside the trainer's and the starting model's of the same tokens."""
@@ -112,14 +102,33 @@ class _CheckEngineAfterFirstStep(L.Callback):
         self.rollout = rollout
 
 
-@pytest.mark.parametrize(
-    ("lora", "merge_lora"), [(None, None), (LoRA(r=8), True), (LoRA(r=8), False)], ids=["full", "lora-merged", "lora-adapters"]
-)
+def test_merged_lora_weights_are_the_merged_models():
+    """What the engine is sent for a LoRA policy by default on CPU (`merge_lora`): every base weight
+    plus its adapters' product, under the plain model's names, equal to peft's own merge. The push
+    itself is the full-weights path, tested on a running engine below."""
+    from lit_posttrain.rollout.vllm import full_weights
+
+    module = _module(model="tiny-random-llama", lora=LoRA(r=4))
+    with torch.no_grad():
+        for name, p in module.policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # peft starts B at zero: make the adapters count
+    merged = copy.deepcopy(module.policy).merge_and_unload().state_dict()
+    sent = dict(full_weights(module.policy))
+    assert sent.keys() == merged.keys()
+    for name, t in merged.items():
+        assert torch.allclose(sent[name], t, atol=1e-6), name
+    plain = dict(full_weights(_module(model="tiny-random-llama").policy))
+    assert any(not torch.allclose(sent[k], plain[k]) for k in plain), "the adapters changed the weights sent"
+
+
+@pytest.mark.parametrize(("lora", "merge_lora"), [(None, None), (LoRA(r=8), False)], ids=["full", "lora-adapters"])
 def test_the_engine_samples_from_the_weights_of_the_last_optimizer_step(lora, merge_lora, tmp_path):
     """One SFT step on the built-in model (a gradient on every step, whatever the model samples),
     with the engine started before it by the step-0 evaluation: afterwards the engine's log-probs
     equal the updated policy's, and differ from the starting model's by far more than that. LoRA
-    reaches the engine as merged full weights or as adapters served by vLLM."""
+    reaches the engine here as adapters served by vLLM; merged into full weights (the CPU default)
+    it takes the full-weights path, its merge tested above."""
     from lit_posttrain.callbacks import Evaluation
 
     engine = _engine(max_new_tokens=4, merge_lora=merge_lora)
