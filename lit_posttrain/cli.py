@@ -10,13 +10,18 @@ At the end of `fit` the trained policy is written as a Hugging Face folder next 
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from lit_posttrain.callbacks import Evaluation, Plots
+from lit_posttrain.callbacks.progress import StepProgressBar
 from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.methods.base import PostTrainingModule
 
@@ -49,6 +54,11 @@ class LitPostTrainCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._fit_start = time.perf_counter()
+        # Lightning's default bar, where it is the one in use, becomes ours (steps, no v_num).
+        callbacks = self.trainer.callbacks
+        bar = self.trainer.progress_bar_callback
+        if type(bar) is RichProgressBar:
+            callbacks[callbacks.index(bar)] = StepProgressBar()
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -63,7 +73,9 @@ class LitPostTrainCLI(LightningCLI):
         # that exits while another still holds the group can abort in the collective library's
         # teardown, and the launcher then kills the finished run.
         trainer.strategy.barrier("after_fit")
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # The trainer's group only: in a single process a group can exist that a VLLMEngine made
+        # (and, kept started, still uses).
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
     def _summarise(self, log_dir: str | None, folder: Path) -> None:
@@ -90,8 +102,31 @@ class LitPostTrainCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+# Warnings every run printed that a user can do nothing about; each checked harmless here.
+QUIET_WARNINGS = [
+    # Lightning's own use of a torch pytree API that torch deprecated; nothing of ours.
+    r".*isinstance\(treespec, LeafSpec\)",
+    # Our micro-batch dataset has a length (for the progress bar and the schedule) and is read in
+    # the main process (no DataLoader workers), where that length is exact.
+    r"Your `IterableDataset` has `__len__` defined",
+]
+
+# Errors that mean "change your input", raised with a message that names what and where: shown
+# as that message alone, the traceback on request.
+INPUT_ERRORS = (ValueError, FileNotFoundError)  # DataError and ModelSourceError are ValueErrors
+TRACEBACK_VARIABLE = "LIT_POSTTRAIN_TRACEBACK"
+
+
 def main(args: list[str] | None = None) -> None:
-    LitPostTrainCLI(args=args)
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    try:
+        LitPostTrainCLI(args=args)
+    except INPUT_ERRORS as err:
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        print(f"lit-posttrain: error: {err}\n(the full traceback: set {TRACEBACK_VARIABLE}=1)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

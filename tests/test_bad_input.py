@@ -150,3 +150,23 @@ def test_a_task_without_demonstrations_is_refused_by_methods_that_need_them(meth
 
 def test_there_are_at_least_fifty_cases():
     assert len(ROWS) + len(CONFIGS) + 2 + 3 >= 50
+
+
+def test_the_command_shows_the_message_and_an_exit_status_not_a_traceback(workdir, capsys, monkeypatch):
+    from lit_posttrain.cli import TRACEBACK_VARIABLE, main
+
+    name, contents, pattern = ROWS["missing_prompt"]
+    (workdir / name).write_text(contents)
+    args = ["fit", "--config", TINY, "--data.task", "lit_posttrain.data.files.FileTask", "--data.task.train", str(workdir / name)]
+    monkeypatch.delenv(TRACEBACK_VARIABLE, raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lit-posttrain: error:")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err[-2000:]
+    assert "Traceback" not in err and f"set {TRACEBACK_VARIABLE}=1" in err
+    monkeypatch.setenv(TRACEBACK_VARIABLE, "1")  # on request, the exception itself
+    with pytest.raises(ValueError, match=pattern):
+        main(args)
+    _assert_nothing_damaged(workdir)

@@ -42,7 +42,8 @@ def vllm_engine_and_module():
     from lit_posttrain.rollout.vllm import VLLMEngine
 
     module = _module(model="builtin:smollm2-135m-instruct")
-    engine = VLLMEngine(temperature=1.0, max_new_tokens=12)
+    # Left started for the next test module's engines (tests/test_vllm_engine.py): ~15 s each.
+    engine = VLLMEngine(temperature=1.0, max_new_tokens=12, keep_started=True)
     engine.setup(module.policy, module.tokenizer)
     yield engine, module
     engine.close()

@@ -27,6 +27,10 @@ pytestmark = [needs_vllm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = "builtin:smollm2-135m-instruct"
 
+# The engine of one test is left started for the next (VLLMEngine keep_started): one start-up for
+# the in-process runs with the same settings, instead of ~15 s each.
+KEEP_STARTED = ["--model.init_args.engine.init_args.keep_started", "true"]
+
 
 def _engine(**kwargs):
     from lit_posttrain.rollout.vllm import VLLMEngine
@@ -122,7 +126,9 @@ def test_merged_lora_weights_are_the_merged_models():
     assert any(not torch.allclose(sent[k], plain[k]) for k in plain), "the adapters changed the weights sent"
 
 
-@pytest.mark.parametrize(("lora", "merge_lora"), [(None, None), (LoRA(r=8), False)], ids=["full", "lora-adapters"])
+# Adapters first: an engine that serves adapters is never kept, and the full-weights one is kept
+# for the CLI runs below.
+@pytest.mark.parametrize(("lora", "merge_lora"), [(LoRA(r=8), False), (None, None)], ids=["lora-adapters", "full"])
 def test_the_engine_samples_from_the_weights_of_the_last_optimizer_step(lora, merge_lora, tmp_path):
     """One SFT step on the built-in model (a gradient on every step, whatever the model samples),
     with the engine started before it by the step-0 evaluation: afterwards the engine's log-probs
@@ -131,7 +137,7 @@ def test_the_engine_samples_from_the_weights_of_the_last_optimizer_step(lora, me
     it takes the full-weights path, its merge tested above."""
     from lit_posttrain.callbacks import Evaluation
 
-    engine = _engine(max_new_tokens=4, merge_lora=merge_lora)
+    engine = _engine(max_new_tokens=4, merge_lora=merge_lora, keep_started=True)
     module = SFT(model=BUILTIN, dtype="float32", lora=lora, engine=engine, optim=Optim(lr=1e-3))
     data = TaskDataModule(task=Arithmetic(max_operand=9, num_train=8, num_eval=2), batch_size=4)
     check = _CheckEngineAfterFirstStep()
@@ -144,7 +150,7 @@ def test_the_engine_samples_from_the_weights_of_the_last_optimizer_step(lora, me
     engine_N, trainer_N, start_N = check.rollout.logp_BT[mask_BT], check.trainer_logp[mask_BT], check.start_logp[mask_BT]
     assert torch.allclose(engine_N, trainer_N, atol=ATOL["VLLMEngine"])
     assert (engine_N - start_N).abs().max() > 20 * ATOL["VLLMEngine"], "the step changed the weights the engine samples from"
-    assert module.engine.syncs == 2  # at setup, and after the one optimizer step
+    assert module.engine.syncs == 2  # at setup (a fresh engine's or a kept one's), and after the one optimizer step
     assert module.engine.is_lora == (merge_lora is False)
     assert module.engine.llm is None, "teardown closed the engine"
 
@@ -156,6 +162,7 @@ def test_grpo_trains_through_the_cli_with_vllm(tmp_path, monkeypatch):
     cli = LitPostTrainCLI(
         args=[
             "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"),
+            *KEEP_STARTED,
             "--model.init_args.dtype", "float32", "--trainer.max_steps", "3", "--trainer.callbacks", "[]",
             "--data.batch_size", "4", "--model.init_args.group_size", "4", "--export_to", str(tmp_path / "model"),
         ]
@@ -218,6 +225,7 @@ def test_every_sampling_method_and_callback_runs_on_vllm(method, tmp_path, monke
     cli = LitPostTrainCLI(
         args=[
             "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"),
+            *KEEP_STARTED,
             *SAMPLING_METHODS[method], "--model.init_args.dtype", "float32", "--trainer.max_steps", "2",
             "--trainer.callbacks", json.dumps(callbacks), "--data.batch_size", "2", "--model.init_args.group_size", "2",
             "--export_to", str(tmp_path / "model"),

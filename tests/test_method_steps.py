@@ -1,0 +1,102 @@
+"""One training step of a method, against values computed by hand from its parts: the step is fed
+a prepared rollout through `rollouts_for` (the one call it samples through) and run outside a
+Trainer, so each claim about the step is checked on known numbers."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_posttrain.data.datamodule import Batch, Row
+from lit_posttrain.data.task import Example
+from lit_posttrain.losses import token_mean_nll
+from lit_posttrain.losses.policy_gradient import Constant, NoMask, Old, PolicyGradientLoss, TokenMean
+from lit_posttrain.methods.grpo import GRPO
+from lit_posttrain.methods.hpt import HPT
+from lit_posttrain.rollout import HFEngine, Rollout
+
+PROMPTS = [[5, 20, 21], [5, 30, 31, 32], [5, 40]]
+DEMONSTRATIONS = [[7, 8, 2], [9, 2], [10, 11, 12, 2]]  # token 2 ends each, as EOS would
+
+
+def _offline(method, rollout: Rollout, **kwargs):
+    """`method` on the tiny model, its step fed `rollout` and its logged metrics kept in `.logged`."""
+
+    class Offline(method):
+        def rollouts_for(self, batch):
+            return rollout
+
+        def log_rollout_step(self, rollout, metrics, trained_B=None):
+            self.logged = metrics
+
+    module = Offline(model="tiny-random-llama", dtype="float32", group_size=2, **kwargs)
+    module.configure_model()
+    module._trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t))
+    return module
+
+
+def _rollout(rewards: list[float], age: list[int] | None = None) -> tuple[Rollout, list[Row]]:
+    """Two completions for each of PROMPTS, sampled by the tiny model, with the given rewards."""
+    module = GRPO(model="tiny-random-llama", dtype="float32", group_size=2)
+    module.configure_model()
+    engine = HFEngine(max_new_tokens=4)
+    engine.setup(module.policy, module.tokenizer)
+    rollout = engine.generate(PROMPTS, n=2, seed=0).with_rewards(torch.tensor(rewards))
+    age_B = torch.tensor(age if age is not None else [0] * len(rollout))
+    rollout = Rollout(**{**rollout.__dict__, "age_B": age_B})
+    rows = [Row(Example([{"role": "user", "content": "q"}], answer="a"), p, d) for p, d in zip(PROMPTS, DEMONSTRATIONS, strict=True)]
+    return rollout, rows
+
+
+def test_hpt_weighs_each_side_by_its_prompts():
+    """Prompts 0 and 2 unsolved (SFT on their demonstrations), prompt 1 half solved (RL):
+    L = (2 * L_sft + 1 * L_rl) / 3, L_sft the token mean over both demonstrations."""
+    rollout, rows = _rollout([0, 0, 1, 0, 0, 0])
+    hpt = _offline(HPT, rollout, gamma=0.0)
+    loss = hpt.training_step(Batch(rows, window_tokens=0), 0)
+
+    reference = _offline(GRPO, rollout)
+    reference.policy.load_state_dict(hpt.policy.state_dict())
+    logp_BT, mask_BT = reference.demonstration_logp([rows[0], rows[2]])
+    sft_loss, _ = token_mean_nll(logp_BT, mask_BT)
+    rl_loss, _, _ = reference.policy_gradient_loss(rollout.select([2, 3]))
+    assert loss.item() == pytest.approx((2 * sft_loss.item() + rl_loss.item()) / 3, rel=1e-5)
+    assert hpt.logged["sft_fraction"].item() == pytest.approx(2 / 3)
+
+
+def test_skipping_zero_advantage_rows_leaves_the_gradient_unchanged():
+    """Groups 0 and 2 have equal rewards (advantage 0): skipping their forward pass gives the same
+    loss and gradient as computing every row."""
+    rollout, rows = _rollout([1, 1, 1, 0, 0, 0])
+    grads = {}
+    for skip in (True, False):
+        module = _offline(GRPO, rollout, skip_zero_advantage=skip)
+        torch.manual_seed(0)
+        loss = module.training_step(Batch(rows, window_tokens=0), 0)
+        loss.backward()
+        grads[skip] = (loss.item(), {n: p.grad.clone() for n, p in module.policy.named_parameters()})
+    assert grads[True][0] == pytest.approx(grads[False][0], abs=1e-7)
+    for name, grad in grads[False][1].items():
+        assert torch.allclose(grads[True][1][name], grad, atol=1e-6), name
+    assert any(g.abs().sum() > 0 for g in grads[False][1].values()), "group 1 has a gradient"
+
+
+def test_a_reused_row_divides_by_its_stored_sampler_log_probs():
+    """With advantage 1, no clip and a token mean, the loss is minus the mean ratio: 1 on fresh
+    rows (pi_old is the current policy) and exp(0.1) on the reused rows, whose stored log-probs
+    are set 0.1 below the policy's."""
+    rollout, rows = _rollout([0, 1, 0, 1, 0, 1], age=[0, 0, 1, 1, 0, 0])
+    loss_part = PolicyGradientLoss(Old(), Constant(1.0), NoMask(), TokenMean())
+    probe = _offline(GRPO, rollout, loss=loss_part)
+    with torch.no_grad():
+        current_BT = probe.rollout_logp(rollout)
+    reused_B = rollout.age_B > 0
+    stored_BT = torch.where(reused_B[:, None] & rollout.mask_BT, current_BT - 0.1, rollout.logp_BT)
+    rollout = Rollout(**{**rollout.__dict__, "logp_BT": stored_BT})
+    module = _offline(GRPO, rollout, loss=loss_part)
+    module.policy.load_state_dict(probe.policy.state_dict())
+    loss = module.training_step(Batch(rows, window_tokens=0), 0)
+    tokens_B = rollout.mask_BT.sum(-1).float()
+    expected = -(tokens_B[~reused_B].sum() + math.exp(0.1) * tokens_B[reused_B].sum()) / tokens_B.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
