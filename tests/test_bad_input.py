@@ -148,10 +148,6 @@ def test_a_task_without_demonstrations_is_refused_by_methods_that_need_them(meth
     _expect_failure(args, r"trains on demonstrations", capsys, workdir)
 
 
-def test_there_are_at_least_fifty_cases():
-    assert len(ROWS) + len(CONFIGS) + 2 + 3 >= 50
-
-
 def test_the_command_shows_the_message_and_an_exit_status_not_a_traceback(workdir, capsys, monkeypatch):
     from lit_posttrain.cli import TRACEBACK_VARIABLE, main
 

@@ -81,10 +81,22 @@ def test_token_counts_are_what_each_forward_ran_on():
     assert column(opd, "tokens/teacher") == expected and column(opd, "tokens/trained") == expected
 
 
-def test_every_method_runs_with_lora(tiny_model_dir):
+def test_every_method_trains_only_its_lora_adapters(tiny_model_dir):
+    """Two steps with LoRA: the base weights are the start's, and the adapters moved (peft starts
+    lora_B at zero) wherever the loss had a gradient: always, except GRPO's when every group's
+    rewards were equal (zero advantage)."""
+    start = load_file(Path(tiny_model_dir) / "model.safetensors")
     for method, args in METHODS.items():
         cli = run(*args, "--model.init_args.lora", "{}", "--trainer.max_steps", "2")
         assert cli.trainer.global_step == 2, method
+        params = dict(cli.model.policy.named_parameters())
+        for name, p in params.items():
+            if "lora_" not in name:  # base_model.model.<name>, LoRA-wrapped ones as <...>.base_layer.<...>
+                original = name.removeprefix("base_model.model.").replace(".base_layer", "")
+                assert torch.equal(p.detach(), start[original]), (method, name)
+        adapters_moved = any(p.abs().sum() > 0 for name, p in params.items() if "lora_B" in name)
+        no_signal = method == "grpo" and all(float(r["train/zero_variance_groups"]) == 1 for r in logged(cli) if r.get("train/zero_variance_groups"))
+        assert adapters_moved or no_signal, method
 
 
 @pytest.mark.parametrize(
