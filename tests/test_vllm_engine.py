@@ -184,7 +184,7 @@ def test_each_process_has_its_own_engine_under_fsdp(tmp_path):
         str(Path(sys.executable).parent / "lit-posttrain"), "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
         "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"), "--config", str(ROOT / "configs" / "strategies" / "fsdp_cpu2.yaml"),
         "--model.init_args.dtype", "float32", "--trainer.max_steps", "2", "--trainer.callbacks", "[]",
-        "--data.batch_size", "2", "--model.init_args.group_size", "4", "--export_to", str(tmp_path / "model"),
+        "--data.batch_size", "1", "--model.init_args.group_size", "2", "--export_to", str(tmp_path / "model"),
     ]  # fmt: skip
     # One thread per process: two processes on two cores, as in tests/test_distributed.py.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

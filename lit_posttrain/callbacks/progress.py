@@ -14,7 +14,8 @@ class StepProgressBar(RichProgressBar):
         max_epochs = self.trainer.max_epochs
         if max_epochs is not None and max_epochs >= 0:
             return super()._get_train_description(current_epoch)
-        return f"Epoch {current_epoch}, step {self.trainer.global_step}/{self.trainer.max_steps}"
+        # Set when the epoch starts, not updated with each step: the end, not the step now.
+        return f"Epoch {current_epoch} (the run stops at step {self.trainer.max_steps})"
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
