@@ -51,6 +51,12 @@ class LitPostTrainCLI(LightningCLI):
             default=None,
             help="folder the trained model is saved to at the end of fit (default: <log dir>/hf_model)",
         )
+        parser.add_argument(
+            "--export",
+            type=bool,
+            default=True,
+            help="save the trained model at the end of fit (false: a quick trial or a test, whose model is not wanted)",
+        )
 
     def before_fit(self) -> None:
         self._fit_start = time.perf_counter()
@@ -64,9 +70,11 @@ class LitPostTrainCLI(LightningCLI):
         trainer = self.trainer
         log_dir = trainer.log_dir  # a collective under data parallelism: every rank must ask
         if not trainer.interrupted:
-            export_to = self.config[self.subcommand].get("export_to")
-            # Every rank calls the export: a sharded policy's weights are gathered from all of them.
-            folder = self.model.export_hf(export_to or Path(log_dir or trainer.default_root_dir) / "hf_model")
+            config = self.config[self.subcommand]
+            folder = None
+            if config.get("export", True):
+                # Every rank calls the export: a sharded policy's weights are gathered from all of them.
+                folder = self.model.export_hf(config.get("export_to") or Path(log_dir or trainer.default_root_dir) / "hf_model")
             if trainer.is_global_zero:
                 self._summarise(log_dir, folder)
         # Every process waits for the export, then leaves the process group together: a process
@@ -78,7 +86,7 @@ class LitPostTrainCLI(LightningCLI):
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
-    def _summarise(self, log_dir: str | None, folder: Path) -> None:
+    def _summarise(self, log_dir: str | None, folder: Path | None) -> None:
         trainer = self.trainer
         lines = [f"Run summary: {trainer.global_step} optimizer steps in {time.perf_counter() - self._fit_start:.0f} s"]
         for callback in trainer.callbacks:
@@ -98,7 +106,7 @@ class LitPostTrainCLI(LightningCLI):
         # Charts come with every run; a Plots callback in the config has drawn them already.
         if not any(isinstance(cb, Plots) for cb in trainer.callbacks):
             Plots().on_fit_end(trainer, self.model)  # it names the files it writes
-        lines.append(f"Trained model saved to {folder.resolve()}")
+        lines.append(f"Trained model saved to {folder.resolve()}" if folder else "Trained model not saved (--export false)")
         print("\n".join(lines), flush=True)
 
 

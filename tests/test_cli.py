@@ -31,6 +31,12 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+def test_export_false_saves_no_model(in_tmp, capsys):
+    cli = run_cli("fit", "--config", TINY, "--trainer.max_steps", "1", "--export", "false")
+    assert "Trained model not saved (--export false)" in capsys.readouterr().out
+    assert not list(Path(cli.trainer.log_dir).rglob("hf_model*")) and not list(in_tmp.rglob("*.safetensors"))
+
+
 def test_fit_memorises_and_saves_a_loadable_model(in_tmp, tiny_model_dir, capsys):
     cli = run_cli("fit", "--config", TINY)
     log_dir = Path(cli.trainer.log_dir)
