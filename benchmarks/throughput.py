@@ -13,8 +13,8 @@ is measured and the teacher's cost does not depend on its weights.
 
 Where the numbers come from:
 - Step time and its split. A `StepTimer` callback added to each run records, per step, the time
-  from the batch's start to its end; it runs before RolloutRefresh, so its window includes
-  sampling. Every method logs the phases itself: time/generate_s and time/score_s (the methods
+  from the batch's start to its end, so its window includes sampling (which happens inside
+  the training step, `rollouts_for`). Every method logs the phases itself: time/generate_s and time/score_s (the methods
   that sample), time/loss_forward_s and time/backward_step_s (backward, optimizer step and the
   sampler's weight refresh). "other" is the rest of the step (rollout bookkeeping, batching,
   logging, callbacks).
