@@ -20,8 +20,20 @@ def dense_groups(group_B: Tensor) -> tuple[Tensor, int]:
 
 def group_reduce(values_B: Tensor, group_B: Tensor, reduce: Reduce) -> Tensor:
     """`values_G`: the rows' values reduced within each group, groups in `dense_groups` order."""
+    return _reduce(values_B.float(), *dense_groups(group_B), reduce)
+
+
+def group_mean_std(values_B: Tensor, group_B: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's group mean and unbiased standard deviation (0 for a group of one), per row."""
     dense_B, groups = dense_groups(group_B)
     values_B = values_B.float()
+    mean_B = _reduce(values_B, dense_B, groups, "mean")[dense_B]
+    count_B = _reduce(torch.ones_like(values_B), dense_B, groups, "sum")[dense_B]
+    sq_B = _reduce((values_B - mean_B) ** 2, dense_B, groups, "sum")[dense_B]
+    return mean_B, (sq_B / (count_B - 1).clamp(min=1)).sqrt()
+
+
+def _reduce(values_B: Tensor, dense_B: Tensor, groups: int, reduce: Reduce) -> Tensor:
     if reduce in ("sum", "mean"):
         sum_G = values_B.new_zeros(groups).index_add_(0, dense_B, values_B)
         if reduce == "sum":
@@ -29,12 +41,3 @@ def group_reduce(values_B: Tensor, group_B: Tensor, reduce: Reduce) -> Tensor:
         return sum_G / values_B.new_zeros(groups).index_add_(0, dense_B, torch.ones_like(values_B))
     start = -float("inf") if reduce == "amax" else float("inf")
     return values_B.new_full((groups,), start).scatter_reduce(0, dense_B, values_B, reduce)
-
-
-def group_mean_std(values_B: Tensor, group_B: Tensor) -> tuple[Tensor, Tensor]:
-    """Each row's group mean and unbiased standard deviation (0 for a group of one), per row."""
-    dense_B, _ = dense_groups(group_B)
-    mean_B = group_reduce(values_B, group_B, "mean")[dense_B]
-    count_B = group_reduce(torch.ones_like(values_B), group_B, "sum")[dense_B]
-    sq_B = group_reduce((values_B - mean_B) ** 2, group_B, "sum")[dense_B]
-    return mean_B, (sq_B / (count_B - 1).clamp(min=1)).sqrt()

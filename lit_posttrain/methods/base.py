@@ -185,11 +185,17 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         """Per-token log-probs under the frozen teacher (from `first_scored` on)."""
         return token_logp(self.teacher, tokens_BT, attention_BT, temperature, first_scored)
 
+    def pack_for_training(self, rows: list[Row]) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows' prompt + demonstration packed on the device (`tokens_BT, attention_BT, mask_BT`),
+        counted as this step's trained tokens: the loss forward about to run reads all of them."""
+        tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, self.tokenizer.pad_token_id, self.device)
+        self.count_tokens("trained", attention_BT.sum())
+        return tokens_BT, attention_BT, mask_BT
+
     def demonstration_logp(self, rows: list[Row]) -> tuple[Tensor, Tensor]:
         """The policy's log-probs (with gradients) of the rows' demonstrations given their prompts,
         and the mask of those tokens: `(logp_BT, mask_BT)`. Counted as this step's trained tokens."""
-        tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, self.tokenizer.pad_token_id, self.device)
-        self.count_tokens("trained", attention_BT.sum())
+        tokens_BT, attention_BT, mask_BT = self.pack_for_training(rows)
         return self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT)), mask_BT
 
     def setup(self, stage: str) -> None:

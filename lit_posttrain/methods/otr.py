@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch, pack_demonstrations
+from lit_posttrain.data.datamodule import Batch
 from lit_posttrain.logprobs import first_masked, forward_logits
 from lit_posttrain.losses.otr import otr_loss, otr_samples
 from lit_posttrain.methods.sft import SFT
@@ -43,8 +43,7 @@ class OTR(SFT):
         self.k, self.kappa, self.wrong_reward, self.force_target = k, kappa, wrong_reward, force_target
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        tokens_BT, attention_BT, mask_BT = pack_demonstrations(batch.rows, self.tokenizer.pad_token_id, self.device)
-        self.count_tokens("trained", attention_BT.sum())
+        tokens_BT, attention_BT, mask_BT = self.pack_for_training(batch.rows)
         first = first_masked(mask_BT)
         # Logits only where a demonstration token is predicted: positions first - 1 .. T - 2.
         logits_BSV = forward_logits(self.policy, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
