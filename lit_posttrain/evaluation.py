@@ -128,10 +128,17 @@ def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batc
 
 
 @torch.no_grad()
-def kl_to_reference(module, rollout: Rollout) -> float:
-    """Mean per-token KL(policy || reference) over the full vocabulary, at every completion position
-    of `rollout` (continuations the starting model wrote): exact at each position, no sampling noise."""
+def kl_to_reference(module, rollout: Rollout) -> dict[str, float]:
+    """Mean per-token KL between the policy and the reference (the starting model), in both
+    directions, over the full vocabulary at every completion position of `rollout` (continuations
+    the starting model wrote): exact at each position, no sampling noise. `reverse` is
+    KL(policy || reference); `forward` is KL(reference || policy), the direction "RL's Razor"
+    (arXiv 2509.04259) found to predict forgetting when measured on the training task's prompts."""
     policy_NV = completion_logits(module.policy, rollout)
     with module.reference() as reference:
         reference_NV = completion_logits(reference, rollout)
-    return generalized_jsd(policy_NV, reference_NV, beta=1.0).mean().item()  # beta 1: KL(policy || reference)
+    # generalized_jsd's end points: beta 1 is KL(student || teacher), beta 0 KL(teacher || student).
+    return {
+        "reverse": generalized_jsd(policy_NV, reference_NV, beta=1.0).mean().item(),
+        "forward": generalized_jsd(policy_NV, reference_NV, beta=0.0).mean().item(),
+    }

@@ -49,6 +49,17 @@ def test_strict_verifier_rejects_near_misses(completion, reward):
     assert task.reward([], completion, "12") == reward
 
 
+def test_demonstration_style_and_its_checks():
+    task = Arithmetic(demonstration="{a} {op} {b} = {answer}. The answer is {answer}.", shots=0, num_train=3, num_eval=1)
+    for ex in task.train_examples():
+        a, _, b = ex.messages[-1]["content"].removeprefix("What is ").split("?")[0].split()
+        assert ex.demonstration == f"{a} + {b} = {ex.answer}. The answer is {ex.answer}."
+    with pytest.raises(ValueError, match=r"must contain \{answer\}"):
+        Arithmetic(demonstration="{a} plus {b}")
+    with pytest.raises(ValueError, match=r"only \{a\}, \{op\}, \{b\} and \{answer\}"):
+        Arithmetic(demonstration="{answer} {c}")
+
+
 def test_impossible_request_is_refused():
     with pytest.raises(ValueError, match="only 100"):
         Arithmetic(ops=["+"], digits=1, num_train=100, num_eval=10)

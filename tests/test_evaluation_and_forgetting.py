@@ -2,6 +2,7 @@
 
 import csv
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -135,14 +136,26 @@ def test_probes_kl_is_zero_at_step_zero_and_positive_after_training(in_tmp):
             "fit", "--config", TINY_GRPO, "--trainer.max_steps", "2", "--model.init_args.lora", "{}",
             "--trainer.callbacks+", str(ROOT / "callbacks" / "forgetting.yaml"),
             "--trainer.callbacks.every_n_steps", "1", "--trainer.callbacks.max_items", "40",
-            "--trainer.callbacks.kl_prompts", "8",
+            "--trainer.callbacks.kl_prompts", "8", "--trainer.callbacks.task_kl_prompts", "4",
+            "--trainer.callbacks.history_file", str(in_tmp / "history.json"),
             "--trainer.callbacks+", str(ROOT / "callbacks" / "plots.yaml"),
+            "--trainer.callbacks+", "lit_posttrain.callbacks.MemoryMonitor",
         ]
     )  # fmt: skip
     (probes,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ForgettingProbes"]
     assert [h["step"] for h in probes.history] == [0, 1, 2]
-    kl = [h["forget/kl"] for h in probes.history]
-    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 1e-4
+    # Both directions, along the GK questions and along the task's own held-out prompts.
+    for name in ("forget/kl", "forget/forward_kl", "forget/task_kl", "forget/task_forward_kl"):
+        kl = [h[name] for h in probes.history]
+        assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 1e-4, name
+    last = probes.history[-1]
+    assert last["forget/forward_kl"] != pytest.approx(last["forget/kl"], rel=1e-3)  # two directions, not one twice
+    assert len(probes._kl_rollouts["task_kl"].group_B) == 4
+    # The history file: every probe so far, per-item results included, as the paired tests read it.
+    assert json.loads((in_tmp / "history.json").read_text()) == json.loads(json.dumps(probes.history))
+    (memory,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "MemoryMonitor"]
+    assert [step for step, _ in memory.history] == [1, 2] and all(0.1 < gib < 64 for _, gib in memory.history)
+    assert sum(1 for r in _logged(cli) if r.get("memory/rss_gib")) == 2
     first = probes.history[0]
     assert first["forget/general_knowledge/right_to_wrong"] == 0 and len(first["forget/general_knowledge/per_example"]) == 40
     last = probes.history[-1]

@@ -18,6 +18,7 @@ from lit_posttrain.losses.policy_gradient import (
     One,
     PolicyGradientLoss,
     PPOClip,
+    Reward,
     SequenceMean,
     TokenMean,
     TruncatedIS,
@@ -48,6 +49,23 @@ def test_batch_normalized_advantage_hand_computed():
 def test_group_centered_and_constant_advantages():
     assert GroupCentered()(REWARD_B, GROUP_B).tolist() == [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]
     assert Constant(1.0)(REWARD_B, GROUP_B).tolist() == [1.0] * 8
+    assert Reward()(REWARD_B, GROUP_B).tolist() == REWARD_B.tolist()  # no baseline: rejected samples get 0
+
+
+def test_reward_advantage_trains_only_the_accepted_samples_as_sft_does():
+    """Self-SFT through the estimator: with 0/1 rewards its gradient is SFT's on the accepted rows
+    alone, scaled by their share of the tokens (TokenMean counts every sampled token)."""
+    torch.manual_seed(2)
+    logp_BT = (torch.randn(4, 5) - 1).requires_grad_()
+    mask_BT = torch.ones(4, 5, dtype=torch.bool)
+    reward_B = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    adv_B = Reward()(reward_B, torch.zeros(4, dtype=torch.long))
+    loss, _ = PolicyGradientLoss(Old(), Reward(), PPOClip(0.2, 0.2), TokenMean())(logp_BT, mask_BT, adv_B=adv_B, old_logp_BT=logp_BT.detach())
+    (grad_BT,) = torch.autograd.grad(loss, logp_BT)
+    accepted = reward_B.bool()
+    nll = -(logp_BT[accepted]).mean() * accepted.float().mean()  # SFT's token mean over the accepted, times their share
+    (expected_BT,) = torch.autograd.grad(nll, logp_BT)
+    assert torch.allclose(grad_BT, expected_BT) and grad_BT[~accepted].abs().sum() == 0
 
 
 @pytest.mark.parametrize("advantage", [GroupNormalized(), BatchNormalized(), GroupCentered()])

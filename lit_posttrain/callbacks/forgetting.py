@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +24,11 @@ class ForgettingProbes(EveryNSteps):
 
     Before the first step (the baseline), every `every_n_steps` optimizer steps and after the last:
     - `forget/kl`: KL(policy || reference) per token, over the full vocabulary, along continuations
-      the starting model wrote for `kl_prompts` probe questions (outside the training task);
+      the starting model wrote for `kl_prompts` probe questions (outside the training task), and
+      `forget/forward_kl`, KL(reference || policy), along the same;
+    - with `task_kl_prompts`, `forget/task_kl` and `forget/task_forward_kl`: the same two along the
+      starting model's continuations of the training task's first held-out prompts. The forward
+      one is what "RL's Razor" (arXiv 2509.04259) found to predict forgetting;
     - `forget/<set>/accuracy` and `forget/<set>/nll` on each multiple-choice set, scored by option
       log-likelihood (no generation);
     - `forget/<set>/right_to_wrong` and `wrong_to_right`: items that flipped since the first probe;
@@ -34,7 +40,9 @@ class ForgettingProbes(EveryNSteps):
         kl_prompts: probe questions (from the first set) the KL is measured on.
         kl_max_new_tokens: length of the starting model's continuations the KL is measured along.
         max_items: score at most this many items per set (null: all).
+        task_kl_prompts: held-out prompts of the training task the two KLs are also measured on (0: none).
         batch_size: sequences per forward pass.
+        history_file: a JSON file rewritten after every probe with every measurement so far, each item's right or wrong included (for paired tests between checkpoints; written by global rank 0).
         baseline_cache: a JSON file that keeps the probes before training for later runs from the same start (see EveryNSteps); the KL's continuations are still sampled by each run's own starting model.
     """
 
@@ -45,11 +53,16 @@ class ForgettingProbes(EveryNSteps):
         kl_prompts: int = 32,
         kl_max_new_tokens: int = 32,
         max_items: int | None = None,
+        task_kl_prompts: int = 0,
         batch_size: int = 64,
+        history_file: str | None = None,
         baseline_cache: str | None = None,
     ) -> None:
         super().__init__(every_n_steps, baseline_cache)
-        self.kl_prompts, self.kl_max_new_tokens = kl_prompts, kl_max_new_tokens
+        if min(kl_prompts, task_kl_prompts, kl_max_new_tokens) < 0:
+            raise ValueError("ForgettingProbes kl_prompts, task_kl_prompts and kl_max_new_tokens must be non-negative")
+        self.kl_prompts, self.kl_max_new_tokens, self.task_kl_prompts = kl_prompts, kl_max_new_tokens, task_kl_prompts
+        self.history_file = history_file
         self.max_items, self.batch_size = max_items, batch_size
         # Load now: a missing or malformed probe file stops the run at start-up.
         self.sets = {
@@ -57,18 +70,27 @@ class ForgettingProbes(EveryNSteps):
             for source in (probe_sets if probe_sets is not None else ["builtin:general_knowledge"])
         }
         self._rows: dict[str, list[Row]] = {}
-        self._kl_rollout: Rollout | None = None
+        self._kl_rollouts: dict[str, Rollout] = {}  # "kl" (probe questions), "task_kl" (the task's prompts)
+        self._prepared = False
 
     def _prepare(self, trainer: L.Trainer, module) -> None:
-        if self._rows or not self.sets:
+        if self._prepared:
             return
+        self._prepared = True
         chat = _chat_template(trainer)
         self._rows = {name: choice_rows(items, module.tokenizer, chat) for name, items in self.sets.items()}
-        if self.kl_prompts:
-            # The starting model's own continuations, sampled before any update: policy == reference.
+        # The starting model's own continuations, sampled before any update: policy == reference.
+        prompts = {}
+        if self.kl_prompts and self.sets:
             items = next(iter(self.sets.values()))[: self.kl_prompts]
-            prompts = [question_row(item, module.tokenizer, chat) for item in items]
-            self._kl_rollout = module.sample(prompts, score=False, max_new_tokens=self.kl_max_new_tokens, seed=0)
+            prompts["kl"] = [question_row(item, module.tokenizer, chat) for item in items]
+        if self.task_kl_prompts:
+            prompts["task_kl"] = self._task_prompts(trainer)
+        for name, rows in prompts.items():
+            self._kl_rollouts[name] = module.sample(rows, score=False, max_new_tokens=self.kl_max_new_tokens, seed=0)
+
+    def _task_prompts(self, trainer: L.Trainer) -> list[Row]:
+        return trainer.datamodule.eval_rows[: self.task_kl_prompts]
 
     def run(self, trainer: L.Trainer, module) -> None:
         step = trainer.global_step
@@ -77,10 +99,12 @@ class ForgettingProbes(EveryNSteps):
         module.policy.eval()
         result: dict = {"step": step}
         try:
-            if self._kl_rollout is not None:
+            for name, rollout in self._kl_rollouts.items():
                 start = time.perf_counter()
-                result["forget/kl"] = kl_to_reference(module, self._kl_rollout)
-                result["time/forget_kl_s"] = time.perf_counter() - start
+                kl = kl_to_reference(module, rollout)
+                prefix = "forget/" if name == "kl" else "forget/task_"
+                result |= {f"{prefix}kl": kl["reverse"], f"{prefix}forward_kl": kl["forward"]}
+                result[f"time/forget_{name}_s"] = time.perf_counter() - start
             for name, items in self.sets.items():
                 start = time.perf_counter()
                 scored = score_choices(module, items, self._rows[name], self.batch_size)
@@ -96,6 +120,16 @@ class ForgettingProbes(EveryNSteps):
             module.policy.train(was_training)
         self.history.append(result)
         self._log(trainer, result)
+        self._write_history(trainer)
+
+    def _write_history(self, trainer: L.Trainer) -> None:
+        if self.history_file is None or trainer.global_rank != 0:
+            return
+        path = Path(self.history_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.history))
+        os.replace(tmp, path)  # a reader mid-run sees the whole file of the last probe
 
     def _log(self, trainer: L.Trainer, result: dict) -> None:
         logged = {k: v for k, v in result.items() if k != "step" and not k.endswith("per_example")}
@@ -106,10 +140,13 @@ class ForgettingProbes(EveryNSteps):
     def fingerprint(self, trainer: L.Trainer, module) -> dict:
         chat = _chat_template(trainer)
         sets = {name: digest([[item.question, list(item.choices), item.answer] for item in items]) for name, items in self.sets.items()}
-        return super().fingerprint(trainer, module) | {
+        fingerprint = super().fingerprint(trainer, module) | {
             "sets": sets,
             "settings": [chat, self.kl_prompts, self.kl_max_new_tokens, self.batch_size],
         }
+        if self.task_kl_prompts:  # only then: an older cache without task prompts stays valid
+            fingerprint["task_prompts"] = digest([row.prompt_ids for row in self._task_prompts(trainer)])
+        return fingerprint
 
     def restore(self, trainer: L.Trainer, module, entries: list[dict]) -> None:
         self._prepare(trainer, module)  # now, while the policy is the starting model: the KL's continuations
@@ -117,6 +154,7 @@ class ForgettingProbes(EveryNSteps):
             self.history.append(entry)
             # Read, not measured: it cost this run nothing.
             self._log(trainer, {k: 0.0 if k.startswith("time/") else v for k, v in entry.items()})
+        self._write_history(trainer)
 
 
 def _chat_template(trainer: L.Trainer) -> bool:

@@ -33,6 +33,7 @@ class Arithmetic(Task):
         num_eval: number of held-out problems.
         shots: worked examples shown before the question as earlier chat turns (a user question answered with just the number).
         template: the user message; {a}, {op} and {b} are filled in.
+        demonstration: the training examples' demonstration (what SFT-style methods imitate); {a}, {op}, {b} and {answer} are filled in. The default is the bare answer, which the strict verifier accepts; another style (a worked sentence, say) needs a verifier that accepts it, e.g. NumericMatch(extract: last).
         system_prompt: an optional system message (null: the tokenizer's chat template decides).
         verifier: how a completion is scored; the default is strict: the completion must be exactly the answer.
         seed: seed of the problem stream.
@@ -47,6 +48,7 @@ class Arithmetic(Task):
         num_eval: int = 64,
         shots: int = 1,
         template: str = "What is {a} {op} {b}? Reply with only the number.",
+        demonstration: str = "{answer}",
         system_prompt: str | None = None,
         verifier: Verifier | None = None,
         seed: int = 0,
@@ -63,10 +65,16 @@ class Arithmetic(Task):
         for field in ("{a}", "{op}", "{b}"):
             if field not in template:
                 raise ValueError(f"Arithmetic template {template!r} must contain {field}")
+        if "{answer}" not in demonstration:
+            raise ValueError(f"Arithmetic demonstration {demonstration!r} must contain {{answer}}")
+        try:
+            demonstration.format(a=0, op="+", b=0, answer=0)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"Arithmetic demonstration {demonstration!r}: only {{a}}, {{op}}, {{b}} and {{answer}} can be filled in ({err!r})") from None
         self.ops, self.digits = list(ops), digits
         self.operands = max_operand + 1 if max_operand is not None else 10**digits  # operands 0 .. operands - 1
         self.num_train, self.num_eval, self.shots = num_train, num_eval, shots
-        self.template, self.system_prompt = template, system_prompt
+        self.template, self.demonstration, self.system_prompt = template, demonstration, system_prompt
         self.verifier = verifier or ExactMatch()
         self.seed = seed
         self.name = f"arithmetic[{''.join(self.ops)},0..{self.operands - 1}]"
@@ -112,7 +120,8 @@ class Arithmetic(Task):
         for i, (a, op, b) in enumerate(self._problems[start:stop]):
             answer = str(OPERATIONS[op](a, b))
             messages = [*self._prefix, {"role": "user", "content": self._question(a, op, b)}]
-            examples.append(Example(messages, answer=answer, demonstration=answer, source=f"{self.name} {split} {i}"))
+            demonstration = self.demonstration.format(a=a, op=op, b=b, answer=answer)
+            examples.append(Example(messages, answer=answer, demonstration=demonstration, source=f"{self.name} {split} {i}"))
         return examples
 
     def eval_examples(self) -> list[Example]:

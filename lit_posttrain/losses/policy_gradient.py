@@ -6,7 +6,8 @@ assembled from small parts, each a callable selectable by `class_path`:
 
 - denominator: `Current` (pi itself: the term is grad log pi, as in SFT and REINFORCE), `Old`
   (pi_old: the importance ratio of PPO / GRPO), `One` (no denominator: the term is grad pi);
-- advantage: `GroupNormalized`, `BatchNormalized`, `GroupCentered` (Dr.GRPO), `Constant` (SFT);
+- advantage: `GroupNormalized`, `BatchNormalized`, `GroupCentered` (Dr.GRPO), `Constant` (SFT),
+  `Reward` (no baseline: SFT on the accepted samples, "Self-SFT");
 - stabilization mask: `NoMask`, `PPOClip` (separate low and high epsilon);
 - aggregation over tokens: `SequenceMean` (GRPO), `TokenMean` (DAPO / BNPO, SFT), `ConstantLength`
   (Dr.GRPO).
@@ -104,6 +105,16 @@ class GroupCentered(Advantage):
     def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
         mean_B, _ = group_mean_std(reward_B, group_B)
         return reward_B - mean_B
+
+
+@dataclass(frozen=True)
+class Reward(Advantage):
+    """The reward itself, no baseline. With a 0/1 verifier this is SFT on the model's own accepted
+    samples (rejection-sampling fine-tuning, the "Self-SFT" of arXiv 2510.18874), refreshed every
+    step: a rejected sample adds no gradient, an accepted one is trained as a demonstration."""
+
+    def __call__(self, reward_B: Tensor, group_B: Tensor) -> Tensor:
+        return reward_B.float()
 
 
 @dataclass(frozen=True)

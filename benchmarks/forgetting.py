@@ -1,0 +1,337 @@
+"""The forgetting study: in a regime where SFT measurably forgets, how much task accuracy each
+method buys per unit of forgetting, measured along the run, not only at its end.
+
+    .venv/bin/python benchmarks/forgetting.py                      # the full study (benchmarks/FORGETTING.md)
+    .venv/bin/python benchmarks/forgetting.py --skip-existing      # resume an interrupted one
+    .venv/bin/python benchmarks/forgetting.py --methods sft grpo --seeds 0 --steps 20 --out runs/forget_small
+    .venv/bin/python benchmarks/forgetting.py --smoke --out /tmp/forget    # tiny random model, a minute
+
+Every run is `lit-posttrain fit` in a subprocess with the method's shipped config and, the same for
+all, what the study holds equal: the starting model, full fine-tuning or LoRA (`--lora`), one
+learning rate, the task and its held-out split, `--steps` optimizer steps of `--batch-size`
+prompts, the generation limit and the seed (which also seeds the data order). Every `--every`
+steps (and before the first and after the last) each run measures:
+- held-out greedy accuracy on the first `--eval-examples` examples of the task (Evaluation);
+- all 328 items of the built-in general-knowledge (GK) set, each item's right or wrong kept for the
+  paired tests (ForgettingProbes `history_file`);
+- KL to the starting model both ways, along the starting model's continuations of `--kl-prompts`
+  GK questions (outside the task) and of `--task-kl-prompts` held-out prompts of the task itself:
+  the forward one there, KL(start || policy), is what "RL's Razor" found to predict forgetting;
+- the process's resident memory every step (MemoryMonitor).
+
+The methods (METHODS): `sft` on the task's demonstrations, which is also the over-trained teacher
+`opd` distils from on-policy into the untouched model; `self_sft`, SFT on the model's own sampled
+answers that the verifier accepts, resampled every step (GRPO's config with the `Reward`
+advantage: no baseline, a rejected sample adds nothing); `grpo`; `hpt`; with --methods, `otr`
+and `sept`. The measurement before training is made by the seed's first run and read by the others
+(`baseline_cache`).
+
+Written to --out: `runs/<method>/seed<S>/` (output.log, metrics.csv, forgetting_history.json,
+the teacher's model, and result.json, written when the run has finished: --skip-existing reuses it
+when the command is unchanged), then by benchmarks/forgetting_report.py: `report.md` (tables,
+paired tests, the frontier, the KL-forgetting fit), `checkpoints.csv` (one row per run and
+checkpoint), `curves.png` and `frontier.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from compare_report import Run, write_atomically
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is not installed
+PROBE_SET = "general_knowledge"
+CURVES = (  # logged metric -> the study's name for it, measured at every checkpoint
+    ("eval/accuracy", "task_accuracy"),
+    (f"forget/{PROBE_SET}/accuracy", "gk_accuracy"),
+    (f"forget/{PROBE_SET}/nll", "gk_nll"),
+    ("forget/kl", "probe_kl"),
+    ("forget/forward_kl", "probe_forward_kl"),
+    ("forget/task_kl", "task_kl"),
+    ("forget/task_forward_kl", "task_forward_kl"),
+)
+
+
+@dataclass(frozen=True)
+class Method:
+    config: str
+    extra_args: tuple[str, ...] = ()
+    teacher: str | None = None  # the method whose final model (same seed) teaches this one
+    default: bool = True
+    note: str = ""
+
+
+REWARD_ADVANTAGE = "lit_posttrain.losses.policy_gradient.Reward"
+METHODS = {  # in run order: a teacher before its student
+    "sft": Method("configs/sft.yaml", note="SFT on the task's demonstrations; also `opd`'s teacher"),
+    "self_sft": Method(
+        "configs/grpo.yaml", ("--model.init_args.loss.advantage", REWARD_ADVANTAGE),
+        note="GRPO's config with the `Reward` advantage: SFT on its own accepted samples, resampled every step",
+    ),  # fmt: skip
+    "grpo": Method("configs/grpo.yaml"),
+    "hpt": Method("configs/hpt.yaml"),
+    "opd": Method("configs/opd.yaml", teacher="sft", note="on-policy distillation from the same seed's final `sft` model"),
+    "otr": Method("configs/otr.yaml", default=False),
+    "sept": Method("configs/sept.yaml", default=False),
+}
+
+PROFILES = {
+    "full": dict(
+        model="builtin:smollm2-135m-instruct", dtype="auto", lora=False, lr=3e-4, seeds=[0, 1, 2], steps=60,
+        batch_size=8, every=20, max_new_tokens=8, eval_examples=100, kl_prompts=16, task_kl_prompts=16, probe_items=None,
+    ),
+    "smoke": dict(
+        model="tiny-random-llama", dtype="float32", lora=False, lr=1e-3, seeds=[0], steps=4, batch_size=4, every=2,
+        max_new_tokens=4, eval_examples=8, kl_prompts=2, task_kl_prompts=2, probe_items=16,
+    ),
+}
+OPTIONS = {
+    "model": "starting model source (README, 'Choosing the model')",
+    "dtype": "weight dtype; auto: bfloat16 where the hardware runs it natively, else float32",
+    "lora": "train LoRA r16 adapters instead of every weight",
+    "lr": "the learning rate of every method",
+    "seeds": "one run of every method per seed; the seed also sets the data order",
+    "steps": "optimizer steps per run",
+    "batch_size": "prompts per optimizer step",
+    "every": "measure every this many steps (and before the first and after the last)",
+    "max_new_tokens": "generation limit, in training and evaluation alike",
+    "eval_examples": "held-out task examples evaluated greedily at every checkpoint",
+    "kl_prompts": "GK questions the KL to the start is measured along",
+    "task_kl_prompts": "held-out task prompts the KL to the start is measured along",
+    "probe_items": "GK items probed (default: all 328)",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    dtype: str
+    lora: bool
+    lr: float
+    seeds: list[int]
+    steps: int
+    batch_size: int
+    every: int
+    max_new_tokens: int
+    eval_examples: int
+    kl_prompts: int
+    task_kl_prompts: int
+    probe_items: int | None
+
+
+def task_config(out: Path) -> Path:
+    """The study's task: the RL configs' sums of two numbers 0..20, answer only (strict verifier)."""
+    data = {
+        "task": {
+            "class_path": "lit_posttrain.data.arithmetic.Arithmetic",
+            "init_args": {"max_operand": 20, "num_train": 320, "num_eval": 100},
+        },
+        "max_prompt_tokens": 512,  # the tiny model's character tokenizer makes the one-shot prompt long
+        "max_completion_tokens": 8,
+    }
+    path = out / "task.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, yaml.safe_dump({"data": data}, sort_keys=False))
+    return path
+
+
+def run_command(settings: Settings, method: str, task: Path, seed: int, run_dir: Path, teacher: Path | None, export: bool,
+                baselines: Path) -> list[str]:  # fmt: skip
+    spec = METHODS[method]
+    engine = {"class_path": "lit_posttrain.rollout.HFEngine", "init_args": {"max_new_tokens": settings.max_new_tokens}}
+    probes = ["builtin:general_knowledge"]
+    command = [
+        sys.executable, "-m", "lit_posttrain.cli", "fit",
+        "--config", str(ROOT / spec.config), "--config", str(task),
+        "--seed_everything", str(seed), "--data.seed", str(seed),
+        "--model.init_args.model", settings.model, "--model.init_args.dtype", settings.dtype,
+        "--model.init_args.engine", json.dumps(engine), "--model.init_args.optim.lr", str(settings.lr),
+        "--data.batch_size", str(settings.batch_size), "--trainer.max_steps", str(settings.steps),
+        "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(run_dir),
+        "--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", "",
+        "--trainer.callbacks", "[]",
+        "--trainer.callbacks+", "lit_posttrain.callbacks.Evaluation", "--trainer.callbacks.every_n_steps", str(settings.every),
+        "--trainer.callbacks.max_examples", str(settings.eval_examples),
+        "--trainer.callbacks.baseline_cache", str(baselines / "evaluation.json"),
+        "--trainer.callbacks+", "lit_posttrain.callbacks.ForgettingProbes", "--trainer.callbacks.every_n_steps", str(settings.every),
+        "--trainer.callbacks.probe_sets", json.dumps(probes), "--trainer.callbacks.max_items", json.dumps(settings.probe_items),
+        "--trainer.callbacks.kl_prompts", str(settings.kl_prompts), "--trainer.callbacks.task_kl_prompts", str(settings.task_kl_prompts),
+        "--trainer.callbacks.history_file", str(run_dir / "forgetting_history.json"),
+        "--trainer.callbacks.baseline_cache", str(baselines / "forgetting.json"),
+        "--trainer.callbacks+", "lit_posttrain.callbacks.MemoryMonitor",
+        *spec.extra_args,
+    ]  # fmt: skip
+    if settings.lora:
+        command += ["--model.init_args.lora", "{}", "--model.init_args.lora.merge_on_save=true"]
+    else:
+        command += ["--model.init_args.lora", "null"]
+    command += ["--export_to", str(run_dir / "model")] if export else ["--export", "false"]
+    if teacher is not None:
+        command += ["--model.init_args.teacher", str(teacher)]
+    return command
+
+
+def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
+    """`metric -> [(step, value)]` in logged order, from the CSV logger's file."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(metrics_csv) as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value:
+                    series.setdefault(key, []).append((int(row["step"]), float(value)))
+    return series
+
+
+def summarise_run(run_dir: Path, wall_s: float) -> dict:
+    """One run's curves (per checkpoint), per-item GK results, memory and time."""
+    series = read_metrics(run_dir / "metrics.csv")
+    history = json.loads((run_dir / "forgetting_history.json").read_text())
+    steps = [entry["step"] for entry in history]
+    curves: dict[str, list[float | None]] = {"step": steps}
+    for metric, name in CURVES:
+        by_step = dict(series.get(metric, []))
+        curves[name] = [by_step.get(step) for step in steps]
+    output = (run_dir / "output.log").read_text()
+    summary = re.search(r"Run summary: \d+ optimizer steps in (\d+) s", output)
+
+    def total(*prefixes: str) -> float:
+        return sum(v for key, points in series.items() if key.startswith(prefixes) for _, v in points)
+
+    measure_s = total("eval/time_s", "time/forget_")
+    return {
+        "curves": curves,
+        "gk_items": [[bool(x) for x in entry[f"forget/{PROBE_SET}/per_example"]] for entry in history],
+        "memory_gib": series.get("memory/rss_gib", []),
+        "wall_s": wall_s,
+        "fit_s": float(summary.group(1)) if summary else None,
+        "measure_s": measure_s,
+        "probe_s": total("time/forget_"),
+        "teacher_used": "tokens/teacher" in series,
+    }
+
+
+def execute(run: Run, skip_existing: bool) -> None:
+    result_file = run.run_dir / "result.json"
+    if skip_existing and result_file.is_file():
+        saved = json.loads(result_file.read_text())
+        if saved["command"] == run.command:
+            run.result, run.status = saved["result"], "reused"
+            return
+        print(f"  {run.run_dir}: its command changed since it ran; running it again", flush=True)
+    shutil.rmtree(run.run_dir, ignore_errors=True)  # a partial run's logs would be appended to
+    run.run_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    with open(run.run_dir / "output.log", "w") as log:
+        code = subprocess.run(run.command, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall_s = time.perf_counter() - start
+    if code != 0:
+        run.status = "failed"
+        tail = "\n".join((run.run_dir / "output.log").read_text().splitlines()[-15:])
+        print(f"  FAILED (exit {code}); last lines of {run.run_dir / 'output.log'}:\n{tail}", flush=True)
+        return
+    run.result, run.status = summarise_run(run.run_dir, wall_s), "ok"
+    write_atomically(result_file, json.dumps({"command": run.command, "result": run.result}))
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny random model, 4 steps, 1 seed: the test's settings")
+    defaults = [name for name, spec in METHODS.items() if spec.default]
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=defaults, help=f"methods to run (default: {' '.join(defaults)})")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="output folder (default: runs/forgetting)")
+    parser.add_argument("--skip-existing", action="store_true", help="reuse every finished run whose command is unchanged")
+    for name, value in PROFILES["full"].items():
+        help_text = f"{OPTIONS[name]} (default {value}; --smoke: {PROFILES['smoke'][name]})"
+        if isinstance(value, bool):
+            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(value, list):
+            parser.add_argument(f"--{name.replace('_', '-')}", type=int, nargs="+", help=help_text)
+        else:
+            kind = int if value is None else type(value)
+            parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
+    args = parser.parse_args(argv)
+    profile = PROFILES["smoke" if args.smoke else "full"]
+    settings = Settings(**{name: getattr(args, name) if getattr(args, name) is not None else value for name, value in profile.items()})
+    for method in args.methods:
+        teacher = METHODS[method].teacher
+        if teacher and teacher not in args.methods:
+            parser.error(f"{method}'s teacher is the {teacher} model of the same seed: add {teacher} to --methods "
+                         "(with --skip-existing a finished one is reused)")  # fmt: skip
+    counts = {k: v for k, v in vars(settings).items() if isinstance(v, int) and not isinstance(v, bool) and k != "kl_prompts"}
+    too_small = {k: v for k, v in counts.items() if v < 1}
+    if too_small or settings.kl_prompts < 0 or settings.lr <= 0:
+        parser.error(f"every count must be at least 1 (kl_prompts at least 0) and lr positive, got {too_small or vars(settings)}")
+    return args, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    from forgetting_report import write_report
+
+    from lit_posttrain.callbacks.cadence import digest
+
+    args, settings = parse_args(argv)
+    out = args.out.resolve()
+    task = task_config(out)
+    methods = [m for m in METHODS if m in args.methods]
+    teachers = {spec.teacher for spec in METHODS.values()}
+    runs = []
+    for seed in settings.seeds:  # seed by seed: an interrupted study has whole seeds done
+        start = {k: v for k, v in vars(settings).items() if k not in ("seeds", "steps", "batch_size", "lr", "every", "lora")}
+        baselines = out / "baselines" / f"seed{seed}" / digest([start, task.read_text()])
+        for method in methods:
+            run_dir = out / "runs" / method / f"seed{seed}"
+            teacher = METHODS[method].teacher
+            teacher_model = out / "runs" / teacher / f"seed{seed}" / "model" if teacher else None
+            command = run_command(settings, method, task, seed, run_dir, teacher_model, method in teachers, baselines)
+            runs.append(Run("arithmetic", method, seed, run_dir, command))
+    command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
+    print(f"{len(runs)} runs into {out}", flush=True)
+    started, timed = time.perf_counter(), []
+    for i, run in enumerate(runs, 1):
+        label = f"[{i}/{len(runs)}] {run.method} seed {run.seed}"
+        teacher = METHODS[run.method].teacher
+        if teacher and next(r for r in runs if (r.method, r.seed) == (teacher, run.seed)).result is None:
+            run.status = "skipped"
+            print(f"{label}: skipped, its teacher ({teacher}) has no model", flush=True)
+            continue
+        run_start = time.perf_counter()
+        execute(run, args.skip_existing)
+        if run.status == "ok":
+            timed.append(time.perf_counter() - run_start)
+        if run.result is not None:
+            curves = run.result["curves"]
+            remaining = len(runs) - i
+            eta = f", ~{remaining * statistics.fmean(timed) / 60:.1f} min left" if timed and remaining else ""
+            print(
+                f"{label}: {run.status}, task accuracy {curves['task_accuracy'][0]:.3f} -> {curves['task_accuracy'][-1]:.3f}, "
+                f"GK {curves['gk_accuracy'][0]:.3f} -> {curves['gk_accuracy'][-1]:.3f}, wall {run.result['wall_s']:.0f} s "
+                f"(elapsed {(time.perf_counter() - started) / 60:.1f} min{eta})",
+                flush=True,
+            )
+        # The report after every run: an interrupted study still leaves its finished runs analysed.
+        write_report(runs, out, settings, command_line, METHODS)
+    print(f"report: {out / 'report.md'}; per checkpoint: {out / 'checkpoints.csv'}; charts: {out / 'frontier.png'}, {out / 'curves.png'}")
+    missing = [r for r in runs if r.result is None]
+    if missing:
+        print(f"{len(missing)} runs have no result: " + ", ".join(f"{r.method}/seed{r.seed} ({r.status})" for r in missing))
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
