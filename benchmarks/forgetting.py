@@ -89,14 +89,20 @@ METHODS = {  # in run order: a teacher before its student
     "sept": Method("configs/sept.yaml", default=False),
 }
 
+# The demonstrations' style: a reply the model never writes by itself (it answers in English, and
+# mostly wrong), as a much larger teacher's would be. With the bare answer ("{answer}") full
+# fine-tuning learned the task and the GK probe did not fall (benchmarks/FORGETTING.md, pilots).
+GERMAN = "Die Antwort ist {answer}."
+
 PROFILES = {
     "full": dict(
-        model="builtin:smollm2-135m-instruct", dtype="auto", lora=False, lr=3e-4, seeds=[0, 1, 2], steps=60,
-        batch_size=8, every=20, max_new_tokens=8, eval_examples=100, kl_prompts=16, task_kl_prompts=16, probe_items=None,
+        model="builtin:smollm2-135m-instruct", dtype="auto", lora=False, lr=3e-4, seeds=[0, 1, 2], steps=36,
+        batch_size=8, every=12, max_new_tokens=12, eval_examples=100, kl_prompts=16, task_kl_prompts=16, probe_items=None,
+        demonstration=GERMAN,
     ),
     "smoke": dict(
         model="tiny-random-llama", dtype="float32", lora=False, lr=1e-3, seeds=[0], steps=4, batch_size=4, every=2,
-        max_new_tokens=4, eval_examples=8, kl_prompts=2, task_kl_prompts=2, probe_items=16,
+        max_new_tokens=4, eval_examples=8, kl_prompts=2, task_kl_prompts=2, probe_items=16, demonstration=GERMAN,
     ),
 }
 OPTIONS = {
@@ -113,6 +119,7 @@ OPTIONS = {
     "kl_prompts": "GK questions the KL to the start is measured along",
     "task_kl_prompts": "held-out task prompts the KL to the start is measured along",
     "probe_items": "GK items probed (default: all 328)",
+    "demonstration": "the demonstrations' style, {a} {op} {b} {answer} filled in; '{answer}': the bare answer",
 }
 
 
@@ -131,18 +138,24 @@ class Settings:
     kl_prompts: int
     task_kl_prompts: int
     probe_items: int | None
+    demonstration: str
 
 
-def task_config(out: Path) -> Path:
-    """The study's task: the RL configs' sums of two numbers 0..20, answer only (strict verifier)."""
+def task_config(demonstration: str, out: Path) -> Path:
+    """The study's task: the RL configs' sums of two numbers 0..20 with their one-shot prompt, the
+    demonstrations in `demonstration`'s style, and a verifier that reads the last number of the
+    reply: it scores the demonstrations' style and the model's own alike."""
     data = {
         "task": {
             "class_path": "lit_posttrain.data.arithmetic.Arithmetic",
-            "init_args": {"max_operand": 20, "num_train": 320, "num_eval": 100},
+            "init_args": {
+                "max_operand": 20, "num_train": 320, "num_eval": 100, "demonstration": demonstration,
+                "verifier": {"class_path": "lit_posttrain.rewards.NumericMatch", "init_args": {"extract": "last"}},
+            },
         },
         "max_prompt_tokens": 512,  # the tiny model's character tokenizer makes the one-shot prompt long
-        "max_completion_tokens": 8,
-    }
+        "max_completion_tokens": 32,
+    }  # fmt: skip
     path = out / "task.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, yaml.safe_dump({"data": data}, sort_keys=False))
@@ -273,7 +286,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         if teacher and teacher not in args.methods:
             parser.error(f"{method}'s teacher is the {teacher} model of the same seed: add {teacher} to --methods "
                          "(with --skip-existing a finished one is reused)")  # fmt: skip
-    counts = {k: v for k, v in vars(settings).items() if isinstance(v, int) and not isinstance(v, bool) and k != "kl_prompts"}
+    counts = {k: v for k, v in vars(settings).items() if type(v) is int and k != "kl_prompts"}
     too_small = {k: v for k, v in counts.items() if v < 1}
     if too_small or settings.kl_prompts < 0 or settings.lr <= 0:
         parser.error(f"every count must be at least 1 (kl_prompts at least 0) and lr positive, got {too_small or vars(settings)}")
@@ -287,12 +300,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args, settings = parse_args(argv)
     out = args.out.resolve()
-    task = task_config(out)
+    task = task_config(settings.demonstration, out)
     methods = [m for m in METHODS if m in args.methods]
     teachers = {spec.teacher for spec in METHODS.values()}
     runs = []
     for seed in settings.seeds:  # seed by seed: an interrupted study has whole seeds done
-        start = {k: v for k, v in vars(settings).items() if k not in ("seeds", "steps", "batch_size", "lr", "every", "lora")}
+        start = {k: v for k, v in vars(settings).items() if k not in ("seeds", "steps", "batch_size", "lr", "every", "lora", "demonstration")}
         baselines = out / "baselines" / f"seed{seed}" / digest([start, task.read_text()])
         for method in methods:
             run_dir = out / "runs" / method / f"seed{seed}"
