@@ -19,6 +19,16 @@ KLS = (  # (curve, what it is), the candidates for predicting the GK drop
 )
 
 
+def gk_topics(items: int) -> list[str] | None:
+    """Each probed item's topic, in the probe's order (the first `items` of the built-in set)."""
+    import json
+
+    from lit_posttrain.data.multiple_choice import BUILTIN_PROBES
+
+    lines = BUILTIN_PROBES["general_knowledge"].read_text().splitlines()
+    return [json.loads(line)["topic"] for line in lines[:items]] if items <= len(lines) else None
+
+
 def done(runs: list[Run]) -> list[Run]:
     return [run for run in runs if run.result is not None]
 
@@ -157,6 +167,28 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str
             f"({items} items, the runs' median {d:.2f} of them flipping either way; 80% power, two-sided 5%), "
             f"{minimum_detectable_difference(items * max(len(g) for g in groups.values()), d):.3f} pooled over the seeds.",
         ]
+
+    topics = gk_topics(items) if items else None
+    if topics:
+        # Sums are what every method trains on: the set's arithmetic items can move with the task
+        # itself, so the change is also given without them.
+        keep = [i for i, topic in enumerate(topics) if topic != "arithmetic"]
+        lines += [
+            "",
+            f"GK change end against start, pooled over seeds, split by topic: the {items - len(keep)} arithmetic items, "
+            f"and the other {len(keep)}.",
+            "",
+            "| method | arithmetic items [95% CI] | other items [95% CI] | McNemar p, other items |",
+            "|---|---|---|---|",
+        ]
+        arithmetic = [i for i in range(items) if i not in set(keep)]
+        for method, group in groups.items():
+            cells = []
+            for subset in (arithmetic, keep):
+                pairs = [([run.result["gk_items"][0][i] for i in subset], [run.result["gk_items"][-1][i] for i in subset]) for run in group]
+                cells.append(pooled(pairs) if subset else None)
+            shown = [test.cell() if test else "-" for test in cells]
+            lines.append(f"| {method} | {shown[0]} | {shown[1]} | {f'{cells[1].p_value:.2g}' if cells[1] else '-'} |")
 
     level, matched = matched_accuracy(groups)
     if level is not None:

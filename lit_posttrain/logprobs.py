@@ -82,16 +82,24 @@ def token_logp(
 
 def shared_prompt_logp(
     model: torch.nn.Module, tokens_RT: Tensor, attention_RT: Tensor, group_R: Tensor, width: int,
-    temperature: float = 1.0,
+    temperature: float = 1.0, prefix_S: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
     """`logp_RT` of the completion tokens (0 elsewhere) of rows laid out as a rollout's: a
     left-padded prompt in the first `width` columns, the same for every row of a group (rows of
     a group contiguous), then a right-padded completion. Each group's prompt runs once and its
-    key/value cache is shared by the group's rows; gradients flow through it when enabled."""
+    key/value cache is shared by the group's rows; gradients flow through it when enabled.
+
+    `prefix_S`: tokens that come before every prompt and are left out of `tokens_RT` (a chat
+    template's system turn, common to every question): they run once for the whole batch."""
     first_G, prompt_of_R = first_rows(group_R)
-    prompt_logits_GV, cache, position_GW = prefill(model, tokens_RT[first_G, :width], attention_RT[first_G, :width])
-    cache.batch_select_indices(prompt_of_R)  # a differentiable gather: gradients reach the prompt pass
     completion_RC, completion_attention_RC = tokens_RT[:, width:], attention_RT[:, width:]
+    prompt_GW, prompt_attention_GW = tokens_RT[first_G, :width], attention_RT[first_G, :width]
+    if prefix_S is None:
+        prompt_logits_GV, cache, position_GW = prefill(model, prompt_GW, prompt_attention_GW)
+    else:
+        prompt_logits_GV, cache, position_GW = _prefill_after_prefix(model, prefix_S, prompt_GW, prompt_attention_GW)
+        attention_RT = torch.cat([attention_RT.new_ones(len(attention_RT), len(prefix_S)), attention_RT], 1)
+    cache.batch_select_indices(prompt_of_R)  # a differentiable gather: gradients reach the prompt pass
     position_RC = position_GW[prompt_of_R, -1:] + 1 + torch.arange(completion_RC.shape[1], device=tokens_RT.device)
     completion_logits_RCV = model(
         input_ids=completion_RC, attention_mask=attention_RT, position_ids=position_RC,
@@ -104,3 +112,21 @@ def shared_prompt_logp(
         logits_RCV = logits_RCV / temperature
     logp_RC = gather_logp(logits_RCV, completion_RC) * completion_attention_RC
     return torch.nn.functional.pad(logp_RC, (width, 0))
+
+
+def _prefill_after_prefix(model: torch.nn.Module, prefix_S: Tensor, prompt_GW: Tensor, attention_GW: Tensor):
+    """`prefill` of left-padded prompts that all follow `prefix_S`: the prefix runs once, its
+    cache is copied to every prompt, and the prompts continue it (padding between the two is
+    masked; positions count real tokens only). Returns what `prefill` does, positions included."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model(input_ids=prefix_S[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_select_indices(torch.zeros(len(prompt_GW), dtype=torch.long, device=prompt_GW.device))
+    position_GW = len(prefix_S) + (attention_GW.cumsum(-1) - 1).clamp(min=0)
+    attention_GA = torch.cat([attention_GW.new_ones(len(attention_GW), len(prefix_S)), attention_GW], 1)
+    out = model(
+        input_ids=prompt_GW, attention_mask=attention_GA, position_ids=position_GW,
+        past_key_values=cache, use_cache=True, logits_to_keep=1,
+    )  # fmt: skip
+    return out.logits[:, -1], cache, position_GW

@@ -14,7 +14,7 @@ from lit_posttrain.cli import LitPostTrainCLI
 from lit_posttrain.data.datamodule import pack_demonstrations
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import DataError
-from lit_posttrain.evaluation import choice_rows, item_batches, score_choices
+from lit_posttrain.evaluation import choice_rows, common_prefix_length, item_batches, score_choices
 from lit_posttrain.logprobs import first_masked
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.metrics import flips, pass_at_k
@@ -97,6 +97,12 @@ def test_item_batches_keep_items_whole():
     assert item_batches(items, 100) == [(0, 5)] and item_batches([], 7) == []
 
 
+def test_common_prefix_length_leaves_each_sequence_a_token():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical: the last token stays each one's own
+    assert common_prefix_length([[7], [7, 8]]) == 0 and common_prefix_length([[1, 2], [3, 2]]) == 0
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_choices_scored_against_a_shared_question_match_scoring_each_in_full(checkpointing):
     module = SFT(model="tiny-random-llama", dtype="float32", gradient_checkpointing=checkpointing)
@@ -104,6 +110,8 @@ def test_choices_scored_against_a_shared_question_match_scoring_each_in_full(che
     module.policy.eval()
     items = load_multiple_choice("builtin:general_knowledge", limit=12)
     rows = choice_rows(items, module.tokenizer)
+    # The questions' common start (the chat template's) runs once per batch: that path is tested.
+    assert common_prefix_length([row.prompt_ids for row in rows]) >= 1
     shared = score_choices(module, items, rows, batch_size=7)  # uneven batches of whole items
     # Every (question, choice) row run in full, as a plain per-token scorer would.
     tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows, module.tokenizer.pad_token_id)
