@@ -145,7 +145,7 @@ def test_a_task_without_demonstrations_is_refused_by_methods_that_need_them(meth
     path.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
     args = ["fit", "--config", TINY_GRPO, "--model.class_path", f"lit_posttrain.methods.{method}",
             "--data.task", "lit_posttrain.data.files.FileTask", "--data.task.train", str(path)]  # fmt: skip
-    _expect_failure(args, r"trains on demonstrations", capsys, workdir)
+    _expect_failure(args, r"trains on demonstrations.*the field `completion` in prompt/completion rows", capsys, workdir)
 
 
 def test_the_command_shows_the_message_and_an_exit_status_not_a_traceback(workdir, capsys, monkeypatch):

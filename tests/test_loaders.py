@@ -205,7 +205,9 @@ def _good_row_like(line: str) -> str:
             b'{"question": "q", "answer": "\xff\\n#### 1"}\n',
             "row 2: field 'answer': undecodable text: invalid UTF-8 byte 0xff",
         ),
-        (b'{"question": "q" "answer": "r"}\n', "row 2: invalid JSON"),
+        (b'{"question": "q" "answer": "r"}\n', "row 2: invalid JSON: Expecting ',' delimiter at column 18$"),
+        # A missing '}': at the row's last column, not "column 1" of a line that is not there.
+        (b'{"question": "q", "answer": "r"\n', r"row 2: invalid JSON: Expecting ',' delimiter at column 32 \(the end of the row\)$"),
         (b'{"question": "q", \xff}\n', "row 2: undecodable text: invalid UTF-8 byte 0xff"),
         (b'["q", "a"]\n', "row 2: expected a JSON object, got list"),
     ],

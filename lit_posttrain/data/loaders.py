@@ -134,10 +134,14 @@ def _parse_json_line(raw: bytes, where: str) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise _undecodable(raw, err, where) from None
+    # Without the line's end: an error there (a missing '}') is then reported at the row's last
+    # column, not at "column 1" of a next line the file does not have.
+    text = text.rstrip("\r\n")
     try:
         row = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{where}: invalid JSON: {err.msg} at column {err.colno}") from None
+        at_end = " (the end of the row)" if err.pos >= len(text) else ""
+        raise DataError(f"{where}: invalid JSON: {err.msg} at column {err.colno}{at_end}") from None
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {describe(row)}")
     return row

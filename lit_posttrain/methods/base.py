@@ -205,7 +205,8 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
             if missing:
                 raise ValueError(
                     f"{type(self).__name__} trains on demonstrations, but task {datamodule.task.name!r} has none for "
-                    f"{len(missing)} training examples (first: {', '.join(missing[:3])})"
+                    f"{len(missing)} training examples (first: {', '.join(missing[:3])}): each needs its demonstration, "
+                    "the field `completion` in prompt/completion rows or a final assistant turn in `messages` rows"
                 )
 
     # --- sampling and scoring -------------------------------------------------------------------
