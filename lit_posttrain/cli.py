@@ -58,6 +58,10 @@ class LitPostTrainCLI(LightningCLI):
             help="save the trained model at the end of fit (false: a quick trial or a test, whose model is not wanted)",
         )
 
+    def before_instantiate_classes(self) -> None:
+        for note in dropped_method_arguments(self.config.get(self.subcommand, self.config)):
+            print(f"lit-posttrain: note: {note}", file=sys.stderr, flush=True)
+
     def before_fit(self) -> None:
         self._fit_start = time.perf_counter()
         # Lightning's default bar, where it is the one in use, becomes ours (steps, no v_num).
@@ -108,6 +112,35 @@ class LitPostTrainCLI(LightningCLI):
             Plots().on_fit_end(trainer, self.model)  # it names the files it writes
         lines.append(f"Trained model saved to {folder.resolve()}" if folder else "Trained model not saved (--export false)")
         print("\n".join(lines), flush=True)
+
+
+def dropped_method_arguments(config) -> list[str]:
+    """One line per `model.init_args` key that a --config file sets for another method than the
+    run's: swapping `class_path` keeps the arguments the new method takes and drops the others,
+    which jsonargparse does silently (HPT's `gamma` under GRPO, say)."""
+    import yaml
+
+    model = config.get("model")
+    if model is None or not model.get("class_path"):
+        return []
+    taken = set(vars(model.get("init_args") or {}))
+    notes = []
+    for path in config.get("config") or []:
+        try:
+            content = yaml.safe_load(path.get_content()) if hasattr(path, "get_content") else yaml.safe_load(Path(str(path)).read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # the parser has read it already; nothing to add here
+        section = content.get("model") if isinstance(content, dict) else None
+        if not isinstance(section, dict) or section.get("class_path") in (None, model.class_path):
+            continue
+        dropped = sorted(set(section.get("init_args") or {}) - taken)
+        if dropped:
+            notes.append(
+                f"{path} sets {', '.join(f'model.init_args.{k}' for k in dropped)} for {section['class_path'].rsplit('.', 1)[-1]}, "
+                f"but the run's model is {model.class_path.rsplit('.', 1)[-1]} (class_path), which does not take "
+                f"{'it' if len(dropped) == 1 else 'them'}: dropped"
+            )
+    return notes
 
 
 # Warnings every run printed that a user can do nothing about; each checked harmless here.

@@ -14,6 +14,7 @@ from lit_posttrain.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY_GRPO = str(ROOT / "configs" / "tiny_grpo.yaml")
 
 
 def run_cli(*args: str) -> LitPostTrainCLI:
@@ -193,3 +194,13 @@ def test_the_vllm_engine_file_stacks_on_every_sampling_config(config, capsys):
     printed = capsys.readouterr().out
     assert "class_path: lit_posttrain.rollout.vllm.VLLMEngine" in printed
     assert "max_new_tokens: 8" in printed, "the config's own engine settings are kept"
+
+
+def test_swapping_the_method_names_the_arguments_it_drops(in_tmp, capsys):
+    # GRPO's group_size and engine are arguments SFT does not take (the engine it does: kept).
+    LitPostTrainCLI(args=["--config", TINY_GRPO, "--model.class_path", "lit_posttrain.methods.sft.SFT"], run=False)
+    err = capsys.readouterr().err
+    assert f"lit-posttrain: note: {TINY_GRPO} sets model.init_args.group_size for GRPO, but the run's model is SFT" in err
+    assert "engine" not in err.split("note:")[1].split("for GRPO")[0]  # taken by SFT too: not dropped
+    LitPostTrainCLI(args=["--config", TINY_GRPO], run=False)  # no swap, no note
+    assert "note:" not in capsys.readouterr().err
