@@ -96,8 +96,8 @@ GERMAN = "Die Antwort ist {answer}."
 
 PROFILES = {
     "full": dict(
-        model="builtin:smollm2-135m-instruct", dtype="auto", lora=False, lr=3e-4, seeds=[0, 1, 2], steps=36,
-        batch_size=8, every=12, max_new_tokens=12, eval_examples=100, kl_prompts=16, task_kl_prompts=16, probe_items=None,
+        model="builtin:smollm2-135m-instruct", dtype="auto", lora=False, lr=3e-4, seeds=[0, 1, 2], steps=24,
+        batch_size=8, every=8, max_new_tokens=12, eval_examples=100, kl_prompts=16, task_kl_prompts=16, probe_items=None,
         demonstration=GERMAN,
     ),
     "smoke": dict(
