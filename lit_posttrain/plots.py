@@ -56,7 +56,13 @@ def read_metrics(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def _metrics_of_group(series: dict, prefixes: Sequence[str]) -> list[str]:
-    return sorted(k for k in series if k.startswith(prefixes) and any(math.isfinite(v) for _, v in series[k]))
+    metrics = sorted(k for k in series if k.startswith(prefixes) and any(math.isfinite(v) for _, v in series[k]))
+    # A method that samples and scores logs its reward, and its loss is a surrogate whose value is
+    # not progress (GRPO's is ~0 by construction: the advantages average to zero in each group, a
+    # chart on a 1e-8 axis): the reward is charted, the loss not.
+    if "train/reward" in metrics and "train/loss" in metrics:
+        metrics.remove("train/loss")
+    return metrics
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, labels: Sequence[str] | None = None) -> list[Path]:

@@ -249,3 +249,13 @@ def test_every_fragment_appends_to_every_config(config, fragment, capsys):
     own = [cb["class_path"] for cb in (yaml.safe_load(config.read_text()).get("trainer", {}).get("callbacks") or [])]
     assert paths[: len(own)] == own, "the config's own callbacks are kept"
     assert paths[-1] == yaml.safe_load(fragment.read_text())["class_path"], "the fragment's callback is appended"
+
+
+def test_training_chart_shows_the_reward_not_a_surrogate_loss():
+    from lit_posttrain.plots import GROUPS, _metrics_of_group
+
+    training = GROUPS[0][2]
+    sampled = {"train/loss": [(1, 1e-8)], "train/reward": [(1, 0.5)], "train/kl": [(1, 0.1)]}
+    assert _metrics_of_group(sampled, training) == ["train/kl", "train/reward"]
+    sft = {"train/loss": [(1, 2.0)], "train/nll": [(1, 2.0)]}
+    assert _metrics_of_group(sft, training) == ["train/loss", "train/nll"]  # no reward: its loss is the progress
