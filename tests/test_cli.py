@@ -204,3 +204,15 @@ def test_swapping_the_method_names_the_arguments_it_drops(in_tmp, capsys):
     assert "engine" not in err.split("note:")[1].split("for GRPO")[0]  # taken by SFT too: not dropped
     LitPostTrainCLI(args=["--config", TINY_GRPO], run=False)  # no swap, no note
     assert "note:" not in capsys.readouterr().err
+
+
+def test_progress_shows_as_plain_lines_when_the_output_is_not_a_terminal(in_tmp, capsys):
+    # Under pytest stdout is not a terminal, as when a run's output goes to a file.
+    LitPostTrainCLI(
+        args=["fit", "--config", TINY_GRPO, "--trainer.max_steps", "3", "--export", "false",
+              "--trainer.callbacks+", "lit_posttrain.callbacks.progress.StepProgressBar",
+              "--trainer.callbacks.plain_every_s", "0"]
+    )  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert all(" s/step, " in line and "reward " in line for line in lines), lines

@@ -92,6 +92,9 @@ class Evaluation(EveryNSteps):
         step = trainer.global_step
         self._prepare(trainer, module)
         for name, (task, rows, rank, world) in self._rows.items():
+            # Said before, not only after: the first evaluation can take a minute and more.
+            sampled = f", {self.samples} samples each" if self.samples else ""
+            rank_zero_info(f"step {step}: evaluating {name} ({len(rows)} examples, greedy{sampled})...")
             start = time.perf_counter()
             # Under FSDP every rank must make as many generation calls as the one with most rows.
             calls = self._calls(-(-len(rows) // world)) if module.sharded else 0

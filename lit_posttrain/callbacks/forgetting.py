@@ -94,6 +94,8 @@ class ForgettingProbes(EveryNSteps):
 
     def run(self, trainer: L.Trainer, module) -> None:
         step = trainer.global_step
+        sets = ", ".join(f"{name} ({len(items)} items)" for name, items in self.sets.items())
+        rank_zero_info(f"step {step}: forgetting probes: KL to the start, {sets}...")
         self._prepare(trainer, module)
         was_training = module.policy.training
         module.policy.eval()
