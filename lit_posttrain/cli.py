@@ -106,6 +106,16 @@ class LitPostTrainCLI(LightningCLI):
                     f"step {last['step']} (best {best['accuracy']:.3f} at step {best['step']}; "
                     f"{last['right_to_wrong']:.0f} right-to-wrong, {last['wrong_to_right']:.0f} wrong-to-right)"
                 )
+                lines.append("    by step: " + ", ".join(f"{h['step']}: {h['accuracy']:.3f}" for h in runs))
+                for key in (k for k in last if k.startswith("accuracy_")):  # the Evaluation's further verifiers
+                    lines.append(f"    under {key.removeprefix('accuracy_')}: " + ", ".join(f"{h['step']}: {h[key]:.3f}" for h in runs if key in h))
+                if best["accuracy"] > last["accuracy"] and task == "held_out":
+                    # The held-out split is the only one scored: picking the best on it would report
+                    # that split's luck as the model's accuracy.
+                    lines.append(
+                        f"    the last model is the one saved: step {best['step']} scored higher, but on the same "
+                        "held-out examples that chose it, which would overstate it"
+                    )
         lines.append(f"  logs: {Path(log_dir).resolve() if log_dir else '-'}")
         # Charts come with every run; a Plots callback in the config has drawn them already.
         if not any(isinstance(cb, Plots) for cb in trainer.callbacks):

@@ -16,6 +16,7 @@ from lit_posttrain.logprobs import completion_logits, shared_prompt_logp
 from lit_posttrain.losses.distillation import generalized_jsd
 from lit_posttrain.metrics import pass_at_k
 from lit_posttrain.padding import left_pad, right_pad
+from lit_posttrain.rewards import Verifier
 from lit_posttrain.rollout import Rollout
 
 # --- generation metrics ---------------------------------------------------------------------------
@@ -24,12 +25,13 @@ from lit_posttrain.rollout import Rollout
 @torch.no_grad()
 def generation_scores(
     module, task: Task, rows: list[Row], samples: int = 0, k: list[int] = (), temperature: float = 1.0,
-    temperatures: list[float] = (),
+    temperatures: list[float] = (), verifiers: dict[str, Verifier] | None = None,
 ) -> dict[str, Tensor]:  # fmt: skip
     """Per-example scores of one generation call's `rows`, each a 1-D tensor to average: the greedy
     completions' `reward` (as the task's verifier scores it), `correct` (reward >= 1),
     `completion_length` and `truncated`; with `samples`, `pass@<k>` per prompt from `samples` completions at
-    `temperature` (unbiased estimator); for each of `temperatures`, `pass@1_T<t>` per completion."""
+    `temperature` (unbiased estimator); for each of `temperatures`, `pass@1_T<t>` per completion;
+    for each of `verifiers`, `accuracy_<name>`: the greedy completions under that verifier."""
     greedy = module.sample(rows, greedy=True, task=task)
     scores = {
         "reward": greedy.reward_B.float().cpu(),
@@ -37,6 +39,10 @@ def generation_scores(
         "completion_length": greedy.completion_lengths_B.float().cpu(),
         "truncated": greedy.truncated_B.float().cpu(),
     }
+    # Further verifiers score the same greedy completions (no generation of their own).
+    for name, verifier in (verifiers or {}).items():
+        rewards = [float(verifier(text, row.example.answer)) for text, row in zip(greedy.completions, rows, strict=True)]
+        scores[f"accuracy_{name}"] = torch.tensor(rewards)
     if samples:
         sampled = module.sample(rows, n=samples, task=task, temperature=temperature)
         hits_P = torch.zeros(len(rows)).index_add_(0, sampled.group_B.cpu(), (sampled.reward_B.cpu() >= 1.0).float())

@@ -211,8 +211,14 @@ def test_progress_shows_as_plain_lines_when_the_output_is_not_a_terminal(in_tmp,
     LitPostTrainCLI(
         args=["fit", "--config", TINY_GRPO, "--trainer.max_steps", "3", "--export", "false",
               "--trainer.callbacks+", "lit_posttrain.callbacks.progress.StepProgressBar",
-              "--trainer.callbacks.plain_every_s", "0"]
+              "--trainer.callbacks.plain_every_s", "0",
+              "--trainer.callbacks+", str(ROOT / "callbacks" / "evaluation.yaml"), "--trainer.callbacks.every_n_steps", "1",
+              "--trainer.callbacks.max_examples", "4", "--trainer.callbacks.samples", "0", "--trainer.callbacks.k", "[]"]
     )  # fmt: skip
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if " s/step" in line]
     assert [line.split(":")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
     assert all(" s/step, " in line and "reward " in line for line in lines), lines
+    # The run summary gives the accuracy curve, not only its ends.
+    (curve,) = [line for line in out.splitlines() if line.strip().startswith("by step:")]
+    assert [point.split(":")[0] for point in curve.split("by step: ")[1].split(", ")] == ["0", "1", "2", "3"]

@@ -184,6 +184,7 @@ def test_evaluation_pass_at_k_and_flips_through_the_callback(in_tmp):
             "--trainer.callbacks+", str(ROOT / "callbacks" / "evaluation.yaml"),
             "--trainer.callbacks.every_n_steps", "1", "--trainer.callbacks.max_examples", "8",
             "--trainer.callbacks.temperatures", "[0.5, 1.0]",
+            "--trainer.callbacks.verifiers", '{"any_digit": {"class_path": "lit_posttrain.rewards.RegexMatch", "init_args": {"pattern": "\\\\d", "whole": false}}, "never": {"class_path": "lit_posttrain.rewards.ExactMatch", "init_args": {"strip": false}}}',
         ]
     )  # fmt: skip
     (evaluation,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "Evaluation"]
@@ -193,6 +194,9 @@ def test_evaluation_pass_at_k_and_flips_through_the_callback(in_tmp):
         assert len(h["per_example"]) == 8
         # At the pass@k samples' own temperature (1.0) and seeds, the sweep draws the same samples.
         assert h["pass@1_T1"] == pytest.approx(h["pass@1"]) and 0 <= h["pass@1_T0.5"] <= 1
+        # A further verifier scores the same greedy completions: this one is the task's own (a digit anywhere).
+        assert h["accuracy_any_digit"] == pytest.approx(h["accuracy"]) and 0 <= h["accuracy_never"] <= h["accuracy"]
+    assert any(h["accuracy"] > 0 for h in evaluation.history)  # the verifiers' equality above is not 0 == 0
     with pytest.raises(ValueError, match="temperatures need samples >= 1"):
         Evaluation(temperatures=[0.5])
     rows = [r for r in _logged(cli) if r.get("eval/pass@4")]

@@ -17,6 +17,7 @@ from lit_posttrain.data.datamodule import Row
 from lit_posttrain.data.task import Task
 from lit_posttrain.evaluation import generation_scores
 from lit_posttrain.metrics import flips
+from lit_posttrain.rewards import Verifier
 
 MAIN = "held_out"  # the training task's held-out split
 
@@ -43,6 +44,7 @@ class Evaluation(EveryNSteps):
         k: the k of each pass@k reported; each must be at most `samples`.
         temperature: sampling temperature of the pass@k samples.
         temperatures: further temperatures, at each of which `samples` completions per prompt are drawn and their mean accuracy logged as `pass@1_T<t>` (how good the model is at its best temperature, not only greedy).
+        verifiers: further verifiers by name, each scoring the same greedy completions, logged as `accuracy_<name>` (e.g. `final_number: NumericMatch(extract: last)` beside a strict task verifier: the arithmetic right whatever the format).
         batch_size: prompts per generation call.
         baseline_cache: a JSON file that keeps the evaluation before training for later runs from the same start (see EveryNSteps).
     """
@@ -56,6 +58,7 @@ class Evaluation(EveryNSteps):
         k: list[int] | None = None,
         temperature: float = 1.0,
         temperatures: list[float] | None = None,
+        verifiers: dict[str, Verifier] | None = None,
         batch_size: int = 64,
         baseline_cache: str | None = None,
     ) -> None:
@@ -69,12 +72,13 @@ class Evaluation(EveryNSteps):
         if self.temperatures and (samples < 1 or self.temperatures[0] <= 0):
             raise ValueError(f"Evaluation temperatures need samples >= 1 and temperatures > 0, got samples={samples}, temperatures={temperatures}")
         self.temperature, self.batch_size = temperature, batch_size
+        self.verifiers = dict(verifiers or {})
         self._rows: dict[str, tuple[Task, list[Row], int, int]] = {}  # task, all rows, rank, world
         self._metrics: dict[str, MeanMetric | SumMetric] = {}
 
     def setup(self, trainer: L.Trainer, module, stage: str) -> None:
         names = ["accuracy", "completion_length", "truncated", *(f"pass@{k}" for k in self.k)]
-        names += [f"pass@1_T{t:g}" for t in self.temperatures]
+        names += [f"pass@1_T{t:g}" for t in self.temperatures] + [f"accuracy_{name}" for name in self.verifiers]
         self._metrics = {name: MeanMetric(sync_on_compute=True) for name in names}
         self._metrics |= {name: SumMetric(sync_on_compute=True) for name in ("right_to_wrong", "wrong_to_right")}
 
@@ -115,11 +119,14 @@ class Evaluation(EveryNSteps):
         self._prepare(trainer, module)
         # The sampling settings, not the engine's state (which changes once it is set up).
         engine = {k: getattr(module.engine, k, None) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
-        return super().fingerprint(trainer, module) | {
+        fingerprint = super().fingerprint(trainer, module) | {
             "examples": {name: digest([row.prompt_ids for row in rows]) for name, (_, rows, _, _) in self._rows.items()},
             "settings": [self.samples, self.k, self.temperature, self.temperatures, self.batch_size],
             "engine": [type(module.engine).__name__, engine],
         }
+        if self.verifiers:  # only then: a cache measured without them stays valid for runs without them
+            fingerprint["verifiers"] = sorted((name, repr(verifier)) for name, verifier in self.verifiers.items())
+        return fingerprint
 
     def restore(self, trainer: L.Trainer, module, entries: list[dict]) -> None:
         self._prepare(trainer, module)
@@ -138,7 +145,8 @@ class Evaluation(EveryNSteps):
         most, yet that can be one call more on some ranks, whose forward passes the others then
         join with a throw-away `filler` row."""
         metrics = {name: metric.to(module.device) for name, metric in self._metrics.items()}
-        settings = {"samples": self.samples, "k": self.k, "temperature": self.temperature, "temperatures": self.temperatures}
+        settings = {"samples": self.samples, "k": self.k, "temperature": self.temperature, "temperatures": self.temperatures,
+                    "verifiers": self.verifiers}  # fmt: skip
         for _ in range(calls - self._calls(len(rows))):
             generation_scores(module, task, list(filler), **settings)
         correct = []
