@@ -96,12 +96,12 @@ GERMAN = "Die Antwort ist {answer}."
 
 PROFILES = {
     "full": dict(
-        model="builtin:smollm2-135m-instruct", dtype="auto", lora=False, lr=3e-4, seeds=[0, 1, 2], steps=24,
+        model="builtin:smollm2-135m-instruct", dtype="auto", lora=False, lr=1e-4, warmup_steps=4, seeds=[0, 1, 2], steps=24,
         batch_size=8, every=8, max_new_tokens=12, eval_examples=100, kl_prompts=16, task_kl_prompts=16, probe_items=None,
         demonstration=GERMAN,
     ),
     "smoke": dict(
-        model="tiny-random-llama", dtype="float32", lora=False, lr=1e-3, seeds=[0], steps=4, batch_size=4, every=2,
+        model="tiny-random-llama", dtype="float32", lora=False, lr=1e-3, warmup_steps=1, seeds=[0], steps=4, batch_size=4, every=2,
         max_new_tokens=4, eval_examples=8, kl_prompts=2, task_kl_prompts=2, probe_items=16, demonstration=GERMAN,
     ),
 }
@@ -110,6 +110,7 @@ OPTIONS = {
     "dtype": "weight dtype; auto: bfloat16 where the hardware runs it natively, else float32",
     "lora": "train LoRA r16 adapters instead of every weight",
     "lr": "the learning rate of every method",
+    "warmup_steps": "linear warm-up steps of every method (the configs differ: SFT's has 5, the others none)",
     "seeds": "one run of every method per seed; the seed also sets the data order",
     "steps": "optimizer steps per run",
     "batch_size": "prompts per optimizer step",
@@ -129,6 +130,7 @@ class Settings:
     dtype: str
     lora: bool
     lr: float
+    warmup_steps: int
     seeds: list[int]
     steps: int
     batch_size: int
@@ -173,6 +175,7 @@ def run_command(settings: Settings, method: str, task: Path, seed: int, run_dir:
         "--seed_everything", str(seed), "--data.seed", str(seed),
         "--model.init_args.model", settings.model, "--model.init_args.dtype", settings.dtype,
         "--model.init_args.engine", json.dumps(engine), "--model.init_args.optim.lr", str(settings.lr),
+        "--model.init_args.optim.warmup_steps", str(settings.warmup_steps),
         "--data.batch_size", str(settings.batch_size), "--trainer.max_steps", str(settings.steps),
         "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
@@ -286,9 +289,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         if teacher and teacher not in args.methods:
             parser.error(f"{method}'s teacher is the {teacher} model of the same seed: add {teacher} to --methods "
                          "(with --skip-existing a finished one is reused)")  # fmt: skip
-    counts = {k: v for k, v in vars(settings).items() if type(v) is int and k != "kl_prompts"}
+    counts = {k: v for k, v in vars(settings).items() if type(v) is int and k not in ("kl_prompts", "warmup_steps")}
     too_small = {k: v for k, v in counts.items() if v < 1}
-    if too_small or settings.kl_prompts < 0 or settings.lr <= 0:
+    if too_small or settings.kl_prompts < 0 or settings.warmup_steps < 0 or settings.lr <= 0:
         parser.error(f"every count must be at least 1 (kl_prompts at least 0) and lr positive, got {too_small or vars(settings)}")
     return args, settings
 
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     teachers = {spec.teacher for spec in METHODS.values()}
     runs = []
     for seed in settings.seeds:  # seed by seed: an interrupted study has whole seeds done
-        start = {k: v for k, v in vars(settings).items() if k not in ("seeds", "steps", "batch_size", "lr", "every", "lora", "demonstration")}
+        start = {k: v for k, v in vars(settings).items() if k not in ("seeds", "steps", "batch_size", "lr", "warmup_steps", "every", "lora", "demonstration")}
         baselines = out / "baselines" / f"seed{seed}" / digest([start, task.read_text()])
         for method in methods:
             run_dir = out / "runs" / method / f"seed{seed}"

@@ -122,7 +122,7 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str
         "",
         f"- Command: `{command_line}`",
         f"- The same for every method: model `{settings.model}` (dtype {settings.dtype}, "
-        f"{'LoRA r16' if settings.lora else 'full fine-tuning'}), learning rate {settings.lr:g}, {settings.steps} optimizer "
+        f"{'LoRA r16' if settings.lora else 'full fine-tuning'}), learning rate {settings.lr:g} after {settings.warmup_steps} warm-up steps, {settings.steps} optimizer "
         f"steps of {settings.batch_size} prompts, at most {settings.max_new_tokens} new tokens, seeds "
         f"{' '.join(map(str, settings.seeds))}; measured every {settings.every} steps: greedy accuracy on "
         f"{settings.eval_examples} held-out sums, {items} GK items, KL both ways on {settings.kl_prompts} GK questions "
