@@ -84,20 +84,23 @@ def correlation(xs: list[float], ys: list[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
-def matched_accuracy(groups: dict[str, list[Run]]) -> tuple[float | None, dict[str, list[tuple[int, int, PairedDifference]]]]:
-    """The highest task accuracy every run reached at some checkpoint after the start, and per
-    method each run's (seed, step, GK change there) at its first checkpoint reaching it."""
-    peaks = [max(run.result["curves"]["task_accuracy"][1:], default=0.0) for runs in groups.values() for run in runs]
-    if not peaks:
-        return None, {}
-    level = min(peaks)
-    matched = {}
+def matched_accuracy(groups: dict[str, list[Run]]) -> tuple[float | None, dict[str, list[tuple[int, int]]], list[str]]:
+    """The highest task accuracy that every run which improved on its start reached at some
+    checkpoint; per method, each such run's (seed, checkpoint index) where it first reached it; and
+    the runs left out, which never rose above their start (no accuracy to match them at)."""
+    improved, left_out = [], []
     for method, runs in groups.items():
         for run in runs:
-            curves, items = run.result["curves"], run.result["gk_items"]
-            i = next(i for i in range(1, len(curves["step"])) if curves["task_accuracy"][i] >= level)
-            matched.setdefault(method, []).append((run.seed, curves["step"][i], paired_difference(items[0], items[i])))
-    return level, matched
+            accuracy = run.result["curves"]["task_accuracy"]
+            (improved if max(accuracy[1:], default=0.0) > accuracy[0] else left_out).append((method, run))
+    if not improved:
+        return None, {}, [f"{method} seed {run.seed}" for method, run in left_out]
+    level = min(max(run.result["curves"]["task_accuracy"][1:]) for _, run in improved)
+    matched: dict[str, list[tuple[int, int]]] = {}
+    for method, run in improved:
+        accuracy = run.result["curves"]["task_accuracy"]
+        matched.setdefault(method, []).append((run.seed, next(i for i in range(1, len(accuracy)) if accuracy[i] >= level)))
+    return level, matched, [f"{method} seed {run.seed}" for method, run in left_out]
 
 
 def memory_line(run: Run) -> str:
@@ -190,25 +193,25 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str
             shown = [test.cell() if test else "-" for test in cells]
             lines.append(f"| {method} | {shown[0]} | {shown[1]} | {f'{cells[1].p_value:.2g}' if cells[1] else '-'} |")
 
-    level, matched = matched_accuracy(groups)
+    level, matched, left_out = matched_accuracy(groups)
     if level is not None:
         lines += [
             "",
-            f"## At matched task accuracy ({level:.3f}: the highest every run reached)",
+            f"## At matched task accuracy ({level:.3f}: the highest that every run which improved reached)",
             "",
-            "Each run at its first checkpoint at or above it.",
+            "Each run at its first checkpoint at or above it"
+            + (f"; left out, never above their start: {', '.join(left_out)}." if left_out else "."),
             "",
-            "| method | steps (per seed) | GK change, pooled [95% CI] | McNemar p |",
-            "|---|---|---|---|",
+            "| method | step (per seed) | task accuracy there | GK change, pooled [95% CI] | McNemar p |",
+            "|---|---|---|---|---|",
         ]
         for method, entries in matched.items():
-            group = {run.seed: run for run in groups[method]}
-            pairs = []
-            for seed, step, _ in entries:
-                curves = group[seed].result["curves"]
-                pairs.append((group[seed].result["gk_items"][0], group[seed].result["gk_items"][curves["step"].index(step)]))
+            by_seed = {run.seed: run for run in groups[method]}
+            pairs = [(by_seed[seed].result["gk_items"][0], by_seed[seed].result["gk_items"][i]) for seed, i in entries]
+            steps = " ".join(str(by_seed[seed].result["curves"]["step"][i]) for seed, i in entries)
+            reached = [by_seed[seed].result["curves"]["task_accuracy"][i] for seed, i in entries]
             test = pooled(pairs)
-            lines.append(f"| {method} | {' '.join(str(step) for _, step, _ in entries)} | {test.cell()} | {test.p_value:.2g} |")
+            lines.append(f"| {method} | {steps} | {cell(reached, 3)} | {test.cell()} | {test.p_value:.2g} |")
 
     if "sft" in groups:
         lines += ["", "## Each method against SFT at the end (same seed, same items)", "", "| method | GK difference to SFT, pooled [95% CI] | McNemar p |", "|---|---|---|"]
@@ -328,7 +331,7 @@ def write_charts(runs: list[Run], out: Path) -> list[Path]:
              title="Task gain against forgetting, each method through its checkpoints")  # fmt: skip
     right.axhline(0, color="gray", linewidth=0.8)
     right.set(xlabel="KL(start || policy) on task prompts, nats/token", ylabel="GK accuracy change from the start",
-              title="Does the forward KL predict forgetting? (every checkpoint of every run)")  # fmt: skip
+              title="Forward KL against forgetting, every checkpoint")  # fmt: skip
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
