@@ -194,6 +194,8 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str
             lines.append(f"| {method} | {shown[0]} | {shown[1]} | {f'{cells[1].p_value:.2g}' if cells[1] else '-'} |")
 
     level, matched, left_out = matched_accuracy(groups)
+    if level is None and groups:
+        lines += ["", "## At matched task accuracy", "", "No run rose above its start: there is no accuracy to match the methods at."]
     if level is not None:
         lines += [
             "",
