@@ -29,7 +29,7 @@ def test_each_process_has_its_own_engine_under_fsdp(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    (metrics,) = tmp_path.glob("runs/lightning_logs/version_*/metrics.csv")
+    (metrics,) = tmp_path.glob("runs/quickstart/version_*/metrics.csv")  # the quickstart logs beside its model
     with open(metrics) as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(rows) == 2
