@@ -53,16 +53,14 @@ import json
 import os
 import re
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from compare_report import Run, cell, write_atomically, write_charts, write_tables
+from compare_report import Run, cell, execute, write_atomically, write_charts, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is not installed
@@ -243,28 +241,8 @@ def summarise_run(series: dict[str, list[float]], wall_s: float, output: str) ->
     return result
 
 
-def execute(run: Run, skip_existing: bool) -> None:
-    result_file = run.run_dir / "result.json"
-    if skip_existing and result_file.is_file():
-        saved = json.loads(result_file.read_text())
-        if saved["command"] == run.command:
-            run.result, run.status = saved["result"], "reused"
-            return
-        print(f"  {run.run_dir}: its command changed since it ran; running it again", flush=True)
-    shutil.rmtree(run.run_dir, ignore_errors=True)  # a partial run's logs would be appended to
-    run.run_dir.mkdir(parents=True)
-    start = time.perf_counter()
-    with open(run.run_dir / "output.log", "w") as log:
-        code = subprocess.run(run.command, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall_s = time.perf_counter() - start
-    output = (run.run_dir / "output.log").read_text()
-    if code != 0:
-        run.status = "failed"
-        tail = "\n".join(output.splitlines()[-15:])
-        print(f"  FAILED (exit {code}); last lines of {run.run_dir / 'output.log'}:\n{tail}", flush=True)
-        return
-    run.result, run.status = summarise_run(read_series(run.run_dir / "metrics.csv"), wall_s, output), "ok"
-    write_atomically(result_file, json.dumps({"command": run.command, "result": run.result}, indent=1))
+def summarise_folder(run_dir: Path, wall_s: float) -> dict[str, float | None]:
+    return summarise_run(read_series(run_dir / "metrics.csv"), wall_s, (run_dir / "output.log").read_text())
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -418,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: skipped, its teacher ({teacher}) has no model", flush=True)
             continue
         run_start = time.perf_counter()
-        execute(run, args.skip_existing)
+        execute(run, args.skip_existing, summarise_folder)
         if run.status == "ok":
             timed.append(time.perf_counter() - run_start)
         if run.result is not None:

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -43,6 +46,32 @@ def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+def execute(run: Run, skip_existing: bool, summarise) -> None:
+    """Run `run.command` into `run.run_dir` (its output in `output.log`) and keep
+    `summarise(run_dir, wall_s)` as its result, in `result.json` written when the run has finished.
+    With `skip_existing` a finished run whose command is unchanged is reused instead."""
+    result_file = run.run_dir / "result.json"
+    if skip_existing and result_file.is_file():
+        saved = json.loads(result_file.read_text())
+        if saved["command"] == run.command:
+            run.result, run.status = saved["result"], "reused"
+            return
+        print(f"  {run.run_dir}: its command changed since it ran; running it again", flush=True)
+    shutil.rmtree(run.run_dir, ignore_errors=True)  # a partial run's logs would be appended to
+    run.run_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    with open(run.run_dir / "output.log", "w") as log:
+        code = subprocess.run(run.command, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall_s = time.perf_counter() - start
+    if code != 0:
+        run.status = "failed"
+        tail = "\n".join((run.run_dir / "output.log").read_text().splitlines()[-15:])
+        print(f"  FAILED (exit {code}); last lines of {run.run_dir / 'output.log'}:\n{tail}", flush=True)
+        return
+    run.result, run.status = summarise(run.run_dir, wall_s), "ok"
+    write_atomically(result_file, json.dumps({"command": run.command, "result": run.result}, indent=1))
 
 
 # (result key, Markdown header, decimals) of the table's columns, in order; PASS_AT_K_END stands
