@@ -16,6 +16,15 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def write_json_atomically(path: Path, value) -> None:
+    """`value` as JSON in `path`, through a temporary file: a reader (a run started beside this one,
+    or a script mid-run) sees the whole old file or the whole new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
 class EveryNSteps(L.Callback):
     """Calls `run` before the first optimizer step (the baseline), every `every_n_steps` optimizer
     steps, and after the last one; never twice at the same step.
@@ -75,10 +84,7 @@ class EveryNSteps(L.Callback):
             self.restore(trainer, module, saved["history"])
             return
         self._run_once(trainer, module)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "history": self.history}))
-        os.replace(tmp, path)  # runs started together see the whole file or none
+        write_json_atomically(path, {"fingerprint": fingerprint, "history": self.history})
 
     def on_train_start(self, trainer: L.Trainer, module) -> None:
         if self.baseline_cache is not None and trainer.global_step == 0:

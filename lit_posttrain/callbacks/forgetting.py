@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_posttrain.callbacks.cadence import EveryNSteps, digest
+from lit_posttrain.callbacks.cadence import EveryNSteps, digest, write_json_atomically
 from lit_posttrain.data.datamodule import Row
 from lit_posttrain.data.multiple_choice import load_multiple_choice
 from lit_posttrain.evaluation import choice_rows, kl_to_reference, question_row, score_choices
@@ -127,11 +125,7 @@ class ForgettingProbes(EveryNSteps):
     def _write_history(self, trainer: L.Trainer) -> None:
         if self.history_file is None or trainer.global_rank != 0:
             return
-        path = Path(self.history_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.history))
-        os.replace(tmp, path)  # a reader mid-run sees the whole file of the last probe
+        write_json_atomically(Path(self.history_file), self.history)
 
     def _log(self, trainer: L.Trainer, result: dict) -> None:
         logged = {k: v for k, v in result.items() if k != "step" and not k.endswith("per_example")}
