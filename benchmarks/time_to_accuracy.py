@@ -31,7 +31,7 @@ from compare_report import machine, write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"grpo": "configs/quickstart.yaml", "hpt": "configs/hpt.yaml"}
-ACCURACY_LINE = re.compile(r"^step (\d+): held_out accuracy ([\d.]+)")
+ACCURACY_LINE = re.compile(r"^step (\d+): held_out accuracy ([\d.]+)(?: \(.*final_number ([\d.]+))?")
 
 
 def run(method: str, seed: int, every: int, extra: list[str], out: Path) -> dict:
@@ -44,6 +44,7 @@ def run(method: str, seed: int, every: int, extra: list[str], out: Path) -> dict
         "--export_to", str(run_dir / "model"), *extra,
     ]  # fmt: skip
     curve = []  # (seconds since launch, step, accuracy)
+    final_number = []  # the quickstart's second verifier: the reply's last number is the sum
     start = time.perf_counter()
     with open(run_dir / "output.log", "w") as log:
         # Unbuffered: each line is timed when it is written, not when a buffer fills.
@@ -54,11 +55,13 @@ def run(method: str, seed: int, every: int, extra: list[str], out: Path) -> dict
             match = ACCURACY_LINE.match(line)
             if match:
                 curve.append((time.perf_counter() - start, int(match.group(1)), float(match.group(2))))
+                if match.group(3):
+                    final_number.append(float(match.group(3)))
         code = process.wait()
     wall_s = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{method} seed {seed} failed (exit {code}); see {run_dir / 'output.log'}")
-    return {"method": method, "seed": seed, "curve": curve, "wall_s": wall_s, "command": command}
+    return {"method": method, "seed": seed, "curve": curve, "wall_s": wall_s, "command": command, "final_number": final_number}
 
 
 def first_time(curve: list[tuple[float, int, float]], threshold: float) -> tuple[float, int] | None:
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.5, 0.7])
     parser.add_argument("--every", type=int, default=10, help="evaluate every this many steps (the clock's resolution)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further `lit-posttrain fit` arguments, for every run")
+    parser.add_argument("--setting", default="shipped", help="a name for the --extra arguments, carried into every row (a sweep's column)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_accuracy")
     args = parser.parse_args(argv)
     out = args.out.resolve()
@@ -87,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result | {"reached": reached})
     rows = []
     for r in results:
-        row = {"method": r["method"], "seed": r["seed"], "wall_s": round(r["wall_s"], 1)}
+        row = {"setting": args.setting, "extra": shlex.join(args.extra), "method": r["method"], "seed": r["seed"], "wall_s": round(r["wall_s"], 1)}
         for t, reached in zip(args.thresholds, r["reached"], strict=True):
             row[f"time_to_{t:g}_s"] = round(reached[0], 1) if reached else ""
             row[f"step_to_{t:g}"] = reached[1] if reached else ""
         row["curve"] = " ".join(f"{step}:{accuracy:.3f}@{t:.0f}s" for t, step, accuracy in r["curve"])
+        row["final_number_curve"] = " ".join(f"{step}:{v:.3f}" for (_, step, _), v in zip(r["curve"], r["final_number"], strict=False))
         rows.append(row)
     with open(out / "time_to_accuracy.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))

@@ -1,6 +1,7 @@
 """Evaluation, forgetting probes and plots: hand values, crafted cases, and the tiny model."""
 
 import csv
+import gc
 import itertools
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 import yaml
 
 from lit_posttrain.callbacks.evaluation import Evaluation
+from lit_posttrain.callbacks.memory import live_objects
 from lit_posttrain.cli import LitPostTrainCLI
 from lit_posttrain.data.datamodule import pack_demonstrations
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
@@ -148,6 +150,7 @@ def test_probes_kl_is_zero_at_step_zero_and_positive_after_training(in_tmp):
             "--trainer.callbacks.history_file", str(in_tmp / "history.json"),
             "--trainer.callbacks+", str(ROOT / "callbacks" / "plots.yaml"),
             "--trainer.callbacks+", "lit_posttrain.callbacks.MemoryMonitor",
+            "--trainer.callbacks.count_tensors", "true", "--trainer.callbacks.release_freed", "true",
         ]
     )  # fmt: skip
     (probes,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ForgettingProbes"]
@@ -164,6 +167,12 @@ def test_probes_kl_is_zero_at_step_zero_and_positive_after_training(in_tmp):
     (memory,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "MemoryMonitor"]
     assert [step for step, _ in memory.history] == [1, 2] and all(0.1 < gib < 64 for _, gib in memory.history)
     assert sum(1 for r in _logged(cli) if r.get("memory/rss_gib")) == 2
+    # The census holds at least the policy's parameters and Adam's two moments of the trained ones.
+    parameter_bytes = sum(p.numel() * p.element_size() for p in cli.model.policy.parameters())
+    trained_bytes = sum(p.numel() * p.element_size() for p in cli.model.policy.parameters() if p.requires_grad)
+    (census,) = [r for r in _logged(cli) if r.get("memory/tensor_gib") and int(r["step"]) == 2]
+    assert float(census["memory/tensor_gib"]) * 2**30 >= parameter_bytes + 2 * trained_bytes
+    assert float(census["memory/python_objects"]) > float(census["memory/tensors"]) > 0
     first = probes.history[0]
     assert first["forget/general_knowledge/right_to_wrong"] == 0 and len(first["forget/general_knowledge/per_example"]) == 40
     last = probes.history[-1]
@@ -175,6 +184,18 @@ def test_probes_kl_is_zero_at_step_zero_and_positive_after_training(in_tmp):
     assert pngs == ["forgetting.png", "training.png"]  # no Evaluation callback in this run: no evaluation chart
     for png in Path(cli.trainer.log_dir).glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_live_objects_counts_each_storage_once():
+    gc.collect()  # no garbage collected between the two counts but what this test made
+    before_objects, before_tensors, before_bytes = live_objects()
+    base = torch.zeros(1000)  # 4000 bytes
+    views = [base[:10], base.view(10, 100), base[500:]]  # the same storage, not three more
+    gc.collect()
+    objects, tensors, nbytes = live_objects()
+    assert (tensors - before_tensors, nbytes - before_bytes) == (1, 4000)
+    assert objects > before_objects
+    del views
 
 
 def test_evaluation_pass_at_k_and_flips_through_the_callback(in_tmp):

@@ -113,7 +113,8 @@ class Evaluation(EveryNSteps):
         logged = {f"{prefix}{k}": v for k, v in result.items() if k not in ("step", "task", "per_example")}
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=result["step"])
-        rank_zero_info(f"step {result['step']}: {name} accuracy {result['accuracy']:.3f}")
+        others = ", ".join(f"{v} {result[f'accuracy_{v}']:.3f}" for v in self.verifiers)
+        rank_zero_info(f"step {result['step']}: {name} accuracy {result['accuracy']:.3f}" + (f" ({others})" if others else ""))
 
     def fingerprint(self, trainer: L.Trainer, module) -> dict:
         self._prepare(trainer, module)
