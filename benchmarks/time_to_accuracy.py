@@ -46,7 +46,7 @@ def run(method: str, seed: int, every: int, extra: list[str], out: Path) -> dict
     curve = []  # (seconds since launch, step, accuracy)
     final_number = []  # the quickstart's second verifier: the reply's last number is the sum
     start = time.perf_counter()
-    with open(run_dir / "output.log", "w") as log:
+    with open(run_dir / "output.log", "w", buffering=1) as log:  # line-buffered: readable while it runs
         # Unbuffered: each line is timed when it is written, not when a buffer fills.
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)

@@ -25,14 +25,16 @@ from lit_posttrain.rollout import Rollout
 @torch.no_grad()
 def generation_scores(
     module, task: Task, rows: list[Row], samples: int = 0, k: list[int] = (), temperature: float = 1.0,
-    temperatures: list[float] = (), verifiers: dict[str, Verifier] | None = None,
+    temperatures: list[float] = (), verifiers: dict[str, Verifier] | None = None, max_new_tokens: int | None = None,
 ) -> dict[str, Tensor]:  # fmt: skip
     """Per-example scores of one generation call's `rows`, each a 1-D tensor to average: the greedy
     completions' `reward` (as the task's verifier scores it), `correct` (reward >= 1),
     `completion_length` and `truncated`; with `samples`, `pass@<k>` per prompt from `samples` completions at
     `temperature` (unbiased estimator); for each of `temperatures`, `pass@1_T<t>` per completion;
-    for each of `verifiers`, `accuracy_<name>`: the greedy completions under that verifier."""
-    greedy = module.sample(rows, greedy=True, task=task)
+    for each of `verifiers`, `accuracy_<name>`: the greedy completions under that verifier.
+    `max_new_tokens` overrides the engine's for every completion here."""
+    length = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}
+    greedy = module.sample(rows, greedy=True, task=task, **length)
     scores = {
         "reward": greedy.reward_B.float().cpu(),
         "correct": (greedy.reward_B >= 1.0).float().cpu(),
@@ -44,12 +46,12 @@ def generation_scores(
         rewards = [float(verifier(text, row.example.answer)) for text, row in zip(greedy.completions, rows, strict=True)]
         scores[f"accuracy_{name}"] = torch.tensor(rewards)
     if samples:
-        sampled = module.sample(rows, n=samples, task=task, temperature=temperature)
+        sampled = module.sample(rows, n=samples, task=task, temperature=temperature, **length)
         hits_P = torch.zeros(len(rows)).index_add_(0, sampled.group_B.cpu(), (sampled.reward_B.cpu() >= 1.0).float())
         for kk in k:
             scores[f"pass@{kk}"] = torch.tensor([pass_at_k(samples, int(c), kk) for c in hits_P])
     for t in temperatures:
-        swept = module.sample(rows, n=samples, task=task, temperature=t)
+        swept = module.sample(rows, n=samples, task=task, temperature=t, **length)
         scores[f"pass@1_T{t:g}"] = (swept.reward_B.cpu() >= 1.0).float()
     return scores
 

@@ -224,6 +224,23 @@ def test_evaluation_pass_at_k_and_flips_through_the_callback(in_tmp):
     assert len(rows) == 3 and all(r.get("eval/right_to_wrong") for r in rows)
 
 
+def test_evaluation_can_let_replies_run_longer_than_training(in_tmp):
+    # configs/tiny_grpo.yaml trains on 4-token rollouts; its random model almost never ends a reply.
+    cli = LitPostTrainCLI(
+        args=[
+            "fit", "--config", TINY_GRPO, "--trainer.max_steps", "1",
+            "--trainer.callbacks+", "lit_posttrain.callbacks.Evaluation", "--trainer.callbacks.max_examples", "8",
+            "--trainer.callbacks.max_new_tokens", "10",
+        ]
+    )  # fmt: skip
+    (evaluation,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "Evaluation"]
+    assert all(4 < h["completion_length"] <= 10 for h in evaluation.history)
+    trained = [float(r["train/completion_length"]) for r in _logged(cli) if r.get("train/completion_length")]
+    assert trained and max(trained) <= 4
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        Evaluation(max_new_tokens=0)
+
+
 def test_a_baseline_cache_is_measured_once_and_read_by_another_method_from_the_same_start(in_tmp):
     def measured(*args, cache: bool) -> tuple[list[dict], list[dict]]:
         cached = lambda name: ["--trainer.callbacks.baseline_cache", str(in_tmp / f"{name}.json")] if cache else []  # noqa: E731

@@ -45,6 +45,9 @@ class Evaluation(EveryNSteps):
         temperature: sampling temperature of the pass@k samples.
         temperatures: further temperatures, at each of which `samples` completions per prompt are drawn and their mean accuracy logged as `pass@1_T<t>` (how good the model is at its best temperature, not only greedy).
         verifiers: further verifiers by name, each scoring the same greedy completions, logged as `accuracy_<name>` (e.g. `final_number: NumericMatch(extract: last)` beside a strict task verifier: the arithmetic right whatever the format).
+        max_new_tokens: longest completion while evaluating (null: the engine's, as in training). Longer
+            than training's lets a verbose starting model finish its reply, so that a lenient
+            verifier (`final_number`) scores its arithmetic rather than where the reply was cut.
         batch_size: prompts per generation call.
         baseline_cache: a JSON file that keeps the evaluation before training for later runs from the same start (see EveryNSteps).
     """
@@ -59,6 +62,7 @@ class Evaluation(EveryNSteps):
         temperature: float = 1.0,
         temperatures: list[float] | None = None,
         verifiers: dict[str, Verifier] | None = None,
+        max_new_tokens: int | None = None,
         batch_size: int = 64,
         baseline_cache: str | None = None,
     ) -> None:
@@ -73,6 +77,9 @@ class Evaluation(EveryNSteps):
             raise ValueError(f"Evaluation temperatures need samples >= 1 and temperatures > 0, got samples={samples}, temperatures={temperatures}")
         self.temperature, self.batch_size = temperature, batch_size
         self.verifiers = dict(verifiers or {})
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"Evaluation max_new_tokens must be at least 1 (or null: the engine's), got {max_new_tokens}")
+        self.max_new_tokens = max_new_tokens
         self._rows: dict[str, tuple[Task, list[Row], int, int]] = {}  # task, all rows, rank, world
         self._metrics: dict[str, MeanMetric | SumMetric] = {}
 
@@ -125,6 +132,8 @@ class Evaluation(EveryNSteps):
             "settings": [self.samples, self.k, self.temperature, self.temperatures, self.batch_size],
             "engine": [type(module.engine).__name__, engine],
         }
+        if self.max_new_tokens is not None:  # likewise
+            fingerprint["max_new_tokens"] = self.max_new_tokens
         if self.verifiers:  # only then: a cache measured without them stays valid for runs without them
             fingerprint["verifiers"] = sorted((name, repr(verifier)) for name, verifier in self.verifiers.items())
         return fingerprint
@@ -147,7 +156,7 @@ class Evaluation(EveryNSteps):
         join with a throw-away `filler` row."""
         metrics = {name: metric.to(module.device) for name, metric in self._metrics.items()}
         settings = {"samples": self.samples, "k": self.k, "temperature": self.temperature, "temperatures": self.temperatures,
-                    "verifiers": self.verifiers}  # fmt: skip
+                    "verifiers": self.verifiers, "max_new_tokens": self.max_new_tokens}  # fmt: skip
         for _ in range(calls - self._calls(len(rows))):
             generation_scores(module, task, list(filler), **settings)
         correct = []
