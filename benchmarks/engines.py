@@ -1,5 +1,5 @@
 """HFEngine against VLLMEngine on this machine: sampling speed by completion length, start-up, peak
-memory, thread settings, and the quickstart's GRPO step with each.
+memory, thread settings, and a GRPO step (configs/grpo.yaml) with each.
 
     .venv/bin/python benchmarks/engines.py [--lengths 16 64 256] [--threads 1 2] [--steps 4] [--out runs/engines]
 
@@ -14,7 +14,7 @@ vLLM runs eager (its compiled mode costs ~3 min at start-up) with the engine's d
 A LoRA policy is measured too for vLLM, as served adapters, which on CPU is why `merge_lora`
 defaults to merged weights there.
 
-The quickstart's GRPO step: `lit-posttrain fit --config configs/quickstart.yaml` with each engine
+The GRPO step: `lit-posttrain fit --config configs/grpo.yaml` (LoRA, 8 prompts x 8, 8 new tokens) with each engine
 (`--config configs/engines/vllm.yaml` for vLLM), `warmup + steps` steps without evaluation, timed
 as benchmarks/throughput.py times every method (median step and its phases, peak RSS).
 
@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         from lit_posttrain.models import resolve_model_source
 
         params = non_embedding_params(resolve_model_source(MODEL))
-        quickstart = ROOT / "configs" / "quickstart.yaml"
+        config = ROOT / "configs" / "grpo.yaml"
         for engine, extra in (("hf", []), ("vllm", ["--config", str(ROOT / "configs" / "engines" / "vllm.yaml")])):
-            run = run_cli(f"quickstart_{engine}", quickstart, extra, args.out, args.warmup, args.steps, args.threads[-1])
+            run = run_cli(f"grpo_{engine}", config, extra, args.out, args.warmup, args.steps, args.threads[-1])
             grpo.append({"engine": engine, **summarise(run, params, peak)})
     header = (
         f"machine: {os.cpu_count()} CPUs, {str(dtype).removeprefix('torch.')} matmul peak {peak / 1e9:.0f} GFLOP/s; model: "

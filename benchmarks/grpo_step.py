@@ -1,8 +1,9 @@
-"""One GRPO step on the built-in model, by phase: `throughput.py --methods quickstart`.
+"""One GRPO step on the built-in model, by phase: `throughput.py --methods grpo`.
 
     .venv/bin/python benchmarks/grpo_step.py [--steps 8] [--threads 2] [--out runs/throughput]
 
-The quickstart configuration (GRPO + LoRA, 8 prompts x 8 samples, 8 new tokens) timed through the
+configs/grpo.yaml (GRPO + LoRA, 8 prompts x 8 samples, 8 new tokens; the quickstart was this step
+until it became HPT, 2026-12-02) timed through the
 real CLI; the phases, token rates, MFU and their FLOP accounting are throughput.py's (its docstring
 states them). Kept so that the command benchmarks/README.md's GRPO table names still runs.
 """
@@ -12,4 +13,4 @@ import sys
 from throughput import main
 
 if __name__ == "__main__":
-    main(["--methods", "quickstart", *sys.argv[1:]])
+    main(["--methods", "grpo", *sys.argv[1:]])

@@ -4,7 +4,7 @@
         [--warmup 1] [--threads N] [--out runs/throughput]
     .venv/bin/python benchmarks/throughput.py --scaling [--lengths 8 16 32 64] [--group-sizes 2 4 8 16]
 
-Each method runs its shipped config (configs/<method>.yaml; `quickstart` is GRPO's quickstart) as
+Each method runs its shipped config (configs/<method>.yaml; `quickstart` is the quickstart's HPT) as
 `lit-posttrain fit` in a process of its own, on the CPU, for `warmup + steps` optimizer steps,
 without evaluation callbacks or checkpoints; every number is the median over the `steps` steps
 after the warm-up. OPD's config distils from the quickstart's trained model, which may not exist

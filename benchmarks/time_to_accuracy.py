@@ -1,17 +1,20 @@
 """Time to accuracy on the quickstart task: wall time from launching `lit-posttrain fit` until the
 held-out strict greedy accuracy first reaches each threshold, per method and seed.
 
-    .venv/bin/python benchmarks/time_to_accuracy.py                        # GRPO (quickstart) and HPT, seeds 0 1 2
+    .venv/bin/python benchmarks/time_to_accuracy.py                        # quickstart, GRPO and HPT, seeds 0 1 2
     .venv/bin/python benchmarks/time_to_accuracy.py --methods grpo --seeds 0 --out runs/tta_small
+    .venv/bin/python benchmarks/time_to_accuracy.py --methods quickstart --config my.yaml --setting mine   # a candidate
     .venv/bin/python benchmarks/time_to_accuracy.py --extra --model.init_args.optim.lr 1e-3   # a setting to try
 
-Each run is the shipped config as a user runs it (configs/quickstart.yaml for GRPO,
-configs/hpt.yaml for HPT), with the seed, its Evaluation every `--every` steps, and the export at
-the end: the clock starts when the process is launched and includes start-up, model load, every
-evaluation and the export, as a user's does. An evaluation is timed when its line ("step N:
-held_out accuracy X") reaches the output. Written to --out: `time_to_accuracy.md` (the table, the
-machine, the command), `time_to_accuracy.csv` (one row per run: the accuracy curve with its times,
-the time to each threshold, the whole run's wall time) and each run's output.
+Each run is a shipped config as a user runs it (`quickstart`: configs/quickstart.yaml, `grpo` and
+`hpt`: configs/grpo.yaml and configs/hpt.yaml; `--config` runs another file instead), with the
+seed, its Evaluation every `--every` steps, and the export at the end: the clock starts when the
+process is launched and includes start-up, model load, every evaluation and the export, as a
+user's does. An evaluation is timed when its line ("step N: held_out accuracy X") reaches the
+output. Written to --out: `time_to_accuracy.md` (the table, the machine, the command),
+`time_to_accuracy.csv` (one row per run: the setting, the accuracy curve with its times, the
+final-number curve where the config logs it, the time to each threshold, the whole run's wall
+time) and each run's output. benchmarks/QUICKSTART.md gathers the sweep that chose the quickstart.
 """
 
 from __future__ import annotations
@@ -30,15 +33,15 @@ from pathlib import Path
 from compare_report import machine, write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"grpo": "configs/quickstart.yaml", "hpt": "configs/hpt.yaml"}
+CONFIGS = {"quickstart": "configs/quickstart.yaml", "grpo": "configs/grpo.yaml", "hpt": "configs/hpt.yaml"}
 ACCURACY_LINE = re.compile(r"^step (\d+): held_out accuracy ([\d.]+)(?: \(.*final_number ([\d.]+))?")
 
 
-def run(method: str, seed: int, every: int, extra: list[str], out: Path) -> dict:
+def run(method: str, config: Path, seed: int, every: int, extra: list[str], out: Path) -> dict:
     run_dir = out / method / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "lit_posttrain.cli", "fit", "--config", str(ROOT / CONFIGS[method]),
+        sys.executable, "-m", "lit_posttrain.cli", "fit", "--config", str(config),
         "--seed_everything", str(seed), "--trainer.callbacks.every_n_steps", str(every),
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(run_dir),
         "--export_to", str(run_dir / "model"), *extra,
@@ -72,6 +75,7 @@ def first_time(curve: list[tuple[float, int, float]], threshold: float) -> tuple
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--config", type=Path, help="run this config file instead of the method's shipped one (a sweep's candidate)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.5, 0.7])
     parser.add_argument("--every", type=int, default=10, help="evaluate every this many steps (the clock's resolution)")
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for method in args.methods:
         for seed in args.seeds:
-            result = run(method, seed, args.every, args.extra, out)
+            config = args.config.resolve() if args.config else ROOT / CONFIGS[method]
+            result = run(method, config, seed, args.every, args.extra, out)
             reached = [first_time(result["curve"], t) for t in args.thresholds]
             print(f"{method} seed {seed}: " + ", ".join(
                 f"{t:g} at {r[0]:.0f} s (step {r[1]})" if r else f"{t:g} not reached" for t, r in zip(args.thresholds, reached, strict=True)

@@ -154,12 +154,12 @@ def test_the_engine_samples_from_the_weights_of_the_last_optimizer_step(lora, me
 
 
 def test_grpo_trains_through_the_cli_with_vllm(tmp_path, monkeypatch):
-    """The quickstart's GRPO (LoRA on the built-in model), a few steps with the engine swapped by
-    one override: it trains, and logs how far the sampler's log-probs were from the trainer's."""
+    """configs/grpo.yaml (LoRA on the built-in model), a few steps with the engine swapped by one
+    override: it trains, and logs how far the sampler's log-probs were from the trainer's."""
     monkeypatch.chdir(tmp_path)
     cli = LitPostTrainCLI(
         args=[
-            "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"),
+            "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"),
             *KEEP_STARTED,
             "--model.init_args.dtype", "float32", "--trainer.max_steps", "3", "--trainer.callbacks", "[]",
             "--data.batch_size", "2", "--model.init_args.group_size", "4", "--export_to", str(tmp_path / "model"),
