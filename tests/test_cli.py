@@ -183,7 +183,7 @@ def test_strategy_files_stack_on_a_method_config(strategy, capsys):
                 "--config", str(ROOT / "configs" / "strategies" / strategy), "--print_config")  # fmt: skip
     printed = capsys.readouterr().out
     expected = "strategy: ddp" if strategy.startswith("ddp") else "class_path: lightning.pytorch.strategies.ModelParallelStrategy"
-    assert expected in printed and "class_path: lit_posttrain.methods.grpo.GRPO" in printed
+    assert expected in printed and "class_path: lit_posttrain.methods.hpt.HPT" in printed
 
 
 @pytest.mark.parametrize("config", ["quickstart.yaml", "grpo.yaml", "opd.yaml", "sept.yaml", "hpt.yaml"])

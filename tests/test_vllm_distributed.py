@@ -22,6 +22,8 @@ def test_each_process_has_its_own_engine_under_fsdp(tmp_path):
     args = [
         str(Path(sys.executable).parent / "lit-posttrain"), "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
         "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"), "--config", str(ROOT / "configs" / "strategies" / "fsdp_cpu2.yaml"),
+        # GRPO samples and compares every step (HPT's steps that are all SFT would not).
+        "--model.class_path", "lit_posttrain.methods.grpo.GRPO",
         "--model.init_args.dtype", "float32", "--trainer.max_steps", "2", "--trainer.callbacks", "[]",
         "--data.batch_size", "1", "--model.init_args.group_size", "2", "--export_to", str(tmp_path / "model"),
     ]  # fmt: skip
