@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.5, 0.7])
     parser.add_argument("--every", type=int, default=10, help="evaluate every this many steps (the clock's resolution)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further `lit-posttrain fit` arguments, for every run")
-    parser.add_argument("--setting", default="shipped", help="a name for the --extra arguments, carried into every row (a sweep's column)")
+    parser.add_argument("--setting", default="shipped", help="a name for this run's --config and --extra, carried into every row (a sweep's column)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_accuracy")
     args = parser.parse_args(argv)
     out = args.out.resolve()
