@@ -10,6 +10,7 @@ At the end of `fit` the trained policy is written as a Hugging Face folder next 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -33,8 +34,19 @@ def _default_loggers() -> list[dict]:
     return loggers
 
 
+class _DropAdvertisements(logging.Filter):
+    """Lightning prints tips for its cloud products at the start of every run: noise in a user's
+    first minutes, and nothing this library uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
 class LitPostTrainCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
+        rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_log.filters):
+            rank_zero_log.addFilter(_DropAdvertisements())
         kwargs.setdefault("trainer_defaults", {"logger": _default_loggers(), "default_root_dir": "runs"})
         super().__init__(
             PostTrainingModule,

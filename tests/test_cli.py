@@ -1,6 +1,7 @@
 """Everything through the real `lit-posttrain` CLI, on the tiny model (seconds per run)."""
 
 import csv
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -206,8 +207,9 @@ def test_swapping_the_method_names_the_arguments_it_drops(in_tmp, capsys):
     assert "note:" not in capsys.readouterr().err
 
 
-def test_progress_shows_as_plain_lines_when_the_output_is_not_a_terminal(in_tmp, capsys):
+def test_progress_shows_as_plain_lines_when_the_output_is_not_a_terminal(in_tmp, capsys, caplog):
     # Under pytest stdout is not a terminal, as when a run's output goes to a file.
+    caplog.set_level(logging.INFO)  # Lightning's info lines, which a run prints
     LitPostTrainCLI(
         args=["fit", "--config", TINY_GRPO, "--trainer.max_steps", "3", "--export", "false",
               "--trainer.callbacks+", "lit_posttrain.callbacks.progress.StepProgressBar",
@@ -216,6 +218,7 @@ def test_progress_shows_as_plain_lines_when_the_output_is_not_a_terminal(in_tmp,
               "--trainer.callbacks.max_examples", "4", "--trainer.callbacks.samples", "0", "--trainer.callbacks.k", "[]"]
     )  # fmt: skip
     out = capsys.readouterr().out
+    assert "GPU available" in caplog.text and "Tip:" not in caplog.text  # Lightning's advertisements are dropped
     lines = [line for line in out.splitlines() if " s/step" in line]
     assert [line.split(":")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
     assert all(" s/step, " in line and "reward " in line for line in lines), lines
