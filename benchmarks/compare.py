@@ -53,14 +53,12 @@ import json
 import os
 import re
 import shlex
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from compare_report import Run, cell, execute, write_atomically, write_charts, write_tables
+from compare_report import Run, cell, run_in_order, write_atomically, write_charts, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is not installed
@@ -386,36 +384,19 @@ def main(argv: list[str] | None = None) -> int:
     command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
     setup, notes = describe(settings, command_line), method_notes(methods)
     print(f"{len(runs)} runs into {out}", flush=True)
-    started = time.perf_counter()
-    timed = []
-    for i, run in enumerate(runs, 1):
-        label = f"[{i}/{len(runs)}] {run.task} {run.method} seed {run.seed}"
-        teacher = METHODS[run.method].teacher
-        if teacher and next(r for r in runs if (r.task, r.method, r.seed) == (run.task, teacher, run.seed)).result is None:
-            run.status = "skipped"
-            print(f"{label}: skipped, its teacher ({teacher}) has no model", flush=True)
-            continue
-        run_start = time.perf_counter()
-        execute(run, args.skip_existing, summarise_folder)
-        if run.status == "ok":
-            timed.append(time.perf_counter() - run_start)
-        if run.result is not None:
-            shown = {k: cell([v], 3) if v is not None else "-" for k, v in run.result.items()}
-            remaining = len(runs) - i
-            eta = f", ~{remaining * statistics.fmean(timed) / 60:.1f} min left" if timed and remaining else ""
-            print(
-                f"{label}: {run.status}, accuracy {shown['accuracy_start']} -> {shown['accuracy_end']}, KL {shown['kl_end']}, "
-                f"wall {run.result['wall_s']:.0f} s (elapsed {(time.perf_counter() - started) / 60:.1f} min{eta})",
-                flush=True,
-            )
-        # Tables after every run: an interrupted comparison still leaves its finished runs tabulated.
-        write_tables(runs, out, setup, notes)
+
+    def measured(result: dict) -> str:
+        shown = {k: cell([v], 3) if v is not None else "-" for k, v in result.items()}
+        return f"accuracy {shown['accuracy_start']} -> {shown['accuracy_end']}, KL {shown['kl_end']}"
+
+    missing = run_in_order(
+        runs, args.skip_existing, summarise_folder, teacher_of=lambda method: METHODS[method].teacher,
+        label=lambda run: f"{run.task} {run.method} seed {run.seed}", measured=measured,
+        after_each=lambda: write_tables(runs, out, setup, notes),
+    )  # fmt: skip
     for path in write_charts(runs, out):
         print(f"chart: {path}")
     print(f"table: {out / 'RESULTS.md'}; per run: {out / 'results.csv'}; over seeds: {out / 'summary.csv'}")
-    missing = [r for r in runs if r.result is None]
-    if missing:
-        print(f"{len(missing)} runs have no result: " + ", ".join(f"{r.task}/{r.method}/seed{r.seed} ({r.status})" for r in missing))
     return 1 if missing else 0
 
 

@@ -1,5 +1,6 @@
 """The tables and charts of benchmarks/compare.py: one record per run in, `results.csv`,
-`summary.csv`, `RESULTS.md` and `comparison_<task>.png` out."""
+`summary.csv`, `RESULTS.md` and `comparison_<task>.png` out; and the run loop it shares with
+benchmarks/forgetting.py (`run_in_order`, `execute`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -72,6 +74,47 @@ def execute(run: Run, skip_existing: bool, summarise) -> None:
         return
     run.result, run.status = summarise(run.run_dir, wall_s), "ok"
     write_atomically(result_file, json.dumps({"command": run.command, "result": run.result}, indent=1))
+
+
+def run_in_order(
+    runs: list[Run],
+    skip_existing: bool,
+    summarise: Callable[[Path, float], dict],
+    teacher_of: Callable[[str], str | None],
+    label: Callable[[Run], str],
+    measured: Callable[[dict], str],
+    after_each: Callable[[], None],
+) -> list[Run]:
+    """Execute every run in order (teachers come first in `runs`); a run whose teacher (the
+    `teacher_of(method)` run of the same task and seed) has no result is skipped. After each, print
+    a line with `measured(result)`, the elapsed time and an estimate of what is left, then call
+    `after_each()`: the tables or report are written after every run, so that an interrupted study
+    still leaves its finished runs written. Returns the runs left without a result."""
+    started, timed = time.perf_counter(), []
+    for i, run in enumerate(runs, 1):
+        name = f"[{i}/{len(runs)}] {label(run)}"
+        teacher = teacher_of(run.method)
+        if teacher and next(r for r in runs if (r.task, r.method, r.seed) == (run.task, teacher, run.seed)).result is None:
+            run.status = "skipped"
+            print(f"{name}: skipped, its teacher ({teacher}) has no model", flush=True)
+            continue
+        run_start = time.perf_counter()
+        execute(run, skip_existing, summarise)
+        if run.status == "ok":
+            timed.append(time.perf_counter() - run_start)
+        if run.result is not None:
+            remaining = len(runs) - i
+            eta = f", ~{remaining * statistics.fmean(timed) / 60:.1f} min left" if timed and remaining else ""
+            print(
+                f"{name}: {run.status}, {measured(run.result)}, wall {run.result['wall_s']:.0f} s "
+                f"(elapsed {(time.perf_counter() - started) / 60:.1f} min{eta})",
+                flush=True,
+            )
+        after_each()
+    missing = [r for r in runs if r.result is None]
+    if missing:
+        print(f"{len(missing)} runs have no result: " + ", ".join(f"{label(r)} ({r.status})" for r in missing))
+    return missing
 
 
 # (result key, Markdown header, decimals) of the table's columns, in order; PASS_AT_K_END stands

@@ -45,14 +45,12 @@ import json
 import os
 import re
 import shlex
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from compare_report import Run, execute, write_atomically
+from compare_report import Run, run_in_order, write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is not installed
@@ -297,34 +295,20 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(Run("arithmetic", method, seed, run_dir, command))
     command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
     print(f"{len(runs)} runs into {out}", flush=True)
-    started, timed = time.perf_counter(), []
-    for i, run in enumerate(runs, 1):
-        label = f"[{i}/{len(runs)}] {run.method} seed {run.seed}"
-        teacher = METHODS[run.method].teacher
-        if teacher and next(r for r in runs if (r.method, r.seed) == (teacher, run.seed)).result is None:
-            run.status = "skipped"
-            print(f"{label}: skipped, its teacher ({teacher}) has no model", flush=True)
-            continue
-        run_start = time.perf_counter()
-        execute(run, args.skip_existing, summarise_run)
-        if run.status == "ok":
-            timed.append(time.perf_counter() - run_start)
-        if run.result is not None:
-            curves = run.result["curves"]
-            remaining = len(runs) - i
-            eta = f", ~{remaining * statistics.fmean(timed) / 60:.1f} min left" if timed and remaining else ""
-            print(
-                f"{label}: {run.status}, task accuracy {curves['task_accuracy'][0]:.3f} -> {curves['task_accuracy'][-1]:.3f}, "
-                f"GK {curves['gk_accuracy'][0]:.3f} -> {curves['gk_accuracy'][-1]:.3f}, wall {run.result['wall_s']:.0f} s "
-                f"(elapsed {(time.perf_counter() - started) / 60:.1f} min{eta})",
-                flush=True,
-            )
-        # The report after every run: an interrupted study still leaves its finished runs analysed.
-        write_report(runs, out, settings, command_line, METHODS)
+
+    def measured(result: dict) -> str:
+        curves = result["curves"]
+        return (
+            f"task accuracy {curves['task_accuracy'][0]:.3f} -> {curves['task_accuracy'][-1]:.3f}, "
+            f"GK {curves['gk_accuracy'][0]:.3f} -> {curves['gk_accuracy'][-1]:.3f}"
+        )
+
+    missing = run_in_order(
+        runs, args.skip_existing, summarise_run, teacher_of=lambda method: METHODS[method].teacher,
+        label=lambda run: f"{run.method} seed {run.seed}", measured=measured,
+        after_each=lambda: write_report(runs, out, settings, command_line, METHODS),
+    )  # fmt: skip
     print(f"report: {out / 'report.md'}; per checkpoint: {out / 'checkpoints.csv'}; charts: {out / 'frontier.png'}, {out / 'curves.png'}")
-    missing = [r for r in runs if r.result is None]
-    if missing:
-        print(f"{len(missing)} runs have no result: " + ", ".join(f"{r.method}/seed{r.seed} ({r.status})" for r in missing))
     return 1 if missing else 0
 
 
