@@ -107,7 +107,7 @@ SAMPLE_COLUMNS = [
 GRPO_COLUMNS = [
     ("engine", "engine", "{}"), ("step (s)", "step_s", "{:.2f}"), ("generation (s)", "generation_s", "{:.2f}"),
     ("loss forward (s)", "loss_forward_s", "{:.2f}"), ("backward + step (s)", "backward_step_s", "{:.2f}"),
-    ("generated tokens", "generated_tokens", "{:.0f}"), ("generation tokens/s", "generation_tokens_per_s", "{:.0f}"),
+    ("weight push (s)", "sync_s", "{:.2f}"), ("generated tokens", "generated_tokens", "{:.0f}"), ("generation tokens/s", "generation_tokens_per_s", "{:.0f}"),
     ("peak RSS process (GiB)", "peak_rss_process_gib", "{:.2f}"), ("process (s)", "process_s", "{:.0f}"),
 ]  # fmt: skip
 

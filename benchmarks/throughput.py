@@ -15,9 +15,9 @@ Where the numbers come from:
 - Step time and its split. A `StepTimer` callback added to each run records, per step, the time
   from the batch's start to its end, so its window includes sampling (which happens inside
   the training step, `rollouts_for`). Every method logs the phases itself: time/generate_s and time/score_s (the methods
-  that sample), time/loss_forward_s and time/backward_step_s (backward, optimizer step and the
-  sampler's weight refresh). "other" is the rest of the step (rollout bookkeeping, batching,
-  logging, callbacks).
+  that sample), time/loss_forward_s, time/backward_step_s (backward and optimizer step) and
+  time/sync_s (the rollout engine taking the new weights). "other" is the rest of the step
+  (rollout bookkeeping, batching, logging, callbacks).
 - Tokens, as every method logs them: tokens/prompts (prefilled for sampling, each prompt once),
   tokens/generated, tokens/trained (what the policy's loss forward ran on: SFT's and OTR's prompt +
   demonstration, each trained group's prompt once + its completions for sampled rows, both for
@@ -212,6 +212,7 @@ def summarise(run: Run, params: int, peak: float) -> dict[str, float | None]:
         "scoring_s": [s.get("time/score_s", 0.0) for s in steps],
         "loss_forward_s": [s["time/loss_forward_s"] for s in steps],
         "backward_step_s": [s["time/backward_step_s"] for s in steps],
+        "sync_s": [s.get("time/sync_s", 0.0) for s in steps],  # absent from runs logged before it was
     }
     other = [s["step_s"] - sum(p[i] for p in phases.values()) for i, s in enumerate(steps)]
     medians = {name: median(values) for name, values in phases.items()}
@@ -319,7 +320,7 @@ def plot_scaling(results: list[dict], path: Path) -> None:
 PHASE_COLUMNS = [
     ("step (s)", "step_s", "{:.3f}"), ("generation (s)", "generation_s", "{:.3f}"), ("scoring (s)", "scoring_s", "{:.3f}"),
     ("loss forward (s)", "loss_forward_s", "{:.3f}"), ("backward + step (s)", "backward_step_s", "{:.3f}"),
-    ("other (s)", "other_s", "{:.3f}"),
+    ("weight push (s)", "sync_s", "{:.3f}"), ("other (s)", "other_s", "{:.3f}"),
 ]  # fmt: skip
 RATE_COLUMNS = [
     ("generated tokens", "generated_tokens", "{:.0f}"), ("generation tokens/s", "generation_tokens_per_s", "{:.0f}"),

@@ -33,7 +33,7 @@ def test_grpo_mean_reward_rises_and_weights_change(tiny_model_dir):
     after = load_file(Path(cli.trainer.log_dir) / "hf_model" / "model.safetensors")
     assert all(not torch.equal(before[k], after[k]) for k in before)
     for name in ("train/reward_std", "train/zero_variance_groups", "train/clip_fraction", "train/completion_length",
-                 "train/truncated", "time/generate_s", "time/score_s", "time/loss_forward_s", "time/backward_step_s"):  # fmt: skip
+                 "train/truncated", "time/generate_s", "time/score_s", "time/loss_forward_s", "time/backward_step_s", "time/sync_s"):  # fmt: skip
         assert column(cli, name), name
 
 

@@ -18,19 +18,20 @@ def step(**values) -> dict:
 def test_on_policy_step_split_rates_and_mfu():
     steps = [
         step(step_s=2.0, **{"time/generate_s": 1.0, "time/score_s": 0.1, "time/loss_forward_s": 0.5,
-                            "time/backward_step_s": 0.3, "tokens/prompts": 100.0, "tokens/generated": 50.0,
+                            "time/backward_step_s": 0.3, "time/sync_s": 0.05, "tokens/prompts": 100.0, "tokens/generated": 50.0,
                             "tokens/trained": 120.0, "tokens/teacher": 150.0}),
         # A slower step: the medians are the middle of the three.
         step(step_s=4.0, **{"time/generate_s": 3.0, "time/score_s": 0.1, "time/loss_forward_s": 0.5,
-                            "time/backward_step_s": 0.3, "tokens/prompts": 100.0, "tokens/generated": 50.0,
+                            "time/backward_step_s": 0.3, "time/sync_s": 0.05, "tokens/prompts": 100.0, "tokens/generated": 50.0,
                             "tokens/trained": 120.0, "tokens/teacher": 150.0}),
         step(step_s=1.0, **{"time/generate_s": 0.5, "time/score_s": 0.1, "time/loss_forward_s": 0.2,
-                            "time/backward_step_s": 0.1, "tokens/prompts": 100.0, "tokens/generated": 50.0,
+                            "time/backward_step_s": 0.1, "time/sync_s": 0.05, "tokens/prompts": 100.0, "tokens/generated": 50.0,
                             "tokens/trained": 120.0, "tokens/teacher": 150.0}),
     ]  # fmt: skip
     row = summarise(Run(steps, peak_rss_process_mib=2048.0, process_s=30.0), N, PEAK)
     assert row["step_s"] == 2.0 and row["generation_s"] == 1.0 and row["loss_forward_s"] == 0.5
-    assert row["other_s"] == pytest.approx(0.1)  # 2.0 - (1.0 + 0.1 + 0.5 + 0.3), the median step's rest
+    assert row["sync_s"] == 0.05
+    assert row["other_s"] == pytest.approx(0.05)  # 2.0 - (1.0 + 0.1 + 0.5 + 0.3 + 0.05), the median step's rest
     assert row["generation_tokens_per_s"] == 50.0  # generated / generation time
     assert row["training_tokens_per_s"] == pytest.approx(120.0 / 0.8)
     assert row["mfu_generation"] == pytest.approx(2 * N * 150 / 1.0 / PEAK)  # prefill + decode, 2N a token

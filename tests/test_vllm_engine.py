@@ -155,7 +155,8 @@ def test_the_engine_samples_from_the_weights_of_the_last_optimizer_step(lora, me
 
 def test_grpo_trains_through_the_cli_with_vllm(tmp_path, monkeypatch):
     """configs/grpo.yaml (LoRA on the built-in model), a few steps with the engine swapped by one
-    override: it trains, and logs how far the sampler's log-probs were from the trainer's."""
+    override: it trains, and logs how far the sampler's log-probs were from the trainer's and how
+    long the engine took to take each step's weights."""
     monkeypatch.chdir(tmp_path)
     cli = LitPostTrainCLI(
         args=[
@@ -171,6 +172,7 @@ def test_grpo_trains_through_the_cli_with_vllm(tmp_path, monkeypatch):
     assert len(rows) == 3
     gap = [float(r["train/sampler_abs_diff"]) for r in rows]
     assert all(0 <= g < ATOL["VLLMEngine"] for g in gap), gap
+    assert all(float(r["time/sync_s"]) > 0 for r in rows)  # the weight push after each step, timed apart
     assert (tmp_path / "model" / "config.json").is_file()
 
 

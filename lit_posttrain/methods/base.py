@@ -266,10 +266,13 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         # Under automatic optimisation the closure (training_step and backward) runs inside this call.
         super().optimizer_step(*args, **kwargs)
-        # An engine sampling from its own copy of the weights must see every update.
-        if self._engine_ready:
-            self.engine.sync_weights(self.policy)
         self.step_cost.mark("end")
+        # An engine sampling from its own copy of the weights must see every update (timed apart:
+        # on vLLM it is the scale path's own cost; HFEngine samples from the policy and takes ~0 s).
+        if self._engine_ready:
+            start = time.perf_counter()
+            self.engine.sync_weights(self.policy)
+            self.add_time("sync_s", time.perf_counter() - start)
 
     def configure_callbacks(self):
         """Callbacks every run of this module needs, added only where the configuration has none of

@@ -78,8 +78,10 @@ class StepCostHooks:
         return ("trained", "teacher") if self.teacher_folder is not None else ("trained",)
 
     # Logged every step as `time/<phase>`, in seconds, the mean over processes; the loss forward and
-    # backward + optimizer step are timed from the marks, the others are added with `add_time`.
-    time_phases: tuple[str, ...] = ("loss_forward_s", "backward_step_s")
+    # backward + optimizer step are timed from the marks, the others are added with `add_time`:
+    # `sync_s` is the rollout engine taking the new weights after the optimizer step (any method:
+    # an Evaluation callback starts an engine for SFT too).
+    time_phases: tuple[str, ...] = ("loss_forward_s", "backward_step_s", "sync_s")
 
     @property
     def step_cost(self) -> StepCost:

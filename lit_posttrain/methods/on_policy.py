@@ -30,7 +30,7 @@ class OnPolicyModule(PostTrainingModule):
     def token_kinds(self) -> tuple[str, ...]:
         return ("prompts", "generated", *super().token_kinds)
 
-    time_phases = ("generate_s", "score_s", "loss_forward_s", "backward_step_s")
+    time_phases = ("generate_s", "score_s", *PostTrainingModule.time_phases)
 
     def __init__(self, *args, group_size: int = 8, **kwargs) -> None:
         super().__init__(*args, **kwargs)
