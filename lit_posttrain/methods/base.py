@@ -267,8 +267,8 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         # Under automatic optimisation the closure (training_step and backward) runs inside this call.
         super().optimizer_step(*args, **kwargs)
         self.step_cost.mark("end")
-        # An engine sampling from its own copy of the weights must see every update (timed apart:
-        # on vLLM it is the scale path's own cost; HFEngine samples from the policy and takes ~0 s).
+        # An engine sampling from its own copy of the weights must see every update: vLLM's, or
+        # HFEngine's merged copy under LoRA (without LoRA it samples from the policy itself).
         if self._engine_ready:
             start = time.perf_counter()
             self.engine.sync_weights(self.policy)
