@@ -48,6 +48,10 @@ class LitPostTrainCLI(LightningCLI):
         if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_log.filters):
             rank_zero_log.addFilter(_DropAdvertisements())
         kwargs.setdefault("trainer_defaults", {"logger": _default_loggers(), "default_root_dir": "runs"})
+        # A config without `seed_everything` runs with seed 0: what Lightning picks anyway, without
+        # its "No seed found" warning, and not a seed left in the environment by an earlier run in
+        # the same process.
+        kwargs.setdefault("seed_everything_default", 0)
         super().__init__(
             PostTrainingModule,
             TaskDataModule,

@@ -2,6 +2,7 @@
 
 import csv
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +38,15 @@ def test_export_false_saves_no_model(in_tmp, capsys):
     cli = run_cli("fit", "--config", TINY, "--trainer.max_steps", "1", "--export", "false")
     assert "Trained model not saved (--export false)" in capsys.readouterr().out
     assert not list(Path(cli.trainer.log_dir).rglob("hf_model*")) and not list(in_tmp.rglob("*.safetensors"))
+
+
+def test_a_config_without_a_seed_runs_with_seed_0_without_a_warning(in_tmp, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # left by an earlier run in this process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = run_cli("fit", "--config", TINY, "--trainer.max_steps", "1", "--export", "false")
+    assert cli.config["fit"]["seed_everything"] == 0
+    assert not [w for w in caught if "No seed found" in str(w.message)]
 
 
 def test_fit_memorises_and_saves_a_loadable_model(in_tmp, tiny_model_dir, capsys):
