@@ -153,7 +153,10 @@ def dropped_method_arguments(config) -> list[str]:
     notes = []
     for path in config.get("config") or []:
         try:
-            content = yaml.safe_load(path.get_content()) if hasattr(path, "get_content") else yaml.safe_load(Path(str(path)).read_text())
+            # jsonargparse's Path reads a file or URL; `get_content` is its name before 4.49, which
+            # now warns on every run.
+            read = getattr(path, "read_text", None) or getattr(path, "get_content", None) or Path(str(path)).read_text
+            content = yaml.safe_load(read())
         except (OSError, yaml.YAMLError):
             continue  # the parser has read it already; nothing to add here
         section = content.get("model") if isinstance(content, dict) else None

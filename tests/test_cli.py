@@ -217,6 +217,22 @@ def test_swapping_the_method_names_the_arguments_it_drops(in_tmp, capsys):
     assert "note:" not in capsys.readouterr().err
 
 
+def test_the_dropped_arguments_check_reads_configs_without_the_deprecated_call(in_tmp, monkeypatch):
+    # jsonargparse warned of Path.get_content (deprecated in 4.49) in every run with a --config;
+    # read_text is its replacement. It shows a deprecation once per process unless told otherwise.
+    from jsonargparse import Path as ConfigPath
+
+    from lit_posttrain.cli import dropped_method_arguments
+
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")
+    config = LitPostTrainCLI(args=["--config", TINY_GRPO, "--model.class_path", "lit_posttrain.methods.sft.SFT"], run=False).config
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        notes = dropped_method_arguments(config)
+    assert any("group_size" in note for note in notes)
+    assert hasattr(ConfigPath, "read_text")  # the installed jsonargparse has the replacement
+
+
 def test_progress_shows_as_plain_lines_when_the_output_is_not_a_terminal(in_tmp, capsys, caplog):
     # Under pytest stdout is not a terminal, as when a run's output goes to a file.
     caplog.set_level(logging.INFO)  # Lightning's info lines, which a run prints
