@@ -153,8 +153,8 @@ def dropped_method_arguments(config) -> list[str]:
     notes = []
     for path in config.get("config") or []:
         try:
-            # jsonargparse's Path reads a file or URL; `get_content` is its name before 4.49, which
-            # now warns on every run.
+            # jsonargparse's Path (a file or a URL): `read_text` from 4.49 on; `get_content` before,
+            # deprecated since, and its warning printed in every run.
             read = getattr(path, "read_text", None) or getattr(path, "get_content", None) or Path(str(path)).read_text
             content = yaml.safe_load(read())
         except (OSError, yaml.YAMLError):
