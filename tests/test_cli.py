@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_posttrain.cli import LitPostTrainCLI
+from lit_posttrain.cli import LitPostTrainCLI, dropped_method_arguments
 from lit_posttrain.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,8 +221,6 @@ def test_the_dropped_arguments_check_reads_configs_without_the_deprecated_call(i
     # jsonargparse warned of Path.get_content (deprecated in 4.49) in every run with a --config;
     # read_text is its replacement. It shows a deprecation once per process unless told otherwise.
     from jsonargparse import Path as ConfigPath
-
-    from lit_posttrain.cli import dropped_method_arguments
 
     monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")
     config = LitPostTrainCLI(args=["--config", TINY_GRPO, "--model.class_path", "lit_posttrain.methods.sft.SFT"], run=False).config

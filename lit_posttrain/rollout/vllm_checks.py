@@ -1,6 +1,7 @@
 """What `VLLMEngine` checks before it starts vLLM: that vLLM runs here, that it can serve the
 model, and how much memory its KV cache gets. Each refusal says what to change; all of it runs
-in `setup` before vLLM starts (11-16 s on the CPU), so that a bad setting fails at once. Imported only when the engine is selected (vLLM is an optional dependency)."""
+in `setup` before vLLM starts (11-16 s on the CPU), so that a bad setting fails at once. Imported
+only when the engine is selected (vLLM is an optional dependency)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def memory_kwargs(platform: str, memory_fraction: float | None, config, dtype: t
     # process, the trainer included here; an explicit KV-cache size means what it says.
     import psutil
 
-    total, available = psutil.virtual_memory().total, psutil.virtual_memory().available
+    memory = psutil.virtual_memory()  # one reading: total and free from the same moment
+    total, available = memory.total, memory.available
     kv_bytes = int(fraction * total)
     if kv_bytes > available:
         raise ValueError(
