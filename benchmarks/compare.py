@@ -91,7 +91,7 @@ METHODS = {  # in run order: a teacher before its students
     "sept_online": Method("configs/sept.yaml", evaluation_args=("--trainer.callbacks.temperatures", json.dumps(SWEPT_TEMPERATURES))),
     "sept_offline": Method(
         "configs/sept.yaml",
-        ("--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh", "--trainer.callbacks.every_n_steps", "null"),
+        ("--model.init_args.rollouts", json.dumps({"every_n_steps": None})),
     ),
     "hpt": Method("configs/hpt.yaml"),
 }

@@ -75,7 +75,7 @@ class Method:
     note: str = ""
 
 
-REWARD_ADVANTAGE = "lit_posttrain.losses.policy_gradient.Reward"
+REWARD_ADVANTAGE = "lit_posttrain.losses.advantages.Reward"
 METHODS = {  # in run order: a teacher before its student
     "sft": Method("configs/sft.yaml", note="SFT on the task's demonstrations; also `opd`'s teacher"),
     "self_sft": Method(

@@ -8,7 +8,9 @@ from torch import Tensor
 
 from lit_posttrain.data.arithmetic import Arithmetic
 from lit_posttrain.data.datamodule import Batch, TaskDataModule
-from lit_posttrain.losses.policy_gradient import Current, GroupCentered, NoMask, PolicyGradientLoss, TokenMean
+from lit_posttrain.losses.advantages import GroupCentered
+from lit_posttrain.losses.aggregation import TokenMean
+from lit_posttrain.losses.policy_gradient import Current, NoMask, PolicyGradientLoss
 from lit_posttrain.methods.on_policy import OnPolicyModule
 from lit_posttrain.optim import Optim
 
@@ -25,7 +27,7 @@ class Reinforce(OnPolicyModule):
         self.loss = PolicyGradientLoss(Current(), GroupCentered(), NoMask(), TokenMean())
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        rollout = self.rollouts_for(batch)  # sampled now, or reused as RolloutRefresh decides
+        rollout = self.rollouts_for(batch)  # sampled now, or reused as the `rollouts:` source decides
         adv_B = self.loss.advantage(rollout.reward_B, rollout.group_B)
         logp_BT = self.rollout_logp(rollout)  # with gradients, each prompt run once for its group
         loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_B=adv_B)

@@ -102,9 +102,10 @@ def test_shared_prompt_logp_equals_the_full_forward_and_its_gradient(lora):
     rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33], [5, 40]], n=3, seed=0)
     rows = torch.tensor([True, False, True, True, True, False, False, False, True])
 
-    shared_BT = module.rollout_logp(rollout, rows)
+    rollout = rollout.select(rows.nonzero().squeeze(-1).tolist())  # a group's rows partly selected, one group whole
+    shared_BT = module.rollout_logp(rollout)
     full_BT = module.policy_logp(rollout.tokens_BT, rollout.attention_BT, temperature=0.8)
-    full_BT = torch.where(rollout.mask_BT & rows[:, None], full_BT, 0.0)
+    full_BT = torch.where(rollout.mask_BT, full_BT, 0.0)
     assert shared_BT.shape == rollout.tokens_BT.shape
     assert torch.allclose(shared_BT, full_BT, atol=1e-5)
 

@@ -107,7 +107,7 @@ FORGETTING = {"class_path": "lit_posttrain.callbacks.ForgettingProbes", "init_ar
 METHODS = {
     "sft": ["--model.class_path", "lit_posttrain.methods.sft.SFT"],
     # Rollouts reused for 2 steps: a rank with no stale prompt joins the others' sampling.
-    "grpo": ["--trainer.callbacks+", json.dumps({"class_path": "lit_posttrain.callbacks.RolloutRefresh", "init_args": {"every_n_steps": 2}})],
+    "grpo": ["--model.init_args.rollouts.every_n_steps", "2"],
     "opd": ["--model.class_path", "lit_posttrain.methods.opd.OPD", "--model.init_args.teacher", "tiny-random-llama:1"],
     "otr": ["--model.class_path", "lit_posttrain.methods.otr.OTR", "--model.init_args.k", "64"],
     "sept": ["--model.class_path", "lit_posttrain.methods.sept.SePT", "--model.init_args.start_temperature", "0.6"],

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from lit_posttrain.callbacks import NonFiniteGuard
 from lit_posttrain.data import Arithmetic, TaskDataModule
 from lit_posttrain.methods.grpo import GRPO
+from lit_posttrain.rewards import VerifierTimeout
 from lit_posttrain.rewards.guard import GuardedScorer
 from lit_posttrain.rollout import HFEngine
 
@@ -28,6 +29,21 @@ def test_guarded_scorer_counts_errors_and_bounds_hangs():
     assert (scorer.failures.errors, scorer.failures.timeouts) == (1, 1)
     assert time.perf_counter() - start < 2.0, "a hung verifier must not hold the step"
     assert scorer([lambda: 1.0] * 3) == [1.0] * 3  # fresh workers after the hang
+
+
+def test_a_verifiers_own_timeout_is_its_own_branch_and_keeps_the_pool():
+    """`VerifierTimeout` subclasses TimeoutError, which is `futures.TimeoutError` on Python 3.11+:
+    caught by the pool's timeout branch it was logged as a hang and the pool thrown away, though
+    no worker was stuck."""
+    scorer = GuardedScorer(timeout_s=5.0, workers=2)
+    pool = scorer._pool
+
+    def bounded() -> float:
+        raise VerifierTimeout("the verifier's own 0.5 s bound")
+
+    assert scorer([bounded, lambda: 1.0]) == [0.0, 1.0]
+    assert (scorer.failures.errors, scorer.failures.timeouts) == (0, 1)
+    assert scorer._pool is pool, "no worker was stuck: the pool must be kept"
 
 
 class FlakyVerifier:

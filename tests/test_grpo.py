@@ -1,6 +1,7 @@
 """GRPO through the real CLI on the tiny model, with a reward it can learn in seconds."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -42,28 +43,25 @@ def test_grpo_with_kl_lora_and_reused_rollouts_runs():
         args=[
             "fit", "--config", TINY_GRPO, "--trainer.max_steps", "4",
             "--model.init_args.lora", "{}", "--model.init_args.loss.kl_coef", "0.1",
-            "--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh",
-            "--trainer.callbacks.every_n_steps", "3", "--data.task.init_args.num_train", "8",
+            "--model.init_args.rollouts.every_n_steps", "3", "--data.task.init_args.num_train", "8",
         ]
     )  # fmt: skip
     kl = column(cli, "train/kl")
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 0  # zero at the start, then the policy moves
     assert all(t > 0 for t in column(cli, "tokens/reference"))  # the KL term's forward is counted
     assert all(torch.isfinite(torch.tensor(column(cli, "train/reward"))))
-    # One refresh callback: the configured one replaced the default.
-    assert sum(type(cb).__name__ == "RolloutRefresh" for cb in cli.trainer.callbacks) == 1
 
 
 def test_offline_cadence_samples_everything_once_before_training():
     cli = LitPostTrainCLI(
         args=[
             "fit", "--config", TINY_GRPO, "--trainer.max_steps", "3", "--data.task.init_args.num_train", "16",
-            "--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh", "--trainer.callbacks.every_n_steps", "null",
+            "--model.init_args.rollouts", json.dumps({"every_n_steps": None}),
         ]
     )  # fmt: skip
-    (refresh,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "RolloutRefresh"]
-    assert len(refresh._cache) == 16
-    assert {sampled_at for _, sampled_at in refresh._cache.values()} == {0}
+    source = cli.model.rollouts
+    assert len(source._cache) == 16
+    assert {sampled_at for _, sampled_at in source._cache.values()} == {0}
     # All the sampling is charged to the first step, none to the later ones.
     generated, generate_s = column(cli, "tokens/generated"), column(cli, "time/generate_s")
     assert generated[0] > 0 and generated[1:] == [0.0, 0.0]
@@ -77,15 +75,23 @@ def test_group_size_below_two_is_refused():
 
 
 def test_loss_parts_are_chosen_by_class_path():
-    from lit_posttrain.losses import policy_gradient as pg
+    from lit_posttrain.losses.advantages import GroupCentered
+    from lit_posttrain.losses.aggregation import TokenMean
+    from lit_posttrain.losses.kl import K1
 
     cli = LitPostTrainCLI(
         args=[
             "--config", str(ROOT / "configs" / "grpo.yaml"),
-            "--model.init_args.loss.advantage", "lit_posttrain.losses.policy_gradient.GroupCentered",
+            "--model.init_args.loss.advantage", "lit_posttrain.losses.advantages.GroupCentered",
+            "--model.init_args.loss.kl_estimator", "lit_posttrain.losses.kl.K1",
+            "--model.init_args.loss.sampler_correction", "lit_posttrain.losses.importance.SequenceMaskedIS",
+            "--model.init_args.loss.sampler_correction.cap", "5",
+            "--model.init_args.loss.stabilization.ratio_c", "3",
         ],
         run=False,
     )  # fmt: skip
     loss = cli.model.loss
-    assert isinstance(loss.advantage, pg.GroupCentered) and isinstance(loss.aggregation, pg.TokenMean)
-    assert (loss.stabilization.eps_low, loss.stabilization.eps_high) == (0.2, 0.28)
+    assert isinstance(loss.advantage, GroupCentered) and isinstance(loss.aggregation, TokenMean)
+    assert (loss.stabilization.eps_low, loss.stabilization.eps_high, loss.stabilization.ratio_c) == (0.2, 0.28, 3.0)
+    assert isinstance(loss.kl_estimator, K1) and type(loss.sampler_correction).__name__ == "SequenceMaskedIS"
+    assert loss.sampler_correction.cap == 5.0

@@ -1,5 +1,5 @@
 """One training step of a method, against values computed by hand from its parts: the step is fed
-a prepared rollout through `rollouts_for` (the one call it samples through) and run outside a
+a prepared rollout through its rollout source (the one place its rollouts come from) and run outside a
 Trainer, so each claim about the step is checked on known numbers."""
 
 import math
@@ -11,28 +11,43 @@ import torch
 from lit_posttrain.data.datamodule import Batch, Row
 from lit_posttrain.data.task import Example
 from lit_posttrain.losses import token_mean_nll
-from lit_posttrain.losses.policy_gradient import Constant, NoMask, Old, PolicyGradientLoss, TokenMean
+from lit_posttrain.losses.advantages import Constant
+from lit_posttrain.losses.aggregation import ConstantLength, TokenMean
+from lit_posttrain.losses.importance import TruncatedIS
+from lit_posttrain.losses.policy_gradient import NoMask, Old, PolicyGradientLoss
 from lit_posttrain.methods.grpo import GRPO
 from lit_posttrain.methods.hpt import HPT
 from lit_posttrain.rollout import HFEngine, Rollout
+from lit_posttrain.rollout.source import RolloutSource
 
 PROMPTS = [[5, 20, 21], [5, 30, 31, 32], [5, 40]]
 DEMONSTRATIONS = [[7, 8, 2], [9, 2], [10, 11, 12, 2]]  # token 2 ends each, as EOS would
 
 
+class Prepared(RolloutSource):
+    """A rollout source that hands every step the same prepared rollout."""
+
+    def __init__(self, rollout: Rollout) -> None:
+        super().__init__()
+        self.rollout = rollout
+
+    def rollouts(self, rows, step, sample, pad_id, any_rank) -> Rollout:
+        return self.rollout
+
+
 def _offline(method, rollout: Rollout, **kwargs):
-    """`method` on the tiny model, its step fed `rollout` and its logged metrics kept in `.logged`."""
+    """`method` on the tiny model, its step fed `rollout` through its rollout source, its logged
+    metrics kept in `.logged`."""
 
-    class Offline(method):
-        def rollouts_for(self, batch):
-            return rollout
-
+    class Logged(method):
         def log_rollout_step(self, rollout, metrics, trained_B=None):
             self.logged = metrics
 
-    module = Offline(model="tiny-random-llama", dtype="float32", group_size=2, **kwargs)
+    module = Logged(model="tiny-random-llama", dtype="float32", group_size=2, rollouts=Prepared(rollout), **kwargs)
     module.configure_model()
-    module._trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t))
+    module._trainer = SimpleNamespace(
+        world_size=1, global_step=0, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t)
+    )
     return module
 
 
@@ -60,7 +75,7 @@ def test_hpt_weighs_each_side_by_its_prompts():
     reference.policy.load_state_dict(hpt.policy.state_dict())
     logp_BT, mask_BT = reference.demonstration_logp([rows[0], rows[2]])
     sft_loss, _ = token_mean_nll(logp_BT, mask_BT)
-    rl_loss, _, _ = reference.policy_gradient_loss(rollout.select([2, 3]))
+    rl_loss, _, _ = reference.policy_gradient_loss(rollout.select([2, 3]), reference.loss)
     assert loss.item() == pytest.approx((2 * sft_loss.item() + rl_loss.item()) / 3, rel=1e-5)
     assert hpt.logged["sft_fraction"].item() == pytest.approx(2 / 3)
 
@@ -80,6 +95,29 @@ def test_skipping_zero_advantage_rows_leaves_the_gradient_unchanged():
     for name, grad in grads[False][1].items():
         assert torch.allclose(grads[True][1][name], grad, atol=1e-6), name
     assert any(g.abs().sum() > 0 for g in grads[False][1].values()), "group 1 has a gradient"
+
+
+def test_the_sampler_weight_is_measured_on_the_trained_rows_only():
+    """HFEngine in float32 samples with the trainer's numerics: every trained token's weight is 1.
+    The skipped rows (groups 0 and 2, equal rewards) once took log-probs 0 as pi_old, so their
+    weights hit the cap and inflated `sampler_weight` though the loss did not use them."""
+    rollout, rows = _rollout([1, 1, 1, 0, 0, 0])
+    loss = PolicyGradientLoss(sampler_correction=TruncatedIS(cap=2.0))
+    module = _offline(GRPO, rollout, loss=loss)
+    module.training_step(Batch(rows, window_tokens=0), 0)
+    assert module.logged["sampler_weight"].item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_constant_length_normalises_by_the_samplers_budget():
+    """Dr. GRPO divides by the completion budget: with no `max_tokens` given it is the engine's
+    `max_new_tokens` (4 here), not a fixed 64."""
+    rollout, rows = _rollout([1, 0, 1, 0, 0, 1])
+    module = _offline(GRPO, rollout, loss=PolicyGradientLoss(aggregation=ConstantLength()), engine=HFEngine(max_new_tokens=4))
+    assert module.loss.aggregation.max_tokens == 4
+    budget = module.training_step(Batch(rows, window_tokens=0), 0)
+    explicit = _offline(GRPO, rollout, loss=PolicyGradientLoss(aggregation=ConstantLength(max_tokens=8)))
+    explicit.policy.load_state_dict(module.policy.state_dict())
+    assert explicit.training_step(Batch(rows, window_tokens=0), 0).item() == pytest.approx(budget.item() / 2, rel=1e-6)
 
 
 def test_a_reused_row_divides_by_its_stored_sampler_log_probs():

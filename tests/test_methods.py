@@ -2,6 +2,7 @@
 move; the class_path swap between all six; each method's own start-up checks and hand values."""
 
 import csv
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -171,8 +172,7 @@ def test_sept_online_refreshes_and_offline_samples_once():
     online = run(*METHODS["sept"], "--trainer.max_steps", "4")
     temperatures = [float(r["train/sampling_temperature"]) for r in logged(online) if r.get("train/sampling_temperature")]
     assert temperatures[0] == pytest.approx(0.6) and temperatures == sorted(temperatures) and temperatures[-1] > 0.6
-    offline = run(*METHODS["sept"], "--trainer.max_steps", "4", "--trainer.callbacks+",
-                  "lit_posttrain.callbacks.RolloutRefresh", "--trainer.callbacks.every_n_steps", "null")  # fmt: skip
+    offline = run(*METHODS["sept"], "--trainer.max_steps", "4", "--model.init_args.rollouts", json.dumps({"every_n_steps": None}))
     temperatures = [float(r["train/sampling_temperature"]) for r in logged(offline) if r.get("train/sampling_temperature")]
     assert temperatures == [pytest.approx(0.6)] * 4  # every sample came from the start, before training
 

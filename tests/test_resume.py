@@ -45,8 +45,7 @@ def _per_step(run_dir: Path, key: str) -> dict[int, float]:
     [
         (3, []),  # mid-epoch: 64 prompts, 8 a step
         # epoch boundary (16 prompts: 2 steps an epoch), and reused rollouts that must survive the kill
-        (2, ["--data.task.init_args.num_train", "16", "--trainer.callbacks+", "lit_posttrain.callbacks.RolloutRefresh",
-             "--trainer.callbacks.every_n_steps", "3"]),
+        (2, ["--data.task.init_args.num_train", "16", "--model.init_args.rollouts.every_n_steps", "3"]),
     ],
     ids=["mid_epoch", "epoch_boundary_reused_rollouts"],
 )  # fmt: skip

@@ -186,11 +186,11 @@ SAMPLING_METHODS = {
 @pytest.mark.parametrize("method", list(SAMPLING_METHODS))
 def test_every_sampling_method_and_callback_runs_on_vllm(method, tmp_path, monkeypatch):
     """OPD, SePT and HPT (GRPO: above) with vLLM for their rollouts, reused for 2 steps by
-    RolloutRefresh; with OPD, also Evaluation's greedy and pass@k samples and the forgetting probes'
+    the method's `rollouts:`; with OPD, also Evaluation's greedy and pass@k samples and the forgetting probes'
     KL rollouts (the callbacks sample the same way whatever the method). Two steps train, and OPD
     logs the gap between the sampler's log-probs and the trainer's."""
     monkeypatch.chdir(tmp_path)
-    callbacks = [{"class_path": "lit_posttrain.callbacks.RolloutRefresh", "init_args": {"every_n_steps": 2}}]
+    callbacks = []
     # SePT trains on its samples without their log-probs; HPT logs the RL side's only on steps
     # where some prompt is solved, which 2 samples of a few prompts may never be.
     expected = {"train/sampler_abs_diff", "train/sampler_kl"} if method == "opd" else {"train/loss"}
@@ -206,6 +206,7 @@ def test_every_sampling_method_and_callback_runs_on_vllm(method, tmp_path, monke
             *KEEP_STARTED,
             *SAMPLING_METHODS[method], "--model.init_args.dtype", "float32", "--trainer.max_steps", "2",
             "--trainer.callbacks", json.dumps(callbacks), "--data.batch_size", "2", "--model.init_args.group_size", "2",
+            "--model.init_args.rollouts.every_n_steps", "2",
             "--export", "false",  # the export is the GRPO test's and the FSDP test's
         ]
     )  # fmt: skip

@@ -38,3 +38,22 @@ def generalized_jsd(student_logits_NV: Tensor, teacher_logits_NV: Tensor, beta: 
     kl_teacher_N = (log_t_NV.exp() * (log_t_NV - log_m_NV)).sum(-1)
     kl_student_N = (log_s_NV.exp() * (log_s_NV - log_m_NV)).sum(-1)
     return beta * kl_teacher_N + (1 - beta) * kl_student_N
+
+
+def sampled_reverse_kl_loss(
+    logp_BT: Tensor, teacher_logp_BT: Tensor, mask_BT: Tensor, discount: float, pg_loss, **pg_kwargs
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """On-policy distillation with one-sample reverse-KL advantages: `reverse_kl_advantages` fed
+    through the policy-gradient loss `pg_loss` (`pg_kwargs`: its `old_logp_BT`, `sampler_logp_BT`,
+    `counts`). Adds `reverse_kl`, the per-token one-sample estimate before any discounting."""
+    mask_BT = mask_BT.to(logp_BT.dtype)
+    adv_BT = reverse_kl_advantages(logp_BT, teacher_logp_BT, mask_BT, discount)
+    loss, metrics = pg_loss(logp_BT, mask_BT, adv_BT=adv_BT, **pg_kwargs)
+    metrics["reverse_kl"] = ((logp_BT - teacher_logp_BT).detach() * mask_BT).sum() / mask_BT.sum().clamp(min=1)
+    return loss, metrics
+
+
+def jsd_loss(student_logits_NV: Tensor, teacher_logits_NV: Tensor, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """The generalized JSD averaged over the N positions (each a completion token's prediction)."""
+    jsd_N = generalized_jsd(student_logits_NV, teacher_logits_NV, beta)
+    return jsd_N.mean(), {"jsd": jsd_N.mean().detach()}

@@ -8,11 +8,13 @@ Objective, per prompt q with G completions o_i scored r_i by the task's verifier
 Where it departs from the paper, or chooses:
 1. One optimizer step per rollout batch by default, so pi_old is the current policy and `old_logp`
    is the detached current log-probs: no second forward pass. Rows reused from an earlier step (a
-   RolloutRefresh cadence above 1) divide by their stored sampler log-probs instead.
+   `rollouts: {every_n_steps: N}` above 1) divide by their stored sampler log-probs instead.
 2. KL to the reference is off by default (kl_coef = 0, today's common choice); when on it is the k3
-   estimator and costs one reference forward pass (free in memory with LoRA).
-3. Rows whose advantage is zero (groups whose rewards are all equal) carry no gradient when
-   kl_coef is 0, so their forward pass is skipped; the loss is normalised as if they were there.
+   estimator (clamped at 10, as verl does; `kl_estimator` chooses another) and costs one reference
+   forward pass (free in memory with LoRA).
+3. Rows whose advantage is zero (groups whose rewards are all equal: exactly zero, not left to
+   float32's rounding) carry no gradient when kl_coef is 0, so their forward pass is skipped; the
+   loss is normalised by the whole batch's counts, as if they were there.
 4. Log-probs are taken at the sampling temperature, so that the ratio compares the distribution
    that sampled the tokens with the one being trained.
 5. Advantage scaling, clipping and aggregation are injected parts (`loss:`), not flags.
@@ -20,13 +22,11 @@ Where it departs from the paper, or chooses:
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from lit_posttrain.data.datamodule import Batch
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss, grpo_preset
 from lit_posttrain.methods.on_policy import OnPolicyModule
-from lit_posttrain.rollout import Rollout
 
 
 class GRPO(OnPolicyModule):
@@ -37,49 +37,21 @@ class GRPO(OnPolicyModule):
         skip_zero_advantage: skip the forward pass of rows with zero advantage when there is no KL term (same gradient, less compute).
     """
 
+    min_group_size = 2
+
     @property
     def token_kinds(self) -> tuple[str, ...]:
         # The reference's forward, for the KL term.
         return (*super().token_kinds, "reference") if self.loss.kl_coef > 0 else super().token_kinds
 
-    def __init__(
-        self,
-        *args,
-        loss: PolicyGradientLoss | None = None,
-        skip_zero_advantage: bool = True,
-        **kwargs,
-    ) -> None:
+    def __init__(self, *args, loss: PolicyGradientLoss | None = None, skip_zero_advantage: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.group_size < 2:
-            raise ValueError(
-                f"GRPO group_size must be at least 2 (advantages compare completions of a prompt), got {self.group_size}"
-            )
-        self.loss = loss or grpo_preset()
+        # An aggregation normalised by the completion budget (ConstantLength) takes the sampler's.
+        self.loss = (loss or grpo_preset()).for_budget(self.engine.max_new_tokens)
         self.skip_zero_advantage = skip_zero_advantage
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
-        loss, metrics, trained_B = self.policy_gradient_loss(rollout)
+        loss, metrics, trained_B = self.policy_gradient_loss(rollout, self.loss, self.skip_zero_advantage)
         self.log_rollout_step(rollout, metrics, trained_B=trained_B)
         return loss
-
-    def policy_gradient_loss(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """The loss of a scored rollout batch, its metrics, and which rows ran the forward pass."""
-        adv_B = self.loss.advantage(rollout.reward_B, rollout.group_B)
-        active_B = torch.ones_like(adv_B, dtype=torch.bool)
-        if self.skip_zero_advantage and self.loss.kl_coef == 0:
-            active_B = adv_B != 0
-            if not active_B.any():
-                # Keep one row so that every step (and every rank) runs a backward pass.
-                active_B[0] = True
-        logp_BT = self.rollout_logp(rollout, active_B)
-        old_logp_BT, mismatch = self.old_logp(rollout, logp_BT, active_B)
-        ref_logp_BT = None
-        if self.loss.kl_coef > 0:
-            ref_logp_BT = self.reference_logp(rollout.tokens_BT, rollout.attention_BT, rollout.temperature, rollout.prompt_width)
-            self.count_tokens("reference", rollout.attention_BT.sum())
-        loss, metrics = self.loss(
-            logp_BT, rollout.mask_BT, adv_B=adv_B, old_logp_BT=old_logp_BT, ref_logp_BT=ref_logp_BT,
-            sampler_logp_BT=rollout.logp_BT,
-        )  # fmt: skip
-        return loss, metrics | mismatch, active_B

@@ -6,8 +6,9 @@ For each prompt q: sample n rollouts, verify them, P = the fraction solved.
     P >  gamma: the RL (GRPO) loss on its rollouts.
     L = (n_sft * L_sft + n_rl * L_rl) / (n_sft + n_rl),
 L_sft the token-mean NLL over the SFT prompts' demonstrations, L_rl the policy-gradient loss over
-the RL prompts' rollouts (GRPO's sequence mean by default), n_* the number of prompts routed each
-way: every prompt weighs the same whichever way it goes. A side with no prompt contributes 0.
+the RL prompts' rollouts (GRPO's loss, `OnPolicyModule.policy_gradient_loss`; sequence mean by
+default), n_* the number of prompts routed each way: every prompt weighs the same whichever way it
+goes (`losses.hybrid.prompt_weighted`). A side with no prompt contributes 0.
 
 Departures from the authors' code (both are traps METHODS.md names):
 1. Their RL part ran without clipping and with mean-centred advantages, and mixed a token-mean SFT
@@ -24,7 +25,9 @@ from torch import Tensor
 from lit_posttrain.data.datamodule import Batch
 from lit_posttrain.groups import dense_groups, group_reduce
 from lit_posttrain.losses import token_mean_nll
-from lit_posttrain.methods.grpo import GRPO
+from lit_posttrain.losses.hybrid import prompt_weighted
+from lit_posttrain.losses.policy_gradient import PolicyGradientLoss, grpo_preset
+from lit_posttrain.methods.on_policy import OnPolicyModule
 
 
 def route_to_sft(reward_B: Tensor, group_B: Tensor, gamma: float, solved_threshold: float = 1.0) -> Tensor:
@@ -32,27 +35,45 @@ def route_to_sft(reward_B: Tensor, group_B: Tensor, gamma: float, solved_thresho
     return group_reduce((reward_B >= solved_threshold).float(), group_B, "mean") <= gamma
 
 
-class HPT(GRPO):
+class HPT(OnPolicyModule):
     """Hybrid post-training: SFT or RL per prompt (see the module docstring).
 
     Args:
         gamma: a prompt whose solved fraction is at most gamma trains on its demonstration (0 for Qwen models, 2/8 for Llama in the paper).
         solved_threshold: the reward at or above which a rollout counts as solved.
+        loss: the RL side's policy-gradient loss; default: GRPO's preset (group-normalised advantage, PPO clip 0.2/0.2, sequence mean, no KL).
+        skip_zero_advantage: skip the forward pass of RL rows with zero advantage when there is no KL term (same gradient, less compute).
     """
 
     needs_demonstrations = True
+    min_group_size = 2
 
-    def __init__(self, *args, gamma: float = 0.0, solved_threshold: float = 1.0, **kwargs) -> None:
+    @property
+    def token_kinds(self) -> tuple[str, ...]:
+        # The reference's forward, for the RL side's KL term.
+        return (*super().token_kinds, "reference") if self.loss.kl_coef > 0 else super().token_kinds
+
+    def __init__(
+        self,
+        *args,
+        gamma: float = 0.0,
+        solved_threshold: float = 1.0,
+        loss: PolicyGradientLoss | None = None,
+        skip_zero_advantage: bool = True,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"HPT gamma is a solved fraction and must be in [0, 1], got {gamma}")
         self.gamma, self.solved_threshold = gamma, solved_threshold
+        self.loss = (loss or grpo_preset()).for_budget(self.engine.max_new_tokens)
+        self.skip_zero_advantage = skip_zero_advantage
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
         sft_G = route_to_sft(rollout.reward_B, rollout.group_B, self.gamma, self.solved_threshold)
         n_sft, n_rl = int(sft_G.sum()), int((~sft_G).sum())
-        loss = torch.zeros((), device=self.device)
+        sft_loss = rl_loss = torch.zeros((), device=self.device)
         metrics = {"sft_fraction": sft_G.float().mean()}
         trained_B = torch.zeros(len(rollout), dtype=torch.bool, device=rollout.tokens_BT.device)
         # With several processes every rank computes both sides, so that each logs the same metrics
@@ -65,20 +86,19 @@ class HPT(GRPO):
             # Group g of the rollout answers batch.rows[g] (OnPolicyModule.rollouts_for).
             logp_BT, mask_BT = self.demonstration_logp([batch.rows[g] for g in chosen_G.nonzero().squeeze(-1).tolist()])
             sft_loss, sft_metrics = token_mean_nll(logp_BT, mask_BT)
-            loss = loss + n_sft * sft_loss
             metrics.update(self._pooled({"sft_nll": sft_metrics["nll"]}, n_sft))
         if n_rl or both:
             group_of_B, _ = dense_groups(rollout.group_B)
             chosen_G = ~sft_G if n_rl else first_G
             rl_rows = chosen_G[group_of_B].nonzero().squeeze(-1)
-            rl_loss, rl_metrics, trained_rl = self.policy_gradient_loss(rollout.select(rl_rows.tolist()))
-            loss = loss + n_rl * rl_loss
+            rl_loss, rl_metrics, trained_rl = self.policy_gradient_loss(
+                rollout.select(rl_rows.tolist()), self.loss, self.skip_zero_advantage
+            )
             if n_rl:
                 trained_B[rl_rows] = trained_rl
             metrics.update(self._pooled(rl_metrics, n_rl))
         self.log_rollout_step(rollout, metrics, trained_B=trained_B)
-        return loss / (n_sft + n_rl)
-
+        return prompt_weighted(sft_loss, n_sft, rl_loss, n_rl)
     def _pooled(self, metrics: dict[str, Tensor], prompts: int) -> dict[str, Tensor]:
         """One side's metrics averaged over its prompts on every rank (a rank's own value weighs as
         many prompts as it routed that way); empty when no rank routed any."""

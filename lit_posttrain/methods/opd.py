@@ -23,17 +23,25 @@ from torch import Tensor
 
 from lit_posttrain.data.datamodule import Batch
 from lit_posttrain.logprobs import completion_logits, shared_prompt_logp, shared_prompt_tokens
-from lit_posttrain.losses.distillation import generalized_jsd, reverse_kl_advantages
-from lit_posttrain.losses.policy_gradient import Constant, NoMask, Old, PolicyGradientLoss, TokenMean
+from lit_posttrain.losses.advantages import Constant
+from lit_posttrain.losses.aggregation import TokenMean
+from lit_posttrain.losses.distillation import jsd_loss, sampled_reverse_kl_loss
+from lit_posttrain.losses.policy_gradient import NoMask, Old, PolicyGradientLoss
 from lit_posttrain.methods.on_policy import OnPolicyModule
 from lit_posttrain.rollout import Rollout
 
 
 class DistillationEstimator:
-    """Base of OPD's estimators: the loss of one rollout batch, given the module's models."""
+    """Base of OPD's estimators: the settings of one of `losses.distillation`'s loss functions.
+    `full_vocabulary` says what OPD feeds it: the student's and the teacher's log-probs of the
+    sampled tokens (`logp_BT, teacher_logp_BT`, with the rollout's mask, pi_old and sampler
+    log-probs), or their logits at each completion position (`student_logits_NV, teacher_logits_NV`)."""
 
-    def __call__(self, module: OPD, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        raise NotImplementedError
+    full_vocabulary: bool = False
+
+    def for_budget(self, max_new_tokens: int) -> DistillationEstimator:
+        """This estimator for completions of at most `max_new_tokens` (see PolicyGradientLoss)."""
+        return self
 
 
 class SampledReverseKL(DistillationEstimator):
@@ -50,18 +58,11 @@ class SampledReverseKL(DistillationEstimator):
         self.discount = discount
         self.loss = loss or PolicyGradientLoss(Old(), Constant(), NoMask(), TokenMean())
 
-    def __call__(self, module: OPD, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        logp_BT = module.rollout_logp(rollout)
-        teacher_logp_BT = module.teacher_rollout_logp(rollout)
-        mask_BT = rollout.mask_BT.to(logp_BT.dtype)
-        adv_BT = reverse_kl_advantages(logp_BT, teacher_logp_BT, mask_BT, self.discount)
-        old_logp_BT, mismatch = module.old_logp(rollout, logp_BT)
-        loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_BT=adv_BT, old_logp_BT=old_logp_BT, sampler_logp_BT=rollout.logp_BT)
-        metrics |= mismatch
-        # The one-sample reverse-KL estimate per token, before any discounting, averaged.
-        kl_BT = (logp_BT - teacher_logp_BT).detach() * mask_BT
-        metrics["reverse_kl"] = kl_BT.sum() / mask_BT.sum().clamp(min=1)
-        return loss, metrics
+    def __call__(self, logp_BT: Tensor, teacher_logp_BT: Tensor, mask_BT: Tensor, **pg_kwargs) -> tuple[Tensor, dict[str, Tensor]]:
+        return sampled_reverse_kl_loss(logp_BT, teacher_logp_BT, mask_BT, self.discount, self.loss, **pg_kwargs)
+
+    def for_budget(self, max_new_tokens: int) -> DistillationEstimator:
+        return SampledReverseKL(self.discount, self.loss.for_budget(max_new_tokens))
 
 
 class FullVocabJSD(DistillationEstimator):
@@ -71,21 +72,15 @@ class FullVocabJSD(DistillationEstimator):
         beta: 1.0 reverse KL(student || teacher), 0.0 forward KL(teacher || student), in between the mixture JSD.
     """
 
+    full_vocabulary = True
+
     def __init__(self, beta: float = 1.0) -> None:
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"FullVocabJSD beta must be in [0, 1], got {beta}")
         self.beta = beta
 
-    def __call__(self, module: OPD, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        student_NV = completion_logits(module.policy, rollout)
-        with torch.no_grad():
-            teacher_NV = completion_logits(module.teacher, rollout)
-        module.count_tokens("trained", rollout.attention_BT.sum())
-        module.count_tokens("teacher", rollout.attention_BT.sum())
-        # Teachers may pad their vocabulary past the tokenizer's; compare the real vocabulary only.
-        vocab = min(student_NV.shape[-1], teacher_NV.shape[-1], len(module.tokenizer))
-        jsd_N = generalized_jsd(student_NV[:, :vocab] / rollout.temperature, teacher_NV[:, :vocab] / rollout.temperature, self.beta)
-        return jsd_N.mean(), {"jsd": jsd_N.mean().detach()}
+    def __call__(self, student_logits_NV: Tensor, teacher_logits_NV: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return jsd_loss(student_logits_NV, teacher_logits_NV, self.beta)
 
 
 class OPD(OnPolicyModule):
@@ -101,7 +96,22 @@ class OPD(OnPolicyModule):
         super().__init__(*args, group_size=group_size, **kwargs)
         if self.teacher_folder is None:
             raise ValueError("OPD needs a teacher: set `teacher:` to a model source that shares the policy's tokenizer")
-        self.estimator = estimator or SampledReverseKL()
+        self.estimator = (estimator or SampledReverseKL()).for_budget(self.engine.max_new_tokens)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        rollout = self.rollouts_for(batch)
+        if self.estimator.full_vocabulary:
+            loss, metrics = self.estimator(*self.completion_logits(rollout))
+        else:
+            logp_BT = self.rollout_logp(rollout)
+            old_logp_BT, mismatch = self.old_logp(rollout, logp_BT)
+            loss, metrics = self.estimator(
+                logp_BT, self.teacher_rollout_logp(rollout), rollout.mask_BT,
+                old_logp_BT=old_logp_BT, sampler_logp_BT=rollout.logp_BT,
+            )  # fmt: skip
+            metrics |= mismatch
+        self.log_rollout_step(rollout, metrics)
+        return loss
 
     @torch.no_grad()
     def teacher_rollout_logp(self, rollout: Rollout) -> Tensor:
@@ -112,8 +122,14 @@ class OPD(OnPolicyModule):
             self.teacher, rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout.prompt_width, rollout.temperature
         )
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        rollout = self.rollouts_for(batch)
-        loss, metrics = self.estimator(self, rollout)
-        self.log_rollout_step(rollout, metrics)
-        return loss
+    def completion_logits(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        """The student's (with gradients) and the teacher's logits at every completion position,
+        at the sampling temperature, over the vocabulary they share: `(student_NV, teacher_NV)`."""
+        student_NV = completion_logits(self.policy, rollout)
+        with torch.no_grad():
+            teacher_NV = completion_logits(self.teacher, rollout)
+        self.count_tokens("trained", rollout.attention_BT.sum())
+        self.count_tokens("teacher", rollout.attention_BT.sum())
+        # Teachers may pad their vocabulary past the tokenizer's; compare the real vocabulary only.
+        vocab = min(student_NV.shape[-1], teacher_NV.shape[-1], len(self.tokenizer))
+        return student_NV[:, :vocab] / rollout.temperature, teacher_NV[:, :vocab] / rollout.temperature

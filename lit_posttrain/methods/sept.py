@@ -10,8 +10,8 @@ Sampling colder than training sharpens the model toward its own likeliest answer
 tau_s = tau_t the expected gradient is zero, and with tau_s > tau_t training hurts.
 
 Departures and choices:
-1. Online is the default (RolloutRefresh every step); the offline ablation is the same run with
-   `RolloutRefresh(every_n_steps: null)`: every prompt sampled once, with the starting weights.
+1. Online is the default (rollouts sampled every step); the offline ablation is the same run with
+   `rollouts: {every_n_steps: null}`: every prompt sampled once, with the starting weights.
 2. No reward and no verifier; held-out accuracy is still evaluated by the task's verifier.
 3. A configuration whose sampling temperature ever exceeds the training temperature is refused;
    one that samples at the training temperature throughout is refused too (zero expected gradient).

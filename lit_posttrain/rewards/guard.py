@@ -42,17 +42,20 @@ class GuardedScorer:
         pending = [self._pool.submit(call) for call in calls]
         rewards = []
         for future in pending:
+            # VerifierTimeout first: it subclasses TimeoutError, which on Python 3.11+ is also
+            # `futures.TimeoutError`, so the pool's own timeout branch would catch it and replace
+            # the pool though no worker is stuck.
             try:
                 rewards.append(float(future.result(timeout=self.timeout_s)))
+            except VerifierTimeout as err:  # a verifier that bounds its own time (MathVerifier)
+                self.failures.timeouts += 1
+                rewards.append(0.0)
+                log.warning("%s: scored 0", err)
             except futures.TimeoutError:
                 self.failures.timeouts += 1
                 rewards.append(0.0)
                 log.warning("a verifier call took longer than %.1f s: scored 0", self.timeout_s)
                 self._replace_pool()
-            except VerifierTimeout as err:  # a verifier that bounds its own time (MathVerifier)
-                self.failures.timeouts += 1
-                rewards.append(0.0)
-                log.warning("%s: scored 0", err)
             except Exception as err:  # a verifier's bug must not end the run
                 self.failures.errors += 1
                 rewards.append(0.0)
