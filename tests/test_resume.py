@@ -2,6 +2,7 @@
 was never interrupted: the same losses and rewards step by step, the same final weights."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,48 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, kill_at, ex
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     kept = sorted(p.name for p in (tmp_path / "whole" / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in kept and len(kept) == 3, kept  # save_top_k: 2, plus last
+
+
+def _measuring(history_file: Path) -> list[str]:
+    evaluation = {"class_path": "lit_posttrain.callbacks.Evaluation", "init_args": {"every_n_steps": 2, "max_examples": 8}}
+    probes = {
+        "class_path": "lit_posttrain.callbacks.ForgettingProbes",
+        "init_args": {"every_n_steps": 2, "kl_prompts": 3, "kl_max_new_tokens": 6, "max_items": 16, "history_file": str(history_file)},
+    }
+    return ["--trainer.callbacks+", json.dumps(evaluation), "--trainer.callbacks+", json.dumps(probes)]
+
+
+def _untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in entry.items() if not k.startswith("time/")} for entry in history]
+
+
+def test_a_resumed_runs_measurements_equal_the_uninterrupted_runs(tmp_path):
+    """Evaluation and ForgettingProbes every 2 steps, killed when step 3 starts, resumed. Before
+    their state went into checkpoints, the resumed run measured again at step 3, sampled the KL's
+    continuations from the trained policy instead of the starting model, and counted flips against
+    its own first measurement: its numbers were not the uninterrupted run's."""
+    steps = 6
+    whole = _run(tmp_path, "whole", steps, *_measuring(tmp_path / "whole.json"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = _run(tmp_path, "killed", steps, *_measuring(tmp_path / "killed.json"), "--trainer.callbacks+",
+                  "crash.KillAtStep", "--trainer.callbacks.step", "3")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run(tmp_path, "killed", steps, *_measuring(tmp_path / "killed.json"),
+                   "--ckpt_path", str(tmp_path / "killed" / "checkpoints" / "last.ckpt"))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for key in ("eval/accuracy", "eval/completion_length", "eval/right_to_wrong", "eval/wrong_to_right", "forget/kl",
+                "forget/forward_kl", "forget/general_knowledge/nll", "forget/general_knowledge/right_to_wrong"):  # fmt: skip
+        expected, got = _per_step(tmp_path / "runs" / "whole", key), _per_step(tmp_path / "runs" / "killed", key)
+        assert sorted(got) == sorted(expected) == [0, 2, 4, 6], (key, sorted(got))
+        for step in expected:
+            assert got[step] == pytest.approx(expected[step], abs=1e-6), (key, step)
+    assert expected[6] > 0, "the KL moved: the comparison means something"
+    whole_history, killed_history = (_untimed(json.loads((tmp_path / f"{n}.json").read_text())) for n in ("whole", "killed"))
+    assert [e["step"] for e in killed_history] == [0, 2, 4, 6]
+    for got, expected in zip(killed_history, whole_history, strict=True):
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == (value if isinstance(value, list) else pytest.approx(value, abs=1e-6)), (got["step"], key)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):

@@ -34,6 +34,10 @@ class EveryNSteps(L.Callback):
     measures and writes it, and a later run with the same fingerprint reads it instead of measuring
     the same starting model again (a comparison of methods from one start measures it once). A file
     with another fingerprint stops the run at start-up, naming what differs.
+
+    The history and the last step measured are saved in every checkpoint: a run resumed from one
+    goes on with them, measuring at the same steps as the run that was never interrupted (not again
+    at the step it resumes from), and compares with the same first measurement.
     """
 
     def __init__(self, every_n_steps: int | None, baseline_cache: str | None = None) -> None:
@@ -43,6 +47,7 @@ class EveryNSteps(L.Callback):
         self.baseline_cache = baseline_cache
         self.history: list[dict] = []
         self._last_step: int | None = None
+        self._resumed = False
 
     def run(self, trainer: L.Trainer, module) -> None:
         """Measure now: append to `history` and log."""
@@ -60,6 +65,14 @@ class EveryNSteps(L.Callback):
     def restore(self, trainer: L.Trainer, module, entries: list[dict]) -> None:
         """Take `entries` (the baseline's `history`) as this run's measurement before training."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        # Plain containers: checkpoints load with torch.load(weights_only=True).
+        return {"history": self.history, "last_step": self._last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self._last_step = list(state["history"]), state["last_step"]
+        self._resumed = True
 
     def _run_once(self, trainer: L.Trainer, module) -> None:
         if self._last_step != trainer.global_step:
@@ -87,6 +100,8 @@ class EveryNSteps(L.Callback):
         write_json_atomically(path, {"fingerprint": fingerprint, "history": self.history})
 
     def on_train_start(self, trainer: L.Trainer, module) -> None:
+        if self._resumed:  # the measurements so far came with the checkpoint; the next is due on cadence
+            return
         if self.baseline_cache is not None and trainer.global_step == 0:
             self._baseline(trainer, module)
         else:

@@ -71,12 +71,24 @@ class ForgettingProbes(EveryNSteps):
         self._kl_rollouts: dict[str, Rollout] = {}  # "kl" (probe questions), "task_kl" (the task's prompts)
         self._prepared = False
 
+    def state_dict(self) -> dict:
+        # The starting model's continuations too: after a resume the policy is no longer the
+        # starting model, and sampling them again would measure the KL along other text.
+        return super().state_dict() | {"kl_rollouts": {name: r.state_dict() for name, r in self._kl_rollouts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._kl_rollouts = {name: Rollout.from_state_dict(r) for name, r in state.get("kl_rollouts", {}).items()}
+
     def _prepare(self, trainer: L.Trainer, module) -> None:
         if self._prepared:
             return
         self._prepared = True
         chat = _chat_template(trainer)
         self._rows = {name: choice_rows(items, module.tokenizer, chat) for name, items in self.sets.items()}
+        if self._kl_rollouts:  # restored from a checkpoint
+            self._kl_rollouts = {name: r.to(module.device) for name, r in self._kl_rollouts.items()}
+            return
         # The starting model's own continuations, sampled before any update: policy == reference.
         prompts = {}
         if self.kl_prompts and self.sets:

@@ -77,15 +77,11 @@ class RolloutSource:
             self._cache[tuple(row.prompt_ids)] = (rollout.select((rollout.group_B == g).nonzero().squeeze(-1).tolist()), step)
 
     def state_dict(self) -> dict:
-        # Reused rollouts are training data: a resumed run must reuse the same ones. Plain
-        # containers of tensors, so that checkpoints load with torch.load(weights_only=True).
+        # Reused rollouts are training data: a resumed run must reuse the same ones.
         return {
             "every_n_steps": self.every_n_steps,
-            "cache": [
-                (list(key), {f.name: getattr(rollout, f.name) for f in dataclasses.fields(rollout)}, sampled_at)
-                for key, (rollout, sampled_at) in self._cache.items()
-            ],
+            "cache": [(list(key), rollout.state_dict(), sampled_at) for key, (rollout, sampled_at) in self._cache.items()],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._cache = {tuple(key): (Rollout(**fields), sampled_at) for key, fields, sampled_at in state["cache"]}
+        self._cache = {tuple(key): (Rollout.from_state_dict(fields), sampled_at) for key, fields, sampled_at in state["cache"]}

@@ -45,6 +45,20 @@ class Rollout:
     def completion_lengths_B(self) -> Tensor:
         return self.mask_BT.sum(-1)
 
+    def to(self, device: torch.device | str) -> Rollout:
+        """The same rollout with every tensor on `device`."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return dataclasses.replace(self, **moved)
+
+    def state_dict(self) -> dict:
+        """Its fields as a plain dict of tensors and Python values: checkpoints that hold rollouts
+        (reused training data, the probes' continuations) load with `torch.load(weights_only=True)`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Rollout:
+        return cls(**state)
+
     def with_rewards(self, reward_B: Tensor) -> Rollout:
         return dataclasses.replace(self, reward_B=reward_B.to(self.tokens_BT.device, torch.float32))
 

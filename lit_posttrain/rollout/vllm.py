@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import gc
 import os
 import shutil
@@ -318,7 +317,7 @@ class VLLMEngine:
             prompt_PT, prompt_attention_PT, n, completion_BT, sampler_BT, self.eos_ids, self.tokenizer, temperature,
             time.perf_counter() - start,
         )  # fmt: skip
-        return _to(rollout, self.device)
+        return rollout.to(self.device)
 
 
 def _with_seed(params, seed: int):
@@ -326,9 +325,4 @@ def _with_seed(params, seed: int):
     clone.seed = seed
     return clone
 
-
-def _to(rollout: Rollout, device: torch.device) -> Rollout:
-    fields = (f.name for f in dataclasses.fields(rollout))
-    moved = {name: getattr(rollout, name).to(device) for name in fields if isinstance(getattr(rollout, name), torch.Tensor)}
-    return dataclasses.replace(rollout, **moved)
 
