@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from lit_posttrain.sharding import full_state_dict, is_sharded
 
 
 def save_hf_folder(policy: torch.nn.Module, tokenizer, folder: str | Path, merge_lora: bool = False) -> Path:
@@ -25,3 +28,19 @@ def save_hf_folder(policy: torch.nn.Module, tokenizer, folder: str | Path, merge
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+def export_policy(
+    policy: torch.nn.Module, tokenizer, folder: str | Path, *, rank: int, unsharded: Callable[[], torch.nn.Module],
+    merge_lora: bool = False,
+) -> Path:  # fmt: skip
+    """`save_hf_folder` from rank 0 only. A policy sharded with FSDP2 is gathered first into a fresh
+    unsharded copy (`unsharded()` builds it): a collective, so every rank must call this."""
+    if is_sharded(policy):
+        state = full_state_dict(policy, rank)
+        if state is not None:  # rank 0
+            policy = unsharded()
+            policy.load_state_dict(state)
+    if rank != 0:
+        return Path(folder)
+    return save_hf_folder(policy, tokenizer, folder, merge_lora=merge_lora)

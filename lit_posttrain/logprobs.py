@@ -1,6 +1,7 @@
 """Per-token log-probabilities of given tokens under a causal language model: the forward passes
-every method, evaluation and probe is built on. Pure functions of a model and tensors; the module
-(`PostTrainingModule`) chooses the model and counts the tokens.
+every method, evaluation and probe is built on, and the prompt prefill the engines decode from.
+Pure functions of a model and tensors; the module (`PostTrainingModule`) chooses the model and
+counts the tokens.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.groups import dense_groups
-from lit_posttrain.rollout.engine import prefill
 
 
 def first_masked(mask_BT: Tensor) -> int:
@@ -34,6 +34,28 @@ def first_rows(group_R: Tensor) -> tuple[Tensor, Tensor]:
     Rows of a group are contiguous and groups in ascending order, as in a Rollout."""
     prompt_of_R, groups = dense_groups(group_R)
     return torch.searchsorted(prompt_of_R, torch.arange(groups, device=group_R.device)), prompt_of_R
+
+
+def prefill(model: torch.nn.Module, prompt_PT: Tensor, attention_PT: Tensor):
+    """Run left-padded prompts once into a fresh KV cache: `(logits_PV, cache, position_PT)`, the
+    logits at each prompt's last position (only there: the output head is costly) and the
+    positions the cache holds. Gradients flow when enabled."""
+    from transformers import DynamicCache
+
+    position_PT = (attention_PT.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=prompt_PT, attention_mask=attention_PT, position_ids=position_PT,
+        past_key_values=cache, use_cache=True, logits_to_keep=last_position(prompt_PT),
+    )  # fmt: skip
+    return out.logits[:, -1], cache, position_PT
+
+
+def last_position(tokens_BT: Tensor) -> Tensor:
+    """`logits_to_keep` for the last position only, as an index tensor: an int makes transformers
+    take a strided slice of the hidden states, which sends the output head down a batched-matmul
+    path that copies its weight per row on CPU (see forward_logits)."""
+    return torch.tensor([tokens_BT.shape[1] - 1], device=tokens_BT.device)
 
 
 def shared_prompt_tokens(attention_RT: Tensor, group_R: Tensor, prompt_width: int) -> Tensor:

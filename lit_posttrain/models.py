@@ -30,6 +30,8 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_posttrain.tiny import build_tiny_llama
+
 DType = Literal["auto", "bfloat16", "float32", "float16"]
 
 BUILTIN_PREFIX = "builtin:"
@@ -166,71 +168,6 @@ def _convert_gguf(spec: BuiltinModel, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-# --- tiny random models for tests -----------------------------------------------------------
-
-TINY_CHARS = list(" \n0123456789+-*/=.,:;?!'\"()abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ#$%&<>[]{}_\\|")
-TINY_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '</s>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
-
-def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
-    """A character-level tokenizer with a chat template: every character is one token."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(TINY_SPECIALS + TINY_CHARS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(""), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=TINY_SPECIALS[4:],
-        padding_side="left",  # set at construction: assigning it later is not saved
-        chat_template=TINY_CHAT_TEMPLATE,
-    )
-
-
-def build_tiny_llama(out: Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> None:
-    """Write a tiny random `LlamaForCausalLM` and its character-level tokenizer to `out`.
-
-    A Llama config, not Qwen2: with `model_type: qwen2` AutoTokenizer builds a Qwen2Tokenizer
-    that silently drops spaces and newlines from a character-level vocabulary.
-    """
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
 # --- loading ------------------------------------------------------------------------------------
 
 
@@ -268,10 +205,41 @@ def apply_lora(model: PreTrainedModel, lora: LoRA) -> torch.nn.Module:
     return get_peft_model(model, config)
 
 
+def build_policy(
+    folder: str, dtype: torch.dtype, lora: LoRA | None, gradient_checkpointing: bool, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    """The trainable policy: the model in `folder`, in training mode, with LoRA adapters when
+    `lora` is given and activations recomputed in the backward with `gradient_checkpointing`."""
+    policy = load_model(folder, dtype, trust_remote_code)
+    if gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False
+        # Frozen embeddings under LoRA would leave the checkpointed blocks without an input that
+        # requires grad, and no gradient would reach the adapters.
+        policy.enable_input_require_grads()
+    # from_pretrained returns eval mode; Lightning restores whatever mode fit starts from.
+    policy.train()
+    return apply_lora(policy, lora) if lora is not None else policy
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def resolve_sources(
+    model: str, teacher: str | None, trust_remote_code: bool = False
+) -> tuple[str, PreTrainedTokenizerBase, str | None]:
+    """`(model folder, its tokenizer, teacher folder or None)`: every source resolved and every
+    tokenizer loaded, before any weights, with a teacher whose tokenizer differs refused."""
+    folder = resolve_model_source(model)
+    tokenizer = load_tokenizer(folder, trust_remote_code)
+    if teacher is None:
+        return folder, tokenizer, None
+    teacher_folder = resolve_model_source(teacher)
+    check_same_tokenizer(tokenizer, load_tokenizer(teacher_folder, trust_remote_code), teacher)
+    return folder, tokenizer, teacher_folder
 
 
 def check_same_tokenizer(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, teacher_source: str) -> None:

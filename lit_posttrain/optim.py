@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 
 @dataclass
@@ -38,3 +42,16 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, decay: str, mi
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+def configure_adamw(params: Iterable[torch.nn.Parameter], opt: Optim, total_steps: int) -> dict:
+    """AdamW over `params` with `opt`'s schedule over `total_steps`, as Lightning's
+    `configure_optimizers` returns it (the schedule stepped every optimizer step)."""
+    params = list(params)
+    if not params:
+        raise ValueError("the policy has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    scheduler = LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, opt.warmup_steps, total_steps, opt.decay, opt.min_lr_ratio)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

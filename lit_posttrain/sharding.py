@@ -1,5 +1,6 @@
 """FSDP2 for the policy: sharding it over the data-parallel ranks, telling a sharded model apart,
-and gathering its full weights back (for the export, and for a rollout engine's copy)."""
+and gathering its full state dict back for the export (the weights a rollout engine takes:
+`lit_posttrain.weights`)."""
 
 from __future__ import annotations
 
@@ -42,33 +43,3 @@ def full_state_dict(policy: torch.nn.Module, rank: int) -> dict | None:
 
     state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return state if rank == 0 else None
-
-
-def full_weights(policy: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The policy's weights under their Hugging Face checkpoint names, whole (gathered under FSDP2).
-    A peft policy's LoRA layers give their base weight plus the adapters' product."""
-    if not hasattr(policy, "peft_config"):
-        return [(name, full_tensor(t)) for name, t in policy.state_dict().items()]
-    from peft.tuners.lora import LoraLayer
-
-    base = policy.get_base_model()
-    lora = {f"{name}.base_layer.weight": layer for name, layer in base.named_modules() if isinstance(layer, LoraLayer)}
-    weights = []
-    for name, t in base.state_dict().items():
-        if ".lora_" in name:
-            continue
-        t = full_tensor(t)
-        if name in lora:
-            layer = lora[name]
-            for adapter in (a for a in layer.active_adapters if a in layer.lora_A):
-                # B @ A in float32 (peft does the same on CPU: bf16 matmuls are slow there).
-                delta = full_tensor(layer.lora_B[adapter].weight).float() @ full_tensor(layer.lora_A[adapter].weight).float()
-                delta = delta.T if layer.fan_in_fan_out else delta
-                t = (t.float() + layer.scaling[adapter] * delta).to(t.dtype)
-        weights.append((name.replace(".base_layer.", "."), t))
-    return weights
-
-
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: a DTensor shard (FSDP2) is gathered from every rank (a collective)."""
-    return t.full_tensor() if isinstance(t, DTensor) else t.detach()

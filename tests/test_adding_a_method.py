@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.arithmetic import Arithmetic
-from lit_posttrain.data.datamodule import Batch, TaskDataModule
+from lit_posttrain.data.batches import Batch
+from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.losses.advantages import GroupCentered
 from lit_posttrain.losses.aggregation import TokenMean
 from lit_posttrain.losses.policy_gradient import Current, NoMask, PolicyGradientLoss

@@ -116,10 +116,17 @@ def test_gradient_accumulation_gives_the_same_gradient_as_one_big_batch(in_tmp):
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test"])
-def test_validate_and_test_run(in_tmp, subcommand):
-    cli = run_cli(subcommand, "--config", TINY)
+def test_validate_and_test_report_the_held_out_token_mean_nll(in_tmp, subcommand):
+    """The metric over micro-batches of held-out rows is the token-weighted mean over all of them
+    (not a mean of batch means), recomputed here in one pass over every held-out row."""
+    cli = run_cli(subcommand, "--config", TINY, "--data.batch_size", "3")
     key = "val/nll" if subcommand == "validate" else "test/nll"
-    assert torch.isfinite(cli.trainer.callback_metrics[key])
+    rows = cli.datamodule.eval_rows
+    assert len(rows) % 3 and len({len(r.completion_ids) for r in rows}) > 1, "uneven batches and lengths"
+    with torch.no_grad():
+        logp_BT, mask_BT = cli.model.demonstration_logp(rows)
+    expected = -(logp_BT * mask_BT).sum() / mask_BT.sum()
+    assert cli.trainer.callback_metrics[key].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))

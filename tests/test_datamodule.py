@@ -2,7 +2,8 @@ import pytest
 
 from lit_posttrain.data import DataError, Example, Row, TaskDataModule
 from lit_posttrain.data.arithmetic import Arithmetic
-from lit_posttrain.data.datamodule import MicroBatches, pack_demonstrations, tokenize_rows
+from lit_posttrain.data.batches import MicroBatches
+from lit_posttrain.data.datamodule import pack_demonstrations, tokenize_rows
 from lit_posttrain.models import load_tokenizer
 
 

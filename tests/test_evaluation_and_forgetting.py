@@ -16,8 +16,8 @@ from lit_posttrain.cli import LitPostTrainCLI
 from lit_posttrain.data.datamodule import pack_demonstrations
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import DataError
-from lit_posttrain.evaluation import choice_rows, common_prefix_length, item_batches, score_choices
 from lit_posttrain.logprobs import first_masked
+from lit_posttrain.measurement import choice_rows, common_prefix_length, item_batches, score_choices
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.metrics import flips, pass_at_k
 from lit_posttrain.plots import main as plot_main

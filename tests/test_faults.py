@@ -79,7 +79,7 @@ def _fit(verifier, steps: int, tmp_path: Path, module: GRPO | None = None) -> GR
 def test_a_raising_verifier_scores_zero_and_the_run_goes_on(tmp_path):
     module = _fit(FlakyVerifier(), steps=3, tmp_path=tmp_path)
     assert module.trainer.global_step == 3
-    assert module.scorer.failures.errors == 3 * 4 * 8 // 2
+    assert module.sampler.scorer.failures.errors == 3 * 4 * 8 // 2
     metrics = (Path(module.trainer.log_dir) / "metrics.csv").read_text()
     assert "train/verifier_errors" in metrics
 

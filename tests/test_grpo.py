@@ -38,14 +38,20 @@ def test_grpo_mean_reward_rises_and_weights_change(tiny_model_dir):
         assert column(cli, name), name
 
 
-def test_grpo_with_kl_lora_and_reused_rollouts_runs():
+def test_grpo_with_kl_lora_and_reused_rollouts():
+    """8 prompts, 4 a step, rollouts kept for 4 steps: steps 0 and 1 sample every prompt, steps 2
+    and 3 reuse them (whatever the second epoch's order), sampling nothing."""
     cli = LitPostTrainCLI(
         args=[
-            "fit", "--config", TINY_GRPO, "--trainer.max_steps", "4",
+            "fit", "--config", TINY_GRPO, "--trainer.max_steps", "4", "--data.batch_size", "4",
             "--model.init_args.lora", "{}", "--model.init_args.loss.kl_coef", "0.1",
-            "--model.init_args.rollouts.every_n_steps", "3", "--data.task.init_args.num_train", "8",
+            "--model.init_args.rollouts.every_n_steps", "4", "--data.task.init_args.num_train", "8",
         ]
     )  # fmt: skip
+    generated = column(cli, "tokens/generated")
+    assert generated[0] > 0 and generated[1] > 0 and generated[2:] == [0.0, 0.0]
+    assert {sampled_at for _, sampled_at in cli.model.rollouts._cache.values()} == {0, 1}
+    assert len(cli.model.rollouts._cache) == 8
     kl = column(cli, "train/kl")
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 0  # zero at the start, then the policy moves
     assert all(t > 0 for t in column(cli, "tokens/reference"))  # the KL term's forward is counted

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lit_posttrain.data.datamodule import Batch, Row
+from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.data.task import Example
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.losses.advantages import Constant

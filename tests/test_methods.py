@@ -42,6 +42,13 @@ def logged(cli: LitPostTrainCLI) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+# What only one method's step logs (GRPO: none of these): the step that ran is the method's own.
+ONLY_BY = {
+    "sft": "train/tokens", "opd": "train/reverse_kl", "otr": "train/sample_hit_rate",
+    "sept": "train/sampling_temperature", "hpt": "train/sft_fraction",
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_switching_class_path_trains_every_method(method, tiny_model_dir):
     cli = run(*METHODS[method])
@@ -51,9 +58,14 @@ def test_switching_class_path_trains_every_method(method, tiny_model_dir):
     assert len(loss) == 3 and all(math.isfinite(x) for x in loss)
     values = [float(v) for row in logged(cli) for k, v in row.items() if v and k.startswith("train/")]
     assert all(math.isfinite(x) for x in values)
+    keys = {k for row in logged(cli) for k, v in row.items() if v}
+    assert {m for m, key in ONLY_BY.items() if key in keys} == ({method} if method in ONLY_BY else set()), keys
+    assert method != "grpo" or "train/clip_fraction" in keys
     before = load_file(Path(tiny_model_dir) / "model.safetensors")
     after = load_file(Path(cli.trainer.log_dir) / "hf_model" / "model.safetensors")
     assert all(not torch.equal(before[k], after[k]) for k in before), "every weight trains in full fine-tuning"
+    trained = cli.model.policy.state_dict()
+    assert all(torch.equal(trained[k], after[k]) for k in after), "the export is the trained policy"
 
 
 def column(cli: LitPostTrainCLI, name: str) -> list[float]:

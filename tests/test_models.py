@@ -9,13 +9,13 @@ from lit_posttrain.models import (
     ModelSourceError,
     _build_atomically,
     apply_lora,
-    build_tiny_tokenizer,
     check_same_tokenizer,
     load_model,
     load_tokenizer,
     resolve_dtype,
     resolve_model_source,
 )
+from lit_posttrain.tiny import build_tiny_tokenizer
 
 
 def test_tiny_tokenizer_is_character_level_and_keeps_whitespace(tiny_model_dir):

@@ -13,7 +13,7 @@ import torch
 from test_engine import ATOL, needs_vllm
 from transformers import AutoModelForCausalLM
 
-from lit_posttrain.models import build_tiny_llama
+from lit_posttrain.tiny import build_tiny_llama
 
 pytestmark = [needs_vllm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

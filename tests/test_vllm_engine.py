@@ -108,7 +108,7 @@ def test_merged_lora_weights_are_the_merged_models():
     """What the engine is sent for a LoRA policy by default on CPU (`merge_lora`): every base weight
     plus its adapters' product, under the plain model's names, equal to peft's own merge. The push
     itself is the full-weights path, tested on a running engine below."""
-    from lit_posttrain.sharding import full_weights
+    from lit_posttrain.weights import full_weights
 
     module = _module(model="tiny-random-llama", lora=LoRA(r=4))
     with torch.no_grad():

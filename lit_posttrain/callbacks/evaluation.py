@@ -1,5 +1,5 @@
 """Held-out evaluation during training, step 0 included: the baseline every later number is read
-against. The measuring is `lit_posttrain.evaluation.generation_scores`; this callback decides when,
+against. The measuring is `lit_posttrain.measurement.generation_scores`; this callback decides when,
 shares the examples among processes, reduces and logs the metrics, and keeps their history."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, SumMetric
 
 from lit_posttrain.callbacks.cadence import EveryNSteps, digest
-from lit_posttrain.data.datamodule import Row
+from lit_posttrain.data.batches import Row
 from lit_posttrain.data.task import Task
-from lit_posttrain.evaluation import generation_scores
+from lit_posttrain.measurement import generation_scores
 from lit_posttrain.metrics import flips
 from lit_posttrain.rewards import Verifier
 

@@ -1,5 +1,5 @@
 """Forgetting, measured while training runs, against the starting model: when the probes of
-`lit_posttrain.evaluation` run, what is logged, and what a checkpoint keeps."""
+`lit_posttrain.measurement` run, what is logged, and what a checkpoint keeps."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_posttrain.callbacks.cadence import EveryNSteps, digest, write_json_atomically
-from lit_posttrain.data.datamodule import Row
+from lit_posttrain.data.batches import Row
 from lit_posttrain.data.multiple_choice import load_multiple_choice
-from lit_posttrain.evaluation import choice_rows, kl_to_reference, question_row, score_choices
+from lit_posttrain.measurement import choice_rows, kl_to_reference, question_row, score_choices
 from lit_posttrain.metrics import flips
 from lit_posttrain.rollout import Rollout
 

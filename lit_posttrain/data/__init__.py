@@ -2,7 +2,8 @@
 the DataModule every method shares."""
 
 from lit_posttrain.data.arithmetic import Arithmetic
-from lit_posttrain.data.datamodule import Batch, Row, TaskDataModule
+from lit_posttrain.data.batches import Batch, Row
+from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.data.files import FileTask
 from lit_posttrain.data.formats import GSM8K, MATH, Messages, PromptCompletion, RowFormat
 from lit_posttrain.data.loaders import load_examples

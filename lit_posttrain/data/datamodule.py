@@ -3,53 +3,28 @@ policy's tokenizer, served as micro-batches of token lists.
 
 Batches hold token *lists*, not tensors: what a step needs differs by method (SFT packs prompt and
 demonstration; RL methods sample from the prompt alone), so each method builds its tensors on its
-own device from the same `Batch`.
+own device from the same `Batch` (`data.batches`).
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lit_posttrain.data.batches import MicroBatches, ResumableLoader, Row
 from lit_posttrain.data.task import DataError, Example, Task
 from lit_posttrain.padding import right_pad
 
 log = logging.getLogger(__name__)
 
 Overflow = Literal["error", "truncate", "skip"]
-
-
-@dataclass(frozen=True)
-class Row:
-    """One tokenized example. `completion_ids` is the demonstration followed by EOS (no EOS when
-    the demonstration was truncated: the model must not learn to stop where the text was cut)."""
-
-    example: Example
-    prompt_ids: list[int]
-    completion_ids: list[int] | None
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A micro-batch of rows.
-
-    `window_tokens` counts the demonstration tokens of the whole gradient-accumulation window this
-    micro-batch belongs to, summed over every data-parallel rank: what an exact token mean divides by.
-    """
-
-    rows: list[Row]
-    window_tokens: int
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
 
 @dataclass
@@ -110,81 +85,6 @@ def tokenize_rows(
             counts.completions_truncated += 1
         rows.append(Row(example, prompt_ids, completion_ids))
     return rows, counts
-
-
-def _completion_tokens(row: Row) -> int:
-    return len(row.completion_ids) if row.completion_ids is not None else 0
-
-
-class MicroBatches(IterableDataset):
-    """Shuffled micro-batches, each annotated with its accumulation window's token count.
-
-    Every rank draws the same permutation (same seed and epoch) and takes its own slice of each
-    global batch, so every rank also knows the global token count of each window without a collective.
-    """
-
-    def __init__(
-        self,
-        rows: list[Row],
-        batch_size: int,
-        accumulate: int = 1,
-        rank: int = 0,
-        world_size: int = 1,
-        shuffle: bool = True,
-        seed: int = 0,
-        epoch_fn: Callable[[], int] = lambda: 0,
-    ) -> None:
-        self.rows, self.batch_size, self.accumulate = rows, batch_size, accumulate
-        self.rank, self.world_size = rank, world_size
-        self.shuffle, self.seed, self.epoch_fn = shuffle, seed, epoch_fn
-        self.resume_at: tuple[int, int] | None = None  # (epoch, micro-batches trained on), set on resume
-
-    def __len__(self) -> int:
-        global_batch = self.batch_size * self.world_size
-        return -(-len(self.rows) // global_batch)
-
-    def _global_batches(self, epoch: int) -> list[list[Row]]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        global_batch = self.batch_size * self.world_size
-        return [[self.rows[i] for i in order[s : s + global_batch]] for s in range(0, len(order), global_batch)]
-
-    def __iter__(self) -> Iterator[Batch]:
-        # A generator: this runs at the first next(), after Lightning restored a checkpoint, so a
-        # resumed epoch skips the micro-batches it had already trained on. A checkpoint taken at an
-        # epoch's last batch resumes in the next epoch, which skips nothing.
-        epoch = self.epoch_fn()
-        skip = self.resume_at[1] if self.resume_at is not None and self.resume_at[0] == epoch else 0
-        self.resume_at = None
-        batches = self._global_batches(epoch)
-        index = 0
-        for start in range(0, len(batches), self.accumulate):
-            window = batches[start : start + self.accumulate]
-            window_tokens = sum(_completion_tokens(row) for batch in window for row in batch)
-            for global_rows in window:
-                index += 1
-                if index <= skip:
-                    continue
-                # Round-robin so that a short last batch still gives every rank what it can.
-                mine = global_rows[self.rank :: self.world_size]
-                yield Batch(mine, window_tokens)
-
-
-class ResumableLoader(DataLoader):
-    """A loader whose position is saved in Lightning's checkpoints: the epoch and the number of its
-    micro-batches already trained on. On resume the epoch's order is rebuilt from the seed and the
-    epoch and that many micro-batches are skipped, so no example is repeated or lost."""
-
-    def __init__(self, dataset: MicroBatches, progress: Callable[[], int]) -> None:
-        super().__init__(dataset, batch_size=None)
-        self.progress = progress
-
-    def state_dict(self) -> dict:
-        return {"epoch": int(self.dataset.epoch_fn()), "trained": int(self.progress())}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.dataset.resume_at = (int(state["epoch"]), int(state["trained"]))
 
 
 class TaskDataModule(L.LightningDataModule):

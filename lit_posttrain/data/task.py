@@ -48,9 +48,16 @@ class Task:
     def eval_examples(self) -> Sequence[Example]:
         raise NotImplementedError
 
-    def missing_demonstrations(self) -> list[str]:
-        """Where the training examples lacking a demonstration are (empty when none is missing)."""
-        return [ex.source or f"example {i}" for i, ex in enumerate(self.train_examples()) if ex.demonstration is None]
+    def check_demonstrations(self, method: str) -> None:
+        """Refuse, naming where, training examples without a demonstration for `method`, which
+        trains on them."""
+        missing = [ex.source or f"example {i}" for i, ex in enumerate(self.train_examples()) if ex.demonstration is None]
+        if missing:
+            raise ValueError(
+                f"{method} trains on demonstrations, but task {self.name!r} has none for {len(missing)} training "
+                f"examples (first: {', '.join(missing[:3])}): each needs its demonstration, the field `completion` "
+                "in prompt/completion rows or a final assistant turn in `messages` rows"
+            )
 
     def reward(self, prompt: list[Message], completion: str, answer: str | None) -> float:
         """Score one completion. `prompt` is accepted so that prompt-aware rewards can subclass."""

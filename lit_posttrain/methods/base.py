@@ -2,17 +2,16 @@
 log-probs, sampling with the policy and scoring by the task, the optimizer, and the export.
 
 Elsewhere, each with one job: building and sharding the models (`lit_posttrain.models`,
-`lit_posttrain.sharding`), the forward passes (`lit_posttrain.logprobs`), what each step costs
-(`methods.cost.StepCostHooks`), measurement (`lit_posttrain.evaluation`), the export folder
+`lit_posttrain.sharding`), the forward passes (`lit_posttrain.logprobs`), the rollout engine's
+life and scoring (`rollout.session.EngineSession`), what each step costs
+(`methods.cost.StepCostHooks`), measurement (`lit_posttrain.measurement`), the export folder
 (`lit_posttrain.export`). A method subclasses `PostTrainingModule` (or `OnPolicyModule`, to train
 on its own samples) and writes `training_step`; README.md, "Adding a method", gives the contract.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,30 +19,28 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 
 from lit_posttrain.callbacks.non_finite import NonFiniteGuard
 from lit_posttrain.callbacks.sigterm import CheckpointOnSigterm
-from lit_posttrain.data.datamodule import Row, pack_demonstrations
+from lit_posttrain.data.batches import Row
+from lit_posttrain.data.datamodule import pack_demonstrations
 from lit_posttrain.data.task import Task
-from lit_posttrain.export import save_hf_folder
+from lit_posttrain.export import export_policy
 from lit_posttrain.logprobs import first_masked, token_logp
 from lit_posttrain.methods.cost import StepCostHooks
 from lit_posttrain.models import (
     DType,
     LoRA,
-    apply_lora,
-    check_same_tokenizer,
+    build_policy,
     freeze,
     load_model,
-    load_tokenizer,
     resolve_dtype,
-    resolve_model_source,
+    resolve_sources,
 )
-from lit_posttrain.optim import Optim, lr_multiplier
-from lit_posttrain.rewards.guard import GuardedScorer
+from lit_posttrain.optim import Optim, configure_adamw
 from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
-from lit_posttrain.sharding import full_state_dict, is_sharded, shard_policy
+from lit_posttrain.rollout.session import EngineSession
+from lit_posttrain.sharding import is_sharded, shard_policy
 
 
 class PostTrainingModule(StepCostHooks, L.LightningModule):
@@ -89,18 +86,11 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         self.lora = lora
         self.optim = optim or Optim()
         self.engine = engine or HFEngine()
-        self.scorer = GuardedScorer(verifier_timeout_s)
-        self._engine_ready = False
+        self.sampler = EngineSession(self.engine, verifier_timeout_s)
         self.gradient_checkpointing = gradient_checkpointing
         self.trust_remote_code = trust_remote_code
-        # Resolve sources and load tokenizers now, so that a bad source or a teacher with another
-        # tokenizer stops the run at start-up, before any data or weights are loaded.
-        self.model_folder = resolve_model_source(model)
-        self.tokenizer = load_tokenizer(self.model_folder, trust_remote_code)
-        self.teacher_folder = None
-        if teacher is not None:
-            self.teacher_folder = resolve_model_source(teacher)
-            check_same_tokenizer(self.tokenizer, load_tokenizer(self.teacher_folder, trust_remote_code), teacher)
+        # Now, so that a bad source or a teacher with another tokenizer stops the run at start-up.
+        self.model_folder, self.tokenizer, self.teacher_folder = resolve_sources(model, teacher, trust_remote_code)
         self.weight_dtype = resolve_dtype(dtype)
         self.policy: torch.nn.Module | None = None
         self._teacher: torch.nn.Module | None = None
@@ -113,21 +103,11 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         # they are built. Lightning calls this hook once per trainer entry point: build once.
         if self.policy is not None:
             return
-        policy = load_model(self.model_folder, self.weight_dtype, self.trust_remote_code)
-        if self.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
-            policy.config.use_cache = False
-            # Frozen embeddings under LoRA would leave the checkpointed blocks without an input
-            # that requires grad, and no gradient would reach the adapters.
-            policy.enable_input_require_grads()
-        # from_pretrained returns eval mode; Lightning restores whatever mode fit starts from.
-        policy.train()
-        self.policy = apply_lora(policy, self.lora) if self.lora is not None else policy
+        self.policy = build_policy(
+            self.model_folder, self.weight_dtype, self.lora, self.gradient_checkpointing, self.trust_remote_code
+        )
         if self.teacher_folder is not None:
-            teacher = freeze(load_model(self.teacher_folder, self.weight_dtype, self.trust_remote_code))
-            # Kept out of the module's children, like the reference: frozen weights have no place in
-            # every checkpoint (they are reloaded from their source), nor in a sharding plan.
-            self.__dict__["_teacher"] = teacher
+            self.__dict__["_teacher"] = self._frozen(self.teacher_folder)
         # ModelParallelStrategy hands the module a device mesh before this hook: shard the policy
         # (FSDP2). The teacher and, with full fine-tuning, the reference stay whole on every rank:
         # they are frozen and only run forward.
@@ -159,10 +139,13 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
                 yield self.policy
             return
         if self._reference is None:
-            reference = freeze(load_model(self.model_folder, self.weight_dtype, self.trust_remote_code))
-            # Kept out of the module's children so it is neither checkpointed nor optimised.
-            self.__dict__["_reference"] = reference.to(self.device)
+            self.__dict__["_reference"] = self._frozen(self.model_folder).to(self.device)
         yield self._reference
+
+    def _frozen(self, folder: str) -> torch.nn.Module:
+        # Kept in `__dict__`, out of the module's children: not checkpointed (reloaded from its
+        # source), not optimised, not sharded.
+        return freeze(load_model(folder, self.weight_dtype, self.trust_remote_code))
 
     def policy_logp(
         self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0, first_scored: int | None = None
@@ -201,13 +184,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.needs_demonstrations and datamodule is not None:
-            missing = datamodule.task.missing_demonstrations()
-            if missing:
-                raise ValueError(
-                    f"{type(self).__name__} trains on demonstrations, but task {datamodule.task.name!r} has none for "
-                    f"{len(missing)} training examples (first: {', '.join(missing[:3])}): each needs its demonstration, "
-                    "the field `completion` in prompt/completion rows or a final assistant turn in `messages` rows"
-                )
+            datamodule.task.check_demonstrations(type(self).__name__)
 
     # --- sampling and scoring -------------------------------------------------------------------
 
@@ -215,51 +192,24 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
     def task(self) -> Task:
         return self.trainer.datamodule.task
 
-    def _ready_engine(self) -> RolloutEngine:
-        if not self._engine_ready:
-            self.engine.setup(self.policy, self.tokenizer)
-            self._engine_ready = True
-        return self.engine
-
     def teardown(self, stage: str) -> None:
-        # A vLLM engine holds a KV cache and a process group until closed.
-        if self._engine_ready:
-            self.engine.close()
-            self._engine_ready = False
+        self.sampler.close()
 
-    @torch.no_grad()
     def sample(
         self, rows: list[Row], n: int = 1, score: bool = True, task: Task | None = None, **generate_kwargs
     ) -> Rollout:
         """Sample `n` completions per row with the current weights; score them with `task` (by
-        default the training task)."""
+        default the training task). Unless greedy, each prompt is seeded by the run, the step and
+        the prompt: its samples are the same whichever batch or rank it lands in, and after a resume."""
         if not generate_kwargs.get("greedy"):
-            generate_kwargs.setdefault("seed", [self.prompt_seed(row, n) for row in rows])
-        rollout = self._ready_engine().generate([row.prompt_ids for row in rows], n, **generate_kwargs)
-        if not score:
-            return rollout
-        task = task or self.task
-        start = time.perf_counter()
-        reward_B = torch.tensor(
-            self.scorer(
-                [
-                    functools.partial(task.reward, rows[g].example.messages, text, rows[g].example.answer)
-                    for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
-                ]
-            )
-        )
-        rollout.timing["score_s"] = time.perf_counter() - start
-        return rollout.with_rewards(reward_B)
+            generate_kwargs.setdefault("seed", [self.run_seed(n, row.prompt_ids) for row in rows])
+        task = (task or self.task) if score else None
+        return self.sampler.sample(self.policy, self.tokenizer, rows, n, task, **generate_kwargs)
 
     def run_seed(self, *parts) -> int:
         """A seed from the run's seed, the step and `parts`: the same after a resume, on any rank."""
         step = self._trainer.global_step if self._trainer is not None else 0
         return zlib.crc32(repr((os.environ.get("PL_GLOBAL_SEED", "0"), step, *parts)).encode())
-
-    def prompt_seed(self, row: Row, n: int) -> int:
-        """The sampling seed of a prompt at this step, so that its samples are the same whichever
-        batch or rank it lands in and after a resume."""
-        return self.run_seed(n, row.prompt_ids)
 
     # --- optimisation -------------------------------------------------------------------------
 
@@ -267,49 +217,31 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         # Under automatic optimisation the closure (training_step and backward) runs inside this call.
         super().optimizer_step(*args, **kwargs)
         self.step_cost.mark("end")
-        # An engine sampling from its own copy of the weights must see every update: vLLM's, or
-        # HFEngine's merged copy under LoRA (without LoRA it samples from the policy itself).
-        if self._engine_ready:
-            start = time.perf_counter()
-            self.engine.sync_weights(self.policy)
-            self.add_time("sync_s", time.perf_counter() - start)
+        # An engine sampling from its own copy of the weights must see every update.
+        seconds = self.sampler.push(self.policy)
+        if seconds is not None:
+            self.add_time("sync_s", seconds)
 
     def configure_callbacks(self):
         """Callbacks every run of this module needs, added only where the configuration has none of
         the same type (Lightning would otherwise replace the configured one)."""
         present = {type(cb) for cb in self.trainer.callbacks}
-        return [cb for cb in self.default_callbacks() if type(cb) not in present]
-
-    def default_callbacks(self) -> list:
-        return [NonFiniteGuard(), CheckpointOnSigterm()]
+        return [cb for cb in (NonFiniteGuard(), CheckpointOnSigterm()) if type(cb) not in present]
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the policy has no trainable parameters")
-        opt = self.optim
-        optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = LambdaLR(
-            optimizer, lambda step: lr_multiplier(step, opt.warmup_steps, total, opt.decay, opt.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        trainable = (p for p in self.policy.parameters() if p.requires_grad)
+        return configure_adamw(trainable, self.optim, int(self.trainer.estimated_stepping_batches))
 
     # --- export -------------------------------------------------------------------------------
 
     def export_hf(self, folder: str | Path) -> Path:
-        """Write the policy as a Hugging Face folder with its tokenizer (`export.save_hf_folder`).
+        """Write the policy as a Hugging Face folder with its tokenizer (`export.export_policy`).
         With LoRA: a merged full model when `lora.merge_on_save`, else a peft adapter folder.
-
         Under data parallelism only rank 0 writes; with a sharded policy every rank must call it
         (the full weights are gathered from all of them)."""
-        policy = self.policy
-        if self.sharded:
-            state = full_state_dict(self.policy, self.global_rank)
-            if state is not None:  # rank 0: an unsharded copy to write
-                policy = load_model(self.model_folder, self.weight_dtype, self.trust_remote_code)
-                policy = apply_lora(policy, self.lora) if self.lora is not None else policy
-                policy.load_state_dict(state)
-        if self.global_rank != 0:  # rank 0 writes
-            return Path(folder)
-        return save_hf_folder(policy, self.tokenizer, folder, merge_lora=self.lora is not None and self.lora.merge_on_save)
+        merge = self.lora is not None and self.lora.merge_on_save
+
+        def unsharded() -> torch.nn.Module:
+            return build_policy(self.model_folder, self.weight_dtype, self.lora, False, self.trust_remote_code)
+
+        return export_policy(self.policy, self.tokenizer, folder, rank=self.global_rank, unsharded=unsharded, merge_lora=merge)

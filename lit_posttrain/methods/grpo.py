@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.data.batches import Batch
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss, grpo_preset
 from lit_posttrain.methods.on_policy import OnPolicyModule
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.data.batches import Batch
 from lit_posttrain.groups import dense_groups, group_reduce
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.losses.hybrid import prompt_weighted

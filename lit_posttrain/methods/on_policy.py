@@ -7,13 +7,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch, Row
-from lit_posttrain.evaluation import greedy_accuracy
+from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.groups import group_reduce
 from lit_posttrain.logprobs import shared_prompt_logp, shared_prompt_tokens
 from lit_posttrain.losses.aggregation import Counts
 from lit_posttrain.losses.importance import sampler_mismatch
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss
+from lit_posttrain.measurement import greedy_accuracy
 from lit_posttrain.methods.base import PostTrainingModule
 from lit_posttrain.rollout import Rollout
 from lit_posttrain.rollout.source import RolloutSource
@@ -169,8 +169,9 @@ class OnPolicyModule(PostTrainingModule):
         }
         if rollout.reward_B is not None:
             values.update(reward_statistics(rollout))
-            values["train/verifier_errors"] = torch.tensor(float(self.scorer.failures.errors))
-            values["train/verifier_timeouts"] = torch.tensor(float(self.scorer.failures.timeouts))
+            failures = self.sampler.scorer.failures
+            values["train/verifier_errors"] = torch.tensor(float(failures.errors))
+            values["train/verifier_timeouts"] = torch.tensor(float(failures.timeouts))
             self.log("reward", values["train/reward"], prog_bar=True, batch_size=len(rollout), logger=False)
         # sync_dist: every logged number is the mean over all processes, not rank 0's share.
         self.log_dict(values, batch_size=len(rollout), sync_dist=True)

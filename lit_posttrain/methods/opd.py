@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.data.batches import Batch
 from lit_posttrain.logprobs import completion_logits, shared_prompt_logp, shared_prompt_tokens
 from lit_posttrain.losses.advantages import Constant
 from lit_posttrain.losses.aggregation import TokenMean

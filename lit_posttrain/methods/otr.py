@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.data.batches import Batch
 from lit_posttrain.logprobs import first_masked, forward_logits
 from lit_posttrain.losses.otr import otr_loss, otr_samples
 from lit_posttrain.methods.sft import SFT

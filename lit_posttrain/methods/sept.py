@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Batch, Row
+from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.methods.on_policy import OnPolicyModule
 from lit_posttrain.rollout import Rollout

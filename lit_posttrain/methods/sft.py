@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import MeanMetric
 
-from lit_posttrain.data.datamodule import Batch
+from lit_posttrain.data.batches import Batch
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.methods.base import PostTrainingModule
 

@@ -59,21 +59,6 @@ def check_sampling_settings(engine: str, temperature: float, top_p: float, max_n
         raise ValueError(f"{engine} max_new_tokens must be at least 1, got {max_new_tokens}")
 
 
-def prefill(model: torch.nn.Module, prompt_PT: Tensor, attention_PT: Tensor):
-    """Run left-padded prompts once into a fresh KV cache: `(logits_PV, cache, position_PT)`, the
-    logits at each prompt's last position (only there: the output head is costly) and the
-    positions the cache holds. Gradients flow when enabled."""
-    from transformers import DynamicCache
-
-    position_PT = (attention_PT.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    out = model(
-        input_ids=prompt_PT, attention_mask=attention_PT, position_ids=position_PT,
-        past_key_values=cache, use_cache=True, logits_to_keep=last_position(prompt_PT),
-    )  # fmt: skip
-    return out.logits[:, -1], cache, position_PT
-
-
 def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Tensor:
     """Every token that ends a completion: the tokenizer's EOS and the model's generation config's
     (chat models often stop on an end-of-turn token as well)."""
@@ -90,13 +75,6 @@ def completion_mask(completion_BT: Tensor, eos_ids: Tensor) -> tuple[Tensor, Ten
     is_eos_BT = torch.isin(completion_BT, eos_ids)
     eos_before_BT = is_eos_BT.long().cumsum(-1) - is_eos_BT.long()  # EOS strictly before each position
     return eos_before_BT == 0, ~is_eos_BT.any(-1)
-
-
-def last_position(tokens_BT: Tensor) -> Tensor:
-    """`logits_to_keep` for the last position only, as an index tensor: an int makes transformers
-    take a strided slice of the hidden states, which sends the output head down a batched-matmul
-    path that copies its weight per row on CPU (see lit_posttrain.logprobs.forward_logits)."""
-    return torch.tensor([tokens_BT.shape[1] - 1], device=tokens_BT.device)
 
 
 def assemble_rollout(

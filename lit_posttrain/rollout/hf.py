@@ -10,15 +10,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from lit_posttrain.logprobs import prefill
 from lit_posttrain.padding import left_pad
-from lit_posttrain.rollout.engine import (
-    assemble_rollout,
-    check_sampling_settings,
-    eos_token_ids,
-    prefill,
-)
+from lit_posttrain.rollout.engine import assemble_rollout, check_sampling_settings, eos_token_ids
 from lit_posttrain.rollout.types import Rollout
 from lit_posttrain.sharding import is_sharded
+from lit_posttrain.weights import lora_layers, merged_weight
 
 
 def _sample(probs_AV: Tensor, generator, prompt_A: Tensor) -> Tensor:
@@ -30,12 +27,6 @@ def _sample(probs_AV: Tensor, generator, prompt_A: Tensor) -> Tensor:
         rows = (prompt_A == p).nonzero().squeeze(-1)
         token_A[rows] = torch.multinomial(probs_AV[rows], 1, generator=generator[p]).squeeze(-1)
     return token_A
-
-
-def _lora_layers(policy: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    from peft.tuners.lora import LoraLayer
-
-    return {name: m for name, m in policy.named_modules() if isinstance(m, LoraLayer)}
 
 
 class HFEngine:
@@ -85,7 +76,7 @@ class HFEngine:
         # every rank, so it is sampled as it is (a merged copy would need the full weights) and
         # every rank runs the same number of decoding steps (`_any_rank`).
         self.sharded = is_sharded(policy)
-        lora = _lora_layers(policy)
+        lora = lora_layers(policy)
         if not (lora and self.merged_copy) or self.sharded:
             self.model = policy
             return
@@ -108,9 +99,7 @@ class HFEngine:
     @torch.no_grad()
     def sync_weights(self, policy: torch.nn.Module) -> None:
         for layer, plain in self._copy_targets.values():
-            base = layer.get_base_layer().weight
-            delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
-            plain.weight.copy_(base + delta.to(base.dtype))
+            plain.weight.copy_(merged_weight(layer))
 
     def close(self) -> None:
         """Drop the merged sampling copy (the next `setup` makes a new one)."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from lit_posttrain.data.datamodule import Row
+from lit_posttrain.data.batches import Row
 from lit_posttrain.rollout.types import Rollout, concat_rollouts
 
 Sampler = Callable[[list[Row]], Rollout]

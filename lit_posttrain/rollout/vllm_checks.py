@@ -1,9 +1,11 @@
 """What `VLLMEngine` checks before it starts vLLM: that vLLM runs here, that it can serve the
-model, and how much memory its KV cache gets. Each refusal says what to change; all of it runs
+model (its folder, the LoRA rank), and how much memory its KV cache gets. Each refusal says what to change; all of it runs
 in `setup` before vLLM starts (11-16 s on the CPU), so that a bad setting fails at once. Imported
 only when the engine is selected (vLLM is an optional dependency)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -85,3 +87,45 @@ def memory_kwargs(platform: str, memory_fraction: float | None, config, dtype: t
 
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def model_folder(base: torch.nn.Module) -> str:
+    """The folder vLLM loads the policy's architecture (and starting weights) from."""
+    folder = getattr(base.config, "_name_or_path", "")
+    if not (Path(folder) / "config.json").is_file():
+        raise ValueError(
+            f"VLLMEngine loads the policy's architecture from its folder, and the policy has none ({folder!r}): "
+            "load the model from a save_pretrained folder or a built-in source"
+        )
+    return folder
+
+
+def lora_rank_limit(policy: torch.nn.Module, max_lora_rank: int | None) -> int:
+    """The `max_lora_rank` to start vLLM with for the policy's adapters: the one given, or the
+    smallest that vLLM accepts and the adapters fit."""
+    rank = max(c.r for c in policy.peft_config.values())
+    limit = max_lora_rank or next((r for r in LORA_RANKS if r >= rank), None)
+    if limit is None or rank > limit:
+        raise ValueError(
+            f"VLLMEngine: the policy's LoRA rank {rank} is above the engine's max_lora_rank {limit or LORA_RANKS[-1]}: "
+            f"raise max_lora_rank (one of {LORA_RANKS}) or lower lora.r"
+        )
+    return limit
+
+
+def check_settings(
+    memory_fraction: float | None, max_model_len: int | None, max_new_tokens: int, threads: int | None,
+    max_lora_rank: int | None,
+) -> None:  # fmt: skip
+    """Refuse, at construction, engine settings that cannot work."""
+    if memory_fraction is not None and not 0 < memory_fraction < 1:
+        raise ValueError(f"VLLMEngine memory_fraction must be in (0, 1), got {memory_fraction}")
+    if max_model_len is not None and max_model_len <= max_new_tokens:
+        raise ValueError(
+            f"VLLMEngine max_model_len ({max_model_len}) must exceed max_new_tokens ({max_new_tokens}): "
+            "it bounds prompt + completion"
+        )
+    if threads is not None and threads < 1:
+        raise ValueError(f"VLLMEngine threads must be at least 1, got {threads}")
+    if max_lora_rank is not None and max_lora_rank not in LORA_RANKS:
+        raise ValueError(f"VLLMEngine max_lora_rank must be one of {LORA_RANKS}, got {max_lora_rank}")

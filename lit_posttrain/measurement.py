@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.datamodule import Row, tokenize_prompt
+from lit_posttrain.data.batches import Row
+from lit_posttrain.data.datamodule import tokenize_prompt
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem
 from lit_posttrain.data.task import Example, Task
 from lit_posttrain.logprobs import completion_logits, shared_prompt_logp

@@ -1,0 +1,70 @@
+"""A rollout engine bound to the policy for a run: started on first use, given the new weights
+after every optimizer step, closed when training ends, and what it samples scored by the task.
+The engine's whole life in one place; the module calls `sample`, `push` and `close`."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from lit_posttrain.data.batches import Row
+from lit_posttrain.data.task import Task
+from lit_posttrain.rewards.guard import GuardedScorer
+from lit_posttrain.rollout.engine import RolloutEngine
+from lit_posttrain.rollout.types import Rollout
+
+
+class EngineSession:
+    """`engine` sampling from `policy`, with rewards scored through a `GuardedScorer` (a reward
+    call that raises or takes longer than `verifier_timeout_s` scores 0 and is counted)."""
+
+    def __init__(self, engine: RolloutEngine, verifier_timeout_s: float = 10.0) -> None:
+        self.engine = engine
+        self.scorer = GuardedScorer(verifier_timeout_s)
+        self.started = False
+
+    def _start(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+        if not self.started:
+            self.engine.setup(policy, tokenizer)
+            self.started = True
+        return self.engine
+
+    @torch.no_grad()
+    def sample(
+        self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[Row], n: int, task: Task | None,
+        **generate_kwargs,
+    ) -> Rollout:  # fmt: skip
+        """`n` completions per row, scored by `task` (not scored when it is None)."""
+        rollout = self._start(policy, tokenizer).generate([row.prompt_ids for row in rows], n, **generate_kwargs)
+        if task is None:
+            return rollout
+        start = time.perf_counter()
+        reward_B = torch.tensor(
+            self.scorer(
+                [
+                    functools.partial(task.reward, rows[g].example.messages, text, rows[g].example.answer)
+                    for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
+                ]
+            )
+        )
+        rollout.timing["score_s"] = time.perf_counter() - start
+        return rollout.with_rewards(reward_B)
+
+    def push(self, policy: torch.nn.Module) -> float | None:
+        """Give a started engine the policy's current weights (vLLM's copy, or HFEngine's merged
+        copy under LoRA; one that samples from the policy itself has nothing to do); the seconds it
+        took, None when the engine has not started."""
+        if not self.started:
+            return None
+        start = time.perf_counter()
+        self.engine.sync_weights(policy)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Free what the engine holds (a vLLM engine: its KV cache and process group)."""
+        if self.started:
+            self.engine.close()
+            self.started = False
