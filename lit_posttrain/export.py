@@ -9,24 +9,25 @@ from pathlib import Path
 
 import torch
 
+from lit_posttrain.atomic import recover_folder, replace_folder, sibling
 from lit_posttrain.sharding import full_state_dict, is_sharded
 
 
 def save_hf_folder(policy: torch.nn.Module, tokenizer, folder: str | Path, merge_lora: bool = False) -> Path:
     """Write `policy` and `tokenizer` to `folder`. A peft policy is written merged into a full model
     when `merge_lora`, else as an adapter folder (which transformers also loads when peft is
-    installed). Written to a temporary sibling and renamed, so a crash while saving never leaves a
-    half-written folder under the final name."""
+    installed). Written to a temporary sibling and swapped in (`atomic.replace_folder`): a kill at
+    any moment leaves the previous export or the new one under the final name, whole."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
+    recover_folder(folder)  # an earlier export killed mid-swap, where the swap is two renames
+    tmp = sibling(folder, ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if merge_lora:
         # Merge a copy: merging in place would change the live model (and in bf16 drift it).
         policy = copy.deepcopy(policy).merge_and_unload()
     policy.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    replace_folder(tmp, folder)
     return folder
 
 

@@ -200,7 +200,7 @@ def test_strategy_files_stack_on_a_method_config(strategy, capsys):
         run_cli("fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
                 "--config", str(ROOT / "configs" / "strategies" / strategy), "--print_config")  # fmt: skip
     printed = capsys.readouterr().out
-    expected = "strategy: ddp" if strategy.startswith("ddp") else "class_path: lightning.pytorch.strategies.ModelParallelStrategy"
+    expected = "strategy: ddp" if strategy.startswith("ddp") else "class_path: lit_posttrain.strategies.AtomicModelParallelStrategy"
     assert expected in printed and "class_path: lit_posttrain.methods.hpt.HPT" in printed
 
 

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -149,25 +150,35 @@ def test_every_method_trains_on_two_processes(strategy, method, every_method_run
     assert all(not torch.equal(start[k], weights[k]) for k in start), "every weight trains in full fine-tuning"
 
 
-def test_sharded_run_resumes_exactly(tmp_path):
-    """Stopped after step 1 with a distributed checkpoint (a folder of shards), resumed to step 3:
-    the same losses and weights as the run that was never stopped (the three runs in one launch)."""
+def test_sharded_run_killed_inside_a_checkpoint_write_resumes_exactly(tmp_path):
+    """Killed inside the rewrite of `last.ckpt` at step 2 (every rank's shards written, Lightning's
+    metadata file not), resumed from `last.ckpt` (still step 1's, a folder of shards) to step
+    3: the same losses and weights as the run that was never stopped. Lightning's own strategy
+    rewrites a checkpoint folder in place, and a kill there mixed one step's metadata with another's
+    shards; `AtomicModelParallelStrategy` swaps the folder in once it is whole."""
     common = [
         *STRATEGIES["fsdp"], "--data.batch_size", "4", "--seed_everything", "3",
         "--model.init_args.lora", "{}", "--model.init_args.lora.merge_on_save", "true",
     ]  # fmt: skip
     checkpoints = tmp_path / "checkpoints"
-    first = [
-        "--trainer.max_steps", "1", "--trainer.enable_checkpointing", "true", "--trainer.callbacks+",
+    killed_args = [
+        "--trainer.max_steps", "3", "--trainer.enable_checkpointing", "true", "--trainer.callbacks+",
         "lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", str(checkpoints),
-        "--trainer.callbacks.save_last", "true",
+        "--trainer.callbacks.save_last", "true", "--trainer.callbacks.every_n_train_steps", "1",
+        "--trainer.callbacks.save_top_k", "0",  # only last.ckpt: the kill lands in its rewrite
+        "--trainer.callbacks+", "crash.KillInsideCheckpointWrite", "--trainer.callbacks.step", "2",
     ]  # fmt: skip
-    done = _fit_many(tmp_path, {
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests" / "helpers")}
+    (tmp_path / "killed").mkdir()
+    command = [str(Path(sys.executable).parent / "lit-posttrain"), *_args(tmp_path / "killed", "tiny_grpo.yaml", *common, *killed_args)]
+    killed = subprocess.run(command, cwd=tmp_path / "killed", env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last = checkpoints / "last.ckpt"
+    assert last.is_dir() and torch.load(last / "meta.pt", weights_only=True)["global_step"] == 1
+    done = _fit_many(tmp_path / "after", {
         "whole": ("tiny_grpo.yaml", [*common, "--trainer.max_steps", "3"]),
-        "first": ("tiny_grpo.yaml", [*common, *first]),
-        "rest": ("tiny_grpo.yaml", [*common, "--trainer.max_steps", "3", "--ckpt_path", str(checkpoints / "last.ckpt")]),
+        "rest": ("tiny_grpo.yaml", [*common, "--trainer.max_steps", "3", "--ckpt_path", str(last)]),
     })  # fmt: skip
-    assert (checkpoints / "last.ckpt").is_dir()
     (whole, whole_losses), (resumed, resumed_losses) = done["whole"], done["rest"]
     assert resumed_losses == pytest.approx(whole_losses[1:], rel=1e-5, abs=1e-7)
     for name in whole:

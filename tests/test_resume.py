@@ -76,6 +76,28 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, kill_at, ex
     assert "last.ckpt" in kept and len(kept) == 3, kept  # save_top_k: 2, plus last
 
 
+def test_a_kill_inside_a_checkpoint_write_resumes_from_the_one_before(tmp_path):
+    """Killed while `last.ckpt` is being rewritten after step 3: it is still step 2's, whole, and
+    the run resumed from it is the run that was never interrupted."""
+    steps = 5
+    whole = _run(tmp_path, "whole", steps)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # Only last.ckpt is kept (save_top_k 0, set on the ModelCheckpoint before the next callback is
+    # added): the kill lands inside its rewrite.
+    killed = _run(tmp_path, "killed", steps, "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks+",
+                  "crash.KillInsideCheckpointWrite", "--trainer.callbacks.step", "3")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 2
+    resumed = _run(tmp_path, "killed", steps, "--ckpt_path", str(last))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = _per_step(tmp_path / "runs" / "whole", "train/loss"), _per_step(tmp_path / "runs" / "killed", "train/loss")
+    assert sorted(got) == sorted(expected) == list(range(steps))
+    assert all(got[s] == pytest.approx(expected[s], abs=1e-6) for s in range(steps)), (got, expected)
+    a, b = load_file(tmp_path / "whole" / "model" / "model.safetensors"), load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def _measuring(history_file: Path) -> list[str]:
     evaluation = {"class_path": "lit_posttrain.callbacks.Evaluation", "init_args": {"every_n_steps": 2, "max_examples": 8}}
     probes = {

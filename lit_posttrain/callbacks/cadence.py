@@ -10,19 +10,12 @@ from pathlib import Path
 
 import lightning as L
 
+from lit_posttrain.atomic import write_json_atomically
+
 
 def digest(value) -> str:
     """A short stable hash of JSON-able `value` (token ids, items): fingerprints compare these."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def write_json_atomically(path: Path, value) -> None:
-    """`value` as JSON in `path`, through a temporary file: a reader (a run started beside this one,
-    or a script mid-run) sees the whole old file or the whole new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
 
 
 class EveryNSteps(L.Callback):

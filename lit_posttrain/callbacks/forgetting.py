@@ -9,7 +9,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_posttrain.callbacks.cadence import EveryNSteps, digest, write_json_atomically
+from lit_posttrain.atomic import write_json_atomically
+from lit_posttrain.callbacks.cadence import EveryNSteps, digest
 from lit_posttrain.data.batches import Row
 from lit_posttrain.data.multiple_choice import load_multiple_choice
 from lit_posttrain.measurement import choice_rows, kl_to_reference, question_row, score_choices

@@ -16,3 +16,32 @@ class KillAtStep(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.sig)
+
+
+class KillInsideCheckpointWrite(L.Callback):
+    """SIGKILL this process inside the checkpoint write that follows optimizer step `step`, after
+    the new checkpoint's bytes are written and before they are put in place: a single file (its
+    temporary copy written, not yet moved over the name) or FSDP2's distributed folder (every
+    rank's shards written, Lightning's metadata file not). Patched just before ModelCheckpoint,
+    which runs after the other callbacks, saves."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        from fsspec.implementations.local import LocalFileOpener
+        from lightning.pytorch.strategies import model_parallel
+
+        def die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        LocalFileOpener.commit = die
+        save_shards = model_parallel._distributed_checkpoint_save
+
+        def save_shards_then_die(*args, **kwargs):
+            save_shards(*args, **kwargs)
+            die()
+
+        model_parallel._distributed_checkpoint_save = save_shards_then_die
