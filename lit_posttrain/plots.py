@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,7 +102,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, labels: Seque
         fig.suptitle(title)
         fig.tight_layout()
         path = out_dir / filename
-        fig.savefig(path, dpi=100)
+        # Beside its name, then renamed over it: a kill while drawing leaves the previous chart.
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip("."))
+        os.replace(tmp, path)
         plt.close(fig)
         written.append(path)
     return written
