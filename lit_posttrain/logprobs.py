@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.groups import dense_groups
+from lit_posttrain.head import head_logp, plain_head
 
 
 def first_masked(mask_BT: Tensor) -> int:
@@ -92,14 +93,31 @@ def token_logp(
     first_scored: int | None = None,
 ) -> Tensor:  # fmt: skip
     """`logp_BT[b, t] = log p(tokens[b, t] | tokens[b, <t])` at `temperature`, for t >=
-    `first_scored` (default 1: position 0 has no context); earlier positions get 0."""
+    `first_scored` (default 1: position 0 has no context); earlier positions get 0. The output head
+    runs in chunks of positions (`lit_posttrain.head`) where the model's head allows it."""
     first = max(first_scored or 1, 1)
-    logits_BSV = forward_logits(model, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
-    logits_BSV = logits_BSV[:, :-1]  # S: positions first - 1 .. T - 2, predicting tokens first .. T - 1
-    if temperature != 1.0:
-        logits_BSV = logits_BSV / temperature
-    logp_BS = gather_logp(logits_BSV, tokens_BT[:, first:])
+    head = plain_head(model)
+    if head is None:
+        logits_BSV = forward_logits(model, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
+        logits_BSV = logits_BSV[:, :-1]  # S: positions first - 1 .. T - 2, predicting tokens first .. T - 1
+        if temperature != 1.0:
+            logits_BSV = logits_BSV / temperature
+        logp_BS = gather_logp(logits_BSV, tokens_BT[:, first:])
+    else:
+        hidden_BSH = forward_hidden(model, tokens_BT, attention_BT)[:, first - 1 : -1]
+        logp_BS = head_logp(hidden_BSH.flatten(0, 1), head, tokens_BT[:, first:].flatten(), temperature).view(hidden_BSH.shape[:2])
     return torch.nn.functional.pad(logp_BS, (first, 0))
+
+
+def forward_hidden(model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor, **kwargs) -> Tensor:
+    """`hidden_BTH`: the last hidden states, what the output head reads, at every position; the
+    head itself runs on the last position only. `kwargs` go to the model (a cache)."""
+    kwargs.setdefault("position_ids", (attention_BT.long().cumsum(-1) - 1).clamp(min=0))
+    out = model(
+        input_ids=tokens_BT, attention_mask=attention_BT, output_hidden_states=True,
+        logits_to_keep=last_position(tokens_BT), **kwargs,
+    )  # fmt: skip
+    return out.hidden_states[-1]
 
 
 def shared_prompt_logp(
@@ -123,16 +141,22 @@ def shared_prompt_logp(
         attention_RT = torch.cat([attention_RT.new_ones(len(attention_RT), len(prefix_S)), attention_RT], 1)
     cache.batch_select_indices(prompt_of_R)  # a differentiable gather: gradients reach the prompt pass
     position_RC = position_GW[prompt_of_R, -1:] + 1 + torch.arange(completion_RC.shape[1], device=tokens_RT.device)
-    completion_logits_RCV = model(
-        input_ids=completion_RC, attention_mask=attention_RT, position_ids=position_RC,
-        past_key_values=cache, use_cache=True,
-    ).logits  # fmt: skip
     # The prompt's last position predicts the first completion token; completion position c
     # predicts token c + 1.
-    logits_RCV = torch.cat([prompt_logits_GV[prompt_of_R, None], completion_logits_RCV[:, :-1]], 1)
-    if temperature != 1.0:
-        logits_RCV = logits_RCV / temperature
-    logp_RC = gather_logp(logits_RCV, completion_RC) * completion_attention_RC
+    first_R1 = gather_logp(prompt_logits_GV[prompt_of_R, None] / temperature, completion_RC[:, :1])
+    head = plain_head(model)
+    if head is None:
+        completion_logits_RCV = model(
+            input_ids=completion_RC, attention_mask=attention_RT, position_ids=position_RC,
+            past_key_values=cache, use_cache=True,
+        ).logits  # fmt: skip
+        logits_RCV = completion_logits_RCV[:, :-1]
+        rest_RC = gather_logp(logits_RCV / temperature if temperature != 1.0 else logits_RCV, completion_RC[:, 1:])
+    else:
+        hidden_RCH = forward_hidden(model, completion_RC, attention_RT, position_ids=position_RC, past_key_values=cache, use_cache=True)
+        hidden_NH = hidden_RCH[:, :-1].flatten(0, 1)
+        rest_RC = head_logp(hidden_NH, head, completion_RC[:, 1:].flatten(), temperature).view(hidden_RCH[:, :-1].shape[:2])
+    logp_RC = torch.cat([first_R1, rest_RC], 1) * completion_attention_RC
     return torch.nn.functional.pad(logp_RC, (width, 0))
 
 

@@ -1,0 +1,90 @@
+"""The output head in chunks: per-token log-probs of given tokens from the last hidden states,
+without a batch's logits in memory.
+
+A forward that asks the model for its logits keeps rows x positions x vocabulary of them (49k wide
+for the built-in model) and, for the backward, a float32 copy: at 8 x 8 completions of 1,024
+tokens that alone is 13 GB. Here the head runs on a chunk of positions at a time, forward and
+again in the backward (Liger's fused linear cross-entropy does the same), so at most one chunk's
+float32 logits exist: `HEAD_CHUNK_BYTES`. Where every position fits in one chunk (short answers)
+its softmax is kept for the backward instead, so the head runs once, as before. The result and its gradients equal the full-logits path's
+(tested in float32 to 1e-5); in bf16 the logits are rounded as the model's head rounds them, then
+divided by the temperature in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+
+# A chunk's float32 logits (and its softmax in the backward) stay under this many bytes.
+HEAD_CHUNK_BYTES = 64 * 2**20
+
+
+def plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's output head where the logits are exactly `hidden @ W.T (+ b)`, else None: a head
+    wrapped by peft or FSDP2 (its weight a shard), or a model that rescales or caps its logits
+    after the head, takes the full-logits path instead."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    rescaled = any(getattr(config, name, None) not in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale"))
+    if type(head) is not torch.nn.Linear or rescaled or isinstance(head.weight, DTensor):
+        return None
+    return head
+
+
+def head_logp(hidden_NH: Tensor, head: torch.nn.Linear, target_N: Tensor, temperature: float = 1.0) -> Tensor:
+    """`log softmax(head(hidden) / temperature)[target]` per row, float32, the head run in chunks."""
+    chunk = max(1, HEAD_CHUNK_BYTES // (4 * head.weight.shape[0]))
+    return _ChunkedHeadLogp.apply(hidden_NH, head.weight, head.bias, target_N, temperature, chunk)
+
+
+def _logits(hidden_CH: Tensor, weight_VH: Tensor, bias_V: Tensor | None, temperature: float) -> Tensor:
+    logits_CV = hidden_CH @ weight_VH.T if bias_V is None else torch.addmm(bias_V, hidden_CH, weight_VH.T)
+    return logits_CV.float() / temperature
+
+
+class _ChunkedHeadLogp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden_NH, weight_VH, bias_V, target_N, temperature, chunk):
+        logp_N = torch.empty(hidden_NH.shape[0], dtype=torch.float32, device=hidden_NH.device)
+        for start in range(0, len(logp_N), chunk):
+            logits_CV = _logits(hidden_NH[start : start + chunk], weight_VH, bias_V, temperature)
+            picked_C = logits_CV.gather(-1, target_N[start : start + chunk, None]).squeeze(-1)
+            logsumexp_C = torch.logsumexp(logits_CV, -1)
+            logp_N[start : start + chunk] = picked_C - logsumexp_C
+        # Everything in one chunk (short completions): keep its softmax, within the budget, rather
+        # than run the head again in the backward.
+        ctx.probs_NV = (logits_CV - logsumexp_C[:, None]).exp_() if len(logp_N) <= chunk else None
+        ctx.save_for_backward(hidden_NH, weight_VH, bias_V, target_N)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return logp_N
+
+    @staticmethod
+    def backward(ctx, grad_N):
+        hidden_NH, weight_VH, bias_V, target_N = ctx.saved_tensors
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_hidden_NH = torch.empty_like(hidden_NH) if needs_hidden else None
+        # Accumulated over chunks in float32: one rounding at the end, as one matmul would have.
+        grad_weight_VH = torch.zeros_like(weight_VH, dtype=torch.float32) if needs_weight else None
+        grad_bias_V = torch.zeros_like(bias_V, dtype=torch.float32) if needs_bias else None
+        for start in range(0, hidden_NH.shape[0], ctx.chunk):
+            stop = start + ctx.chunk
+            hidden_CH, grad_C = hidden_NH[start:stop], grad_N[start:stop]
+            # d logp[target] / d logits = onehot(target) - softmax, through the division by T.
+            if ctx.probs_NV is not None:
+                probs_CV, ctx.probs_NV = ctx.probs_NV, None
+            else:
+                probs_CV = torch.softmax(_logits(hidden_CH, weight_VH, bias_V, ctx.temperature), -1)
+            grad_CV = probs_CV.mul_(-grad_C[:, None])
+            grad_CV.scatter_add_(-1, target_N[start:stop, None], grad_C[:, None].float())
+            grad_CV = (grad_CV / ctx.temperature).to(hidden_NH.dtype)
+            if needs_hidden:
+                grad_hidden_NH[start:stop] = grad_CV @ weight_VH
+            if needs_weight:
+                grad_weight_VH += (grad_CV.T @ hidden_CH).float()
+            if needs_bias:
+                grad_bias_V += grad_CV.float().sum(0)
+        grad_weight_VH = grad_weight_VH.to(weight_VH.dtype) if needs_weight else None
+        grad_bias_V = grad_bias_V.to(bias_V.dtype) if needs_bias else None
+        return grad_hidden_NH, grad_weight_VH, grad_bias_V, None, None, None

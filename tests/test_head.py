@@ -1,0 +1,92 @@
+"""The output head in chunks (lit_posttrain.head) against the full-logits computation it replaces:
+values and gradients in float32, on hand-made tensors and through the model's forward passes."""
+
+import pytest
+import torch
+
+from lit_posttrain import head as head_module
+from lit_posttrain.head import head_logp, plain_head
+from lit_posttrain.logprobs import shared_prompt_logp, token_logp
+from lit_posttrain.models import LoRA, apply_lora, load_model, resolve_model_source
+from lit_posttrain.rollout import HFEngine
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("positions_a_chunk", [3, 100], ids=["chunks_recomputed", "one_chunk_kept"])
+def test_chunked_head_equals_the_full_log_softmax(monkeypatch, bias, temperature, positions_a_chunk):
+    monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", positions_a_chunk * 4 * 7)  # a 7-token vocabulary
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5, 7, bias=bias)
+    hidden_NH = torch.randn(10, 5, requires_grad=True)
+    target_N = torch.randint(0, 7, (10,))
+    weights_N = torch.randn(10)  # an arbitrary upstream gradient
+
+    logp_N = head_logp(hidden_NH, linear, target_N, temperature)
+    full_N = torch.log_softmax(linear(hidden_NH) / temperature, -1).gather(-1, target_N[:, None]).squeeze(-1)
+    assert logp_N.shape == (10,) and logp_N.dtype == torch.float32
+    assert torch.allclose(logp_N, full_N, atol=1e-6)
+    params = [hidden_NH, *linear.parameters()]
+    grads = torch.autograd.grad((logp_N * weights_N).sum(), params, retain_graph=True)
+    again = torch.autograd.grad((logp_N * weights_N).sum(), params)  # a second backward recomputes
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, again, strict=True))
+    expected = torch.autograd.grad((full_N * weights_N).sum(), params)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_head_that_is_not_a_plain_linear_takes_the_full_path():
+    model = load_model(resolve_model_source("tiny-random-llama"), torch.float32)
+    assert plain_head(model) is model.lm_head
+    model.config.final_logit_softcapping = 30.0  # logits capped after the head: hidden @ W.T is not them
+    assert plain_head(model) is None
+
+
+def _full_logp(model, tokens_BT, attention_BT, temperature):
+    """The reference: every position's logits from the model, log-softmaxed whole."""
+    position_BT = (attention_BT.cumsum(-1) - 1).clamp(min=0)
+    logits_BTV = model(input_ids=tokens_BT, attention_mask=attention_BT, position_ids=position_BT).logits
+    logp_BT = torch.log_softmax(logits_BTV[:, :-1].float() / temperature, -1).gather(-1, tokens_BT[:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(logp_BT, (1, 0))
+
+
+@pytest.mark.parametrize("lora", [None, LoRA(r=4)])
+def test_token_and_shared_prompt_logp_equal_the_full_logits_path(monkeypatch, lora):
+    monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", 4 * 99 * 5)  # 5 positions a chunk (vocabulary 99)
+    torch.manual_seed(1)
+    model = load_model(resolve_model_source("tiny-random-llama"), torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # away from the random start, so that lm_head matters
+    model = apply_lora(model, lora) if lora is not None else model
+    if lora is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.3)
+    assert plain_head(model) is not None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine = HFEngine(max_new_tokens=6, temperature=0.8)
+    engine.setup(model, _tokenizer())
+    rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33], [5, 40]], n=3, seed=0)
+    tokens_BT, attention_BT, mask_BT = rollout.tokens_BT, rollout.attention_BT, rollout.mask_BT
+    weights_BT = torch.randn(tokens_BT.shape)
+
+    full_BT = _full_logp(model, tokens_BT, attention_BT, 0.8)
+    expected = torch.autograd.grad((full_BT * mask_BT * weights_BT).sum(), trainable)
+    for logp_BT in (
+        token_logp(model, tokens_BT, attention_BT, 0.8, rollout.prompt_width),
+        shared_prompt_logp(model, tokens_BT, attention_BT, rollout.group_B, rollout.prompt_width, 0.8),
+    ):
+        assert torch.allclose(logp_BT * mask_BT, full_BT * mask_BT, atol=1e-5)
+        grads = torch.autograd.grad((logp_BT * mask_BT * weights_BT).sum(), trainable)
+        for got, want in zip(grads, expected, strict=True):
+            # To 1e-5 of the largest gradient entry (some are ~50 here): float32's summation order
+            # differs between any two ways of computing them, one chunk or many alike (~1e-6).
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max().clamp(min=1)
+
+
+def _tokenizer():
+    from lit_posttrain.models import load_tokenizer
+
+    return load_tokenizer(resolve_model_source("tiny-random-llama"))
