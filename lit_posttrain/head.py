@@ -1,5 +1,6 @@
-"""The output head in chunks: per-token log-probs of given tokens from the last hidden states,
-without a batch's logits in memory.
+"""The output head in chunks: per-token log-probs of given tokens, and full-vocabulary
+divergences (KL, JSD) between two models, from the last hidden states, without a batch's logits in
+memory.
 
 A forward that asks the model for its logits keeps rows x positions x vocabulary of them (49k wide
 for the built-in model) and, for the backward, a float32 copy: at 8 x 8 completions of 1,024
@@ -88,3 +89,31 @@ class _ChunkedHeadLogp(torch.autograd.Function):
         grad_weight_VH = grad_weight_VH.to(weight_VH.dtype) if needs_weight else None
         grad_bias_V = grad_bias_V.to(bias_V.dtype) if needs_bias else None
         return grad_hidden_NH, grad_weight_VH, grad_bias_V, None, None, None
+
+
+def divergence_in_chunks(
+    states_NX: Tensor, head: torch.nn.Linear | None, other_NX: Tensor, other_head: torch.nn.Linear | None,
+    divergence, temperature: float = 1.0, vocab: int | None = None,
+) -> Tensor:  # fmt: skip
+    """`divergence(logits_NV, other_logits_NV)` per position (a full-vocabulary KL or JSD), the
+    logits made a chunk of positions at a time at `temperature` over the first `vocab` entries.
+
+    `states` and `other` are last hidden states with their `head`, or logits already (head None,
+    where the model's head is not plain: `completion_states`). The first side keeps its gradient:
+    each chunk's logits are freed after its forward and made again in the backward (activation
+    checkpointing per chunk); the other side is taken without gradient."""
+    width = vocab or (head.weight.shape[0] if head is not None else states_NX.shape[-1])
+    chunk = max(1, HEAD_CHUNK_BYTES // (4 * width))
+
+    def one_chunk(states_CX: Tensor, other_CX: Tensor) -> Tensor:
+        logits_CV = (states_CX if head is None else head(states_CX))[:, :width].float() / temperature
+        with torch.no_grad():
+            other_CV = (other_CX if other_head is None else other_head(other_CX))[:, :width].float() / temperature
+        return divergence(logits_CV, other_CV)
+
+    checkpointed = torch.is_grad_enabled() and states_NX.requires_grad
+    parts = []
+    for start in range(0, states_NX.shape[0], chunk):
+        args = (states_NX[start : start + chunk], other_NX[start : start + chunk])
+        parts.append(torch.utils.checkpoint.checkpoint(one_chunk, *args, use_reentrant=False) if checkpointed else one_chunk(*args))
+    return torch.cat(parts) if parts else states_NX.new_zeros(0, dtype=torch.float32)

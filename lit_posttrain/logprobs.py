@@ -88,6 +88,18 @@ def completion_logits(model: torch.nn.Module, rollout) -> Tensor:
     return logits_BSV[:, :-1][rollout.mask_BT[:, width:]]
 
 
+def completion_states(model: torch.nn.Module, rollout) -> tuple[Tensor, torch.nn.Linear | None]:
+    """What a full-vocabulary divergence needs at the positions predicting `rollout`'s completion
+    tokens, in row order: `(hidden_NH, head)` where the model's head is plain (the logits are then
+    made in chunks, `head.divergence_in_chunks`), else `(logits_NV, None)`."""
+    head = plain_head(model)
+    if head is None:
+        return completion_logits(model, rollout), None
+    width = rollout.prompt_width
+    hidden_BTH = forward_hidden(model, rollout.tokens_BT, rollout.attention_BT)
+    return hidden_BTH[:, width - 1 : -1][rollout.mask_BT[:, width:]], head
+
+
 def token_logp(
     model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0,
     first_scored: int | None = None,

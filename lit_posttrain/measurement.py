@@ -13,7 +13,8 @@ from lit_posttrain.data.batches import Row
 from lit_posttrain.data.datamodule import tokenize_prompt
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem
 from lit_posttrain.data.task import Example, Task
-from lit_posttrain.logprobs import completion_logits, shared_prompt_logp
+from lit_posttrain.head import divergence_in_chunks
+from lit_posttrain.logprobs import completion_states, shared_prompt_logp
 from lit_posttrain.losses.distillation import generalized_jsd
 from lit_posttrain.metrics import pass_at_k
 from lit_posttrain.padding import left_pad, right_pad
@@ -160,11 +161,13 @@ def kl_to_reference(module, rollout: Rollout) -> dict[str, float]:
     the starting model wrote): exact at each position, no sampling noise. `reverse` is
     KL(policy || reference); `forward` is KL(reference || policy), the direction "RL's Razor"
     (arXiv 2509.04259) found to predict forgetting when measured on the training task's prompts."""
-    policy_NV = completion_logits(module.policy, rollout)
+    policy_NX, policy_head = completion_states(module.policy, rollout)
     with module.reference() as reference:
-        reference_NV = completion_logits(reference, rollout)
+        reference_NX, reference_head = completion_states(reference, rollout)
     # generalized_jsd's end points: beta 1 is KL(student || teacher), beta 0 KL(teacher || student).
     return {
-        "reverse": generalized_jsd(policy_NV, reference_NV, beta=1.0).mean().item(),
-        "forward": generalized_jsd(policy_NV, reference_NV, beta=0.0).mean().item(),
+        direction: divergence_in_chunks(
+            policy_NX, policy_head, reference_NX, reference_head, lambda p, r, beta=beta: generalized_jsd(p, r, beta)
+        ).mean().item()
+        for direction, beta in (("reverse", 1.0), ("forward", 0.0))
     }

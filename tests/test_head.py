@@ -90,3 +90,59 @@ def _tokenizer():
     from lit_posttrain.models import load_tokenizer
 
     return load_tokenizer(resolve_model_source("tiny-random-llama"))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("from_hidden", [True, False], ids=["hidden_and_head", "logits_given"])
+def test_divergence_in_chunks_equals_the_full_divergence(monkeypatch, beta, from_hidden):
+    from lit_posttrain.head import divergence_in_chunks
+    from lit_posttrain.losses.distillation import generalized_jsd
+
+    monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", 3 * 4 * 6)  # 3 positions a chunk over 6 entries
+    torch.manual_seed(2)
+    head, other_head = torch.nn.Linear(5, 7, bias=False), torch.nn.Linear(5, 8, bias=False)  # a padded other vocabulary
+    hidden_NH, other_NH = torch.randn(10, 5, requires_grad=True), torch.randn(10, 5)
+    weights_N = torch.randn(10)
+
+    def jsd(student_NV, teacher_NV):
+        return generalized_jsd(student_NV, teacher_NV, beta)
+
+    full_N = jsd(head(hidden_NH)[:, :6] / 0.7, other_head(other_NH)[:, :6].detach() / 0.7)
+    if from_hidden:
+        chunked_N = divergence_in_chunks(hidden_NH, head, other_NH, other_head, jsd, 0.7, vocab=6)
+    else:
+        chunked_N = divergence_in_chunks(head(hidden_NH), None, other_head(other_NH), None, jsd, 0.7, vocab=6)
+    assert chunked_N.shape == (10,) and torch.allclose(chunked_N, full_N, atol=1e-6)
+    params = [hidden_NH, head.weight]
+    grads = torch.autograd.grad((chunked_N * weights_N).sum(), params)
+    expected = torch.autograd.grad((full_N * weights_N).sum(), params)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_opds_full_vocabulary_divergence_equals_the_full_logits_path(monkeypatch):
+    from lit_posttrain.logprobs import completion_logits
+    from lit_posttrain.losses.distillation import generalized_jsd
+    from lit_posttrain.methods.opd import OPD
+
+    monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", 4 * 99 * 4)  # 4 positions a chunk
+    module = OPD(model="tiny-random-llama", teacher="tiny-random-llama:1", dtype="float32")
+    module.configure_model()
+    engine = HFEngine(max_new_tokens=6)
+    engine.setup(module.policy, module.tokenizer)
+    rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33]], n=2, seed=0)
+    trainable = [p for p in module.policy.parameters() if p.requires_grad]
+
+    def divergence(student_NV, teacher_NV):
+        return generalized_jsd(student_NV, teacher_NV, 0.5)
+
+    chunked_N = module.completion_divergence(rollout, divergence)
+    with torch.no_grad():
+        teacher_NV = completion_logits(module.teacher, rollout)
+    full_N = divergence(completion_logits(module.policy, rollout), teacher_NV)
+    assert chunked_N.shape == (int(rollout.mask_BT.sum()),) and len(chunked_N) > 4
+    assert torch.allclose(chunked_N, full_N, atol=1e-6)
+    got = torch.autograd.grad(chunked_N.sum(), trainable)
+    want = torch.autograd.grad(full_N.sum(), trainable)
+    for a, b in zip(got, want, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max().clamp(min=1)

@@ -53,7 +53,6 @@ def sampled_reverse_kl_loss(
     return loss, metrics
 
 
-def jsd_loss(student_logits_NV: Tensor, teacher_logits_NV: Tensor, beta: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """The generalized JSD averaged over the N positions (each a completion token's prediction)."""
-    jsd_N = generalized_jsd(student_logits_NV, teacher_logits_NV, beta)
+def jsd_loss(jsd_N: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """The generalized JSD (`generalized_jsd` at each of N completion positions) averaged."""
     return jsd_N.mean(), {"jsd": jsd_N.mean().detach()}

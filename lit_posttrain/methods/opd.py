@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.batches import Batch
-from lit_posttrain.logprobs import completion_logits, shared_prompt_logp, shared_prompt_tokens
+from lit_posttrain.head import divergence_in_chunks
+from lit_posttrain.logprobs import completion_states, shared_prompt_logp, shared_prompt_tokens
 from lit_posttrain.losses.advantages import Constant
 from lit_posttrain.losses.aggregation import TokenMean
-from lit_posttrain.losses.distillation import jsd_loss, sampled_reverse_kl_loss
+from lit_posttrain.losses.distillation import generalized_jsd, jsd_loss, sampled_reverse_kl_loss
 from lit_posttrain.losses.policy_gradient import NoMask, Old, PolicyGradientLoss
 from lit_posttrain.methods.on_policy import OnPolicyModule
 from lit_posttrain.rollout import Rollout
@@ -35,7 +36,8 @@ class DistillationEstimator:
     """Base of OPD's estimators: the settings of one of `losses.distillation`'s loss functions.
     `full_vocabulary` says what OPD feeds it: the student's and the teacher's log-probs of the
     sampled tokens (`logp_BT, teacher_logp_BT`, with the rollout's mask, pi_old and sampler
-    log-probs), or their logits at each completion position (`student_logits_NV, teacher_logits_NV`)."""
+    log-probs), or its `divergence` of their full distributions at each completion position
+    (`divergence_N`; OPD makes the logits a chunk of positions at a time)."""
 
     full_vocabulary: bool = False
 
@@ -79,8 +81,11 @@ class FullVocabJSD(DistillationEstimator):
             raise ValueError(f"FullVocabJSD beta must be in [0, 1], got {beta}")
         self.beta = beta
 
-    def __call__(self, student_logits_NV: Tensor, teacher_logits_NV: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return jsd_loss(student_logits_NV, teacher_logits_NV, self.beta)
+    def divergence(self, student_logits_NV: Tensor, teacher_logits_NV: Tensor) -> Tensor:
+        return generalized_jsd(student_logits_NV, teacher_logits_NV, self.beta)
+
+    def __call__(self, divergence_N: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return jsd_loss(divergence_N)
 
 
 class OPD(OnPolicyModule):
@@ -101,7 +106,7 @@ class OPD(OnPolicyModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
         if self.estimator.full_vocabulary:
-            loss, metrics = self.estimator(*self.completion_logits(rollout))
+            loss, metrics = self.estimator(self.completion_divergence(rollout, self.estimator.divergence))
         else:
             logp_BT = self.rollout_logp(rollout)
             old_logp_BT, mismatch = self.old_logp(rollout, logp_BT)
@@ -122,14 +127,15 @@ class OPD(OnPolicyModule):
             self.teacher, rollout.tokens_BT, rollout.attention_BT, rollout.group_B, rollout.prompt_width, rollout.temperature
         )
 
-    def completion_logits(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
-        """The student's (with gradients) and the teacher's logits at every completion position,
-        at the sampling temperature, over the vocabulary they share: `(student_NV, teacher_NV)`."""
-        student_NV = completion_logits(self.policy, rollout)
+    def completion_divergence(self, rollout: Rollout, divergence) -> Tensor:
+        """`divergence(student_logits_NV, teacher_logits_NV)` at every completion position, at the
+        sampling temperature, over the vocabulary the two share; with the student's gradient."""
+        student_NX, student_head = completion_states(self.policy, rollout)
         with torch.no_grad():
-            teacher_NV = completion_logits(self.teacher, rollout)
+            teacher_NX, teacher_head = completion_states(self.teacher, rollout)
         self.count_tokens("trained", rollout.attention_BT.sum())
         self.count_tokens("teacher", rollout.attention_BT.sum())
         # Teachers may pad their vocabulary past the tokenizer's; compare the real vocabulary only.
-        vocab = min(student_NV.shape[-1], teacher_NV.shape[-1], len(self.tokenizer))
-        return student_NV[:, :vocab] / rollout.temperature, teacher_NV[:, :vocab] / rollout.temperature
+        widths = [h.weight.shape[0] if h is not None else x.shape[-1] for x, h in ((student_NX, student_head), (teacher_NX, teacher_head))]
+        vocab = min(*widths, len(self.tokenizer))
+        return divergence_in_chunks(student_NX, student_head, teacher_NX, teacher_head, divergence, rollout.temperature, vocab)
