@@ -91,29 +91,39 @@ class _ChunkedHeadLogp(torch.autograd.Function):
         return grad_hidden_NH, grad_weight_VH, grad_bias_V, None, None, None
 
 
-def divergence_in_chunks(
-    states_NX: Tensor, head: torch.nn.Linear | None, other_NX: Tensor, other_head: torch.nn.Linear | None,
-    divergence, temperature: float = 1.0, vocab: int | None = None,
-) -> Tensor:  # fmt: skip
-    """`divergence(logits_NV, other_logits_NV)` per position (a full-vocabulary KL or JSD), the
-    logits made a chunk of positions at a time at `temperature` over the first `vocab` entries.
-
-    `states` and `other` are last hidden states with their `head`, or logits already (head None,
-    where the model's head is not plain: `completion_states`). The first side keeps its gradient:
-    each chunk's logits are freed after its forward and made again in the backward (activation
-    checkpointing per chunk); the other side is taken without gradient."""
+def map_logits_in_chunks(states_NX: Tensor, head: torch.nn.Linear | None, fn, *extra_N: Tensor, vocab: int | None = None) -> Tensor:
+    """`fn(logits_CV, *extra_C)` over chunks of positions, concatenated: whatever a loss or a
+    measure needs from the full distribution at each position, without all positions' logits at
+    once. `states` are last hidden states with their `head`, or logits already (head None, where the
+    model's head is not plain: `logprobs.completion_states`); `logits_CV` are float32, over the
+    first `vocab` entries. With gradients each chunk's logits are freed after its forward and made
+    again in the backward (activation checkpointing per chunk)."""
     width = vocab or (head.weight.shape[0] if head is not None else states_NX.shape[-1])
     chunk = max(1, HEAD_CHUNK_BYTES // (4 * width))
 
-    def one_chunk(states_CX: Tensor, other_CX: Tensor) -> Tensor:
-        logits_CV = (states_CX if head is None else head(states_CX))[:, :width].float() / temperature
-        with torch.no_grad():
-            other_CV = (other_CX if other_head is None else other_head(other_CX))[:, :width].float() / temperature
-        return divergence(logits_CV, other_CV)
+    def one_chunk(states_CX: Tensor, *extra_C: Tensor) -> Tensor:
+        return fn((states_CX if head is None else head(states_CX))[:, :width].float(), *extra_C)
 
     checkpointed = torch.is_grad_enabled() and states_NX.requires_grad
     parts = []
     for start in range(0, states_NX.shape[0], chunk):
-        args = (states_NX[start : start + chunk], other_NX[start : start + chunk])
+        args = (states_NX[start : start + chunk], *(x[start : start + chunk] for x in extra_N))
         parts.append(torch.utils.checkpoint.checkpoint(one_chunk, *args, use_reentrant=False) if checkpointed else one_chunk(*args))
-    return torch.cat(parts) if parts else states_NX.new_zeros(0, dtype=torch.float32)
+    return torch.cat(parts)
+
+
+def divergence_in_chunks(
+    states_NX: Tensor, head: torch.nn.Linear | None, other_NX: Tensor, other_head: torch.nn.Linear | None,
+    divergence, temperature: float = 1.0, vocab: int | None = None,
+) -> Tensor:  # fmt: skip
+    """`divergence(logits_NV, other_logits_NV)` per position (a full-vocabulary KL or JSD) at
+    `temperature`, through `map_logits_in_chunks`: the first side keeps its gradient, the other
+    (states and head, or logits) is taken without."""
+    width = vocab or (head.weight.shape[0] if head is not None else states_NX.shape[-1])
+
+    def chunk_divergence(logits_CV: Tensor, other_CX: Tensor) -> Tensor:
+        with torch.no_grad():
+            other_CV = (other_CX if other_head is None else other_head(other_CX))[:, :width].float()
+        return divergence(logits_CV / temperature, other_CV / temperature)
+
+    return map_logits_in_chunks(states_NX, head, chunk_divergence, other_NX, vocab=width)

@@ -88,6 +88,22 @@ def completion_logits(model: torch.nn.Module, rollout) -> Tensor:
     return logits_BSV[:, :-1][rollout.mask_BT[:, width:]]
 
 
+def demonstration_states(
+    model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor, mask_BT: Tensor
+) -> tuple[Tensor, torch.nn.Linear | None, Tensor]:
+    """`(states_NX, head, target_N)` at the positions predicting a masked token (a demonstration's),
+    in row order: the last hidden states and the plain head (`head.map_logits_in_chunks` makes the
+    logits), or the logits and None where the head is not plain; and the tokens they predict."""
+    first = first_masked(mask_BT)
+    predicts_BS = mask_BT[:, first:]
+    target_N = tokens_BT[:, first:][predicts_BS]
+    head = plain_head(model)
+    if head is None:
+        logits_BSV = forward_logits(model, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
+        return logits_BSV[:, :-1][predicts_BS], None, target_N
+    return forward_hidden(model, tokens_BT, attention_BT)[:, first - 1 : -1][predicts_BS], head, target_N
+
+
 def completion_states(model: torch.nn.Module, rollout) -> tuple[Tensor, torch.nn.Linear | None]:
     """What a full-vocabulary divergence needs at the positions predicting `rollout`'s completion
     tokens, in row order: `(hidden_NH, head)` where the model's head is plain (the logits are then

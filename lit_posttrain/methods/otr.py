@@ -12,7 +12,8 @@ Choices where the paper is silent, each a parameter:
 2. The ground-truth token is not forced into the samples by default (`force_target`).
 3. Log-probs are at temperature 1; only the exploration distribution uses kappa.
 4. Computed through counts: because R takes two values the loss needs one gather of K log-probs
-   per position, no loop over K or positions and no V-wide count vector.
+   per position, no loop over K or positions and no V-wide count vector; and a chunk of positions
+   at a time (`head.map_logits_in_chunks`), so no demonstration's full logits are held at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.batches import Batch
-from lit_posttrain.logprobs import first_masked, forward_logits
+from lit_posttrain.head import map_logits_in_chunks
+from lit_posttrain.logprobs import demonstration_states
 from lit_posttrain.losses.otr import otr_loss, otr_samples
 from lit_posttrain.methods.sft import SFT
 
@@ -44,21 +46,30 @@ class OTR(SFT):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         tokens_BT, attention_BT, mask_BT = self.pack_for_training(batch.rows)
-        first = first_masked(mask_BT)
-        # Logits only where a demonstration token is predicted: positions first - 1 .. T - 2.
-        logits_BSV = forward_logits(self.policy, tokens_BT, attention_BT, keep_last=tokens_BT.shape[1] - first + 1)
-        predicts_BS = mask_BT[:, first:]
-        logits_NV = logits_BSV[:, :-1][predicts_BS]
-        target_N = tokens_BT[:, first:][predicts_BS]
+        # What the head reads where a demonstration token is predicted; the logits are made a
+        # chunk of positions at a time (`map_logits_in_chunks`), never all at once.
+        states_NX, head, target_N = demonstration_states(self.policy, tokens_BT, attention_BT, mask_BT)
         # Seeded by the run, the step and the micro-batch, not the global RNG: a resumed run draws
         # the same candidates as the uninterrupted one.
-        generator = torch.Generator(logits_NV.device).manual_seed(self.run_seed("batch", batch_idx))
-        samples_NK = otr_samples(logits_NV, target_N, self.k, self.kappa, self.force_target, generator)
-        logp_NV = torch.log_softmax(logits_NV.float(), -1)
-        loss_N = otr_loss(logp_NV, samples_NK, target_N, self.wrong_reward)
+        generator = torch.Generator(states_NX.device).manual_seed(self.run_seed("batch", batch_idx))
+
+        def draw(logits_CV: Tensor, target_C: Tensor) -> Tensor:
+            return otr_samples(logits_CV, target_C, self.k, self.kappa, self.force_target, generator)
+
+        def position_loss(logits_CV: Tensor, samples_CK: Tensor, target_C: Tensor) -> Tensor:
+            return otr_loss(torch.log_softmax(logits_CV, -1), samples_CK, target_C, self.wrong_reward)
+
+        # Drawn first, without gradient: a chunk made again in the backward must not draw again.
+        with torch.no_grad():
+            samples_NK = map_logits_in_chunks(states_NX, head, draw, target_N)
+        loss_N = map_logits_in_chunks(states_NX, head, position_loss, samples_NK, target_N)
         loss = loss_N.sum() / self.token_normaliser(batch.window_tokens)
         with torch.no_grad():
-            nll = -logp_NV.gather(-1, target_N[:, None]).mean()
+            nll = -map_logits_in_chunks(states_NX, head, target_logp, target_N).mean()
             hit_rate = (samples_NK == target_N[:, None]).float().mean()
         self.log_dict({"train/otr_loss": loss_N.mean().detach(), "train/nll": nll, "train/sample_hit_rate": hit_rate}, batch_size=len(batch), sync_dist=True)
         return loss
+
+
+def target_logp(logits_CV: Tensor, target_C: Tensor) -> Tensor:
+    return torch.log_softmax(logits_CV, -1).gather(-1, target_C[:, None]).squeeze(-1)
