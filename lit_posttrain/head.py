@@ -49,14 +49,16 @@ class _ChunkedHeadLogp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, bias_V, target_N, temperature, chunk):
         logp_N = torch.empty(hidden_NH.shape[0], dtype=torch.float32, device=hidden_NH.device)
+        ctx.probs_NV = None
         for start in range(0, len(logp_N), chunk):
             logits_CV = _logits(hidden_NH[start : start + chunk], weight_VH, bias_V, temperature)
             picked_C = logits_CV.gather(-1, target_N[start : start + chunk, None]).squeeze(-1)
             logsumexp_C = torch.logsumexp(logits_CV, -1)
             logp_N[start : start + chunk] = picked_C - logsumexp_C
-        # Everything in one chunk (short completions): keep its softmax, within the budget, rather
-        # than run the head again in the backward.
-        ctx.probs_NV = (logits_CV - logsumexp_C[:, None]).exp_() if len(logp_N) <= chunk else None
+            if len(logp_N) <= chunk:
+                # Everything in one chunk (short completions): keep its softmax, within the
+                # budget, rather than run the head again in the backward.
+                ctx.probs_NV = (logits_CV - logsumexp_C[:, None]).exp_()
         ctx.save_for_backward(hidden_NH, weight_VH, bias_V, target_N)
         ctx.temperature, ctx.chunk = temperature, chunk
         return logp_N
@@ -106,7 +108,7 @@ def map_logits_in_chunks(states_NX: Tensor, head: torch.nn.Linear | None, fn, *e
 
     checkpointed = torch.is_grad_enabled() and states_NX.requires_grad
     parts = []
-    for start in range(0, states_NX.shape[0], chunk):
+    for start in range(0, max(states_NX.shape[0], 1), chunk):  # no position: one empty chunk, fn's own shape
         args = (states_NX[start : start + chunk], *(x[start : start + chunk] for x in extra_N))
         parts.append(torch.utils.checkpoint.checkpoint(one_chunk, *args, use_reentrant=False) if checkpointed else one_chunk(*args))
     return torch.cat(parts)
