@@ -7,9 +7,9 @@ for the built-in model) and, for the backward, a float32 copy: at 8 x 8 completi
 tokens that alone is 13 GB. Here the head runs on a chunk of positions at a time, forward and
 again in the backward (Liger's fused linear cross-entropy does the same), so at most one chunk's
 float32 logits exist: `HEAD_CHUNK_BYTES`. Where every position fits in one chunk (short answers)
-its softmax is kept for the backward instead, so the head runs once, as before. The result and its gradients equal the full-logits path's
-(tested in float32 to 1e-5); in bf16 the logits are rounded as the model's head rounds them, then
-divided by the temperature in float32.
+its softmax is kept for the backward instead, so the head runs once, as before. The result and its
+gradients equal the full-logits path's (tested in float32 to 1e-5); in bf16 the logits are rounded
+as the model's head rounds them, then divided by the temperature in float32.
 """
 
 from __future__ import annotations
@@ -34,10 +34,22 @@ def plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     return head
 
 
-def head_logp(hidden_NH: Tensor, head: torch.nn.Linear, target_N: Tensor, temperature: float = 1.0) -> Tensor:
-    """`log softmax(head(hidden) / temperature)[target]` per row, float32, the head run in chunks."""
-    chunk = max(1, HEAD_CHUNK_BYTES // (4 * head.weight.shape[0]))
-    return _ChunkedHeadLogp.apply(hidden_NH, head.weight, head.bias, target_N, temperature, chunk)
+def logit_width(states_NX: Tensor, head: torch.nn.Linear | None) -> int:
+    """How many logits a position has: the head's outputs, or the width of logits given as states."""
+    return head.weight.shape[0] if head is not None else states_NX.shape[-1]
+
+
+def _positions_a_chunk(width: int) -> int:
+    return max(1, HEAD_CHUNK_BYTES // (4 * width))
+
+
+def head_logp(hidden_SH: Tensor, head: torch.nn.Linear, target_S: Tensor, temperature: float = 1.0) -> Tensor:
+    """`log softmax(head(hidden) / temperature)[target]` at every position, float32, the head run on
+    chunks of positions. `S` is any leading shape (rows x positions), the same for both."""
+    hidden_NH, target_N = hidden_SH.reshape(-1, hidden_SH.shape[-1]), target_S.reshape(-1)
+    chunk = _positions_a_chunk(head.weight.shape[0])
+    logp_N = _ChunkedHeadLogp.apply(hidden_NH, head.weight, head.bias, target_N, temperature, chunk)
+    return logp_N.view(target_S.shape)
 
 
 def _logits(hidden_CH: Tensor, weight_VH: Tensor, bias_V: Tensor | None, temperature: float) -> Tensor:
@@ -100,8 +112,8 @@ def map_logits_in_chunks(states_NX: Tensor, head: torch.nn.Linear | None, fn, *e
     model's head is not plain: `logprobs.completion_states`); `logits_CV` are float32, over the
     first `vocab` entries. With gradients each chunk's logits are freed after its forward and made
     again in the backward (activation checkpointing per chunk)."""
-    width = vocab or (head.weight.shape[0] if head is not None else states_NX.shape[-1])
-    chunk = max(1, HEAD_CHUNK_BYTES // (4 * width))
+    width = vocab or logit_width(states_NX, head)
+    chunk = _positions_a_chunk(width)
 
     def one_chunk(states_CX: Tensor, *extra_C: Tensor) -> Tensor:
         return fn((states_CX if head is None else head(states_CX))[:, :width].float(), *extra_C)
@@ -121,7 +133,7 @@ def divergence_in_chunks(
     """`divergence(logits_NV, other_logits_NV)` per position (a full-vocabulary KL or JSD) at
     `temperature`, through `map_logits_in_chunks`: the first side keeps its gradient, the other
     (states and head, or logits) is taken without."""
-    width = vocab or (head.weight.shape[0] if head is not None else states_NX.shape[-1])
+    width = vocab or logit_width(states_NX, head)
 
     def chunk_divergence(logits_CV: Tensor, other_CX: Tensor) -> Tensor:
         with torch.no_grad():

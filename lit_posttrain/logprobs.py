@@ -79,21 +79,12 @@ def forward_logits(model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tens
     return model(input_ids=tokens_BT, attention_mask=attention_BT, position_ids=position_ids_BT, logits_to_keep=keep).logits
 
 
-def completion_logits(model: torch.nn.Module, rollout) -> Tensor:
-    """`logits_NV` at the positions that predict a completion token of `rollout` (its mask), in row
-    order: only those positions go through the output head."""
-    width, tokens_BT = rollout.prompt_width, rollout.tokens_BT
-    logits_BSV = forward_logits(model, tokens_BT, rollout.attention_BT, keep_last=tokens_BT.shape[1] - width + 1)
-    # S: positions W - 1 .. T - 2, predicting the completion tokens W .. T - 1.
-    return logits_BSV[:, :-1][rollout.mask_BT[:, width:]]
-
-
-def demonstration_states(
+def masked_states(
     model: torch.nn.Module, tokens_BT: Tensor, attention_BT: Tensor, mask_BT: Tensor
 ) -> tuple[Tensor, torch.nn.Linear | None, Tensor]:
-    """`(states_NX, head, target_N)` at the positions predicting a masked token (a demonstration's),
-    in row order: the last hidden states and the plain head (`head.map_logits_in_chunks` makes the
-    logits), or the logits and None where the head is not plain; and the tokens they predict."""
+    """`(states_NX, head, target_N)` at the positions predicting a masked token (a demonstration's,
+    a completion's), in row order: the last hidden states and the plain head (`head.map_logits_in_chunks`
+    makes the logits), or the logits and None where the head is not plain; and the tokens they predict."""
     first = first_masked(mask_BT)
     predicts_BS = mask_BT[:, first:]
     target_N = tokens_BT[:, first:][predicts_BS]
@@ -105,15 +96,10 @@ def demonstration_states(
 
 
 def completion_states(model: torch.nn.Module, rollout) -> tuple[Tensor, torch.nn.Linear | None]:
-    """What a full-vocabulary divergence needs at the positions predicting `rollout`'s completion
-    tokens, in row order: `(hidden_NH, head)` where the model's head is plain (the logits are then
-    made in chunks, `head.divergence_in_chunks`), else `(logits_NV, None)`."""
-    head = plain_head(model)
-    if head is None:
-        return completion_logits(model, rollout), None
-    width = rollout.prompt_width
-    hidden_BTH = forward_hidden(model, rollout.tokens_BT, rollout.attention_BT)
-    return hidden_BTH[:, width - 1 : -1][rollout.mask_BT[:, width:]], head
+    """`masked_states` at the positions predicting `rollout`'s completion tokens: what a
+    full-vocabulary divergence needs (`head.divergence_in_chunks`)."""
+    states_NX, head, _ = masked_states(model, rollout.tokens_BT, rollout.attention_BT, rollout.mask_BT)
+    return states_NX, head
 
 
 def token_logp(
@@ -133,7 +119,7 @@ def token_logp(
         logp_BS = gather_logp(logits_BSV, tokens_BT[:, first:])
     else:
         hidden_BSH = forward_hidden(model, tokens_BT, attention_BT)[:, first - 1 : -1]
-        logp_BS = head_logp(hidden_BSH.flatten(0, 1), head, tokens_BT[:, first:].flatten(), temperature).view(hidden_BSH.shape[:2])
+        logp_BS = head_logp(hidden_BSH, head, tokens_BT[:, first:], temperature)
     return torch.nn.functional.pad(logp_BS, (first, 0))
 
 
@@ -182,8 +168,7 @@ def shared_prompt_logp(
         rest_RC = gather_logp(logits_RCV / temperature if temperature != 1.0 else logits_RCV, completion_RC[:, 1:])
     else:
         hidden_RCH = forward_hidden(model, completion_RC, attention_RT, position_ids=position_RC, past_key_values=cache, use_cache=True)
-        hidden_NH = hidden_RCH[:, :-1].flatten(0, 1)
-        rest_RC = head_logp(hidden_NH, head, completion_RC[:, 1:].flatten(), temperature).view(hidden_RCH[:, :-1].shape[:2])
+        rest_RC = head_logp(hidden_RCH[:, :-1], head, completion_RC[:, 1:], temperature)
     logp_RC = torch.cat([first_R1, rest_RC], 1) * completion_attention_RC
     return torch.nn.functional.pad(logp_RC, (width, 0))
 

@@ -121,7 +121,6 @@ def test_divergence_in_chunks_equals_the_full_divergence(monkeypatch, beta, from
 
 
 def test_opds_full_vocabulary_divergence_equals_the_full_logits_path(monkeypatch):
-    from lit_posttrain.logprobs import completion_logits
     from lit_posttrain.losses.distillation import generalized_jsd
     from lit_posttrain.methods.opd import OPD
 
@@ -176,3 +175,11 @@ def test_otrs_step_in_chunks_equals_the_step_in_one(monkeypatch):
     assert loss_chunked == pytest.approx(loss_whole, abs=1e-6)
     for a, b in zip(grads_chunked, grads_whole, strict=True):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max().clamp(min=1)
+
+
+def completion_logits(model, rollout):
+    """The reference: every position's logits from the model, those predicting a completion token
+    kept, in row order."""
+    position_BT = (rollout.attention_BT.cumsum(-1) - 1).clamp(min=0)
+    logits_BTV = model(input_ids=rollout.tokens_BT, attention_mask=rollout.attention_BT, position_ids=position_BT).logits
+    return logits_BTV[:, :-1][rollout.mask_BT[:, 1:]]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lit_posttrain.data.batches import Batch
-from lit_posttrain.head import divergence_in_chunks
+from lit_posttrain.head import divergence_in_chunks, logit_width
 from lit_posttrain.logprobs import completion_states, shared_prompt_logp, shared_prompt_tokens
 from lit_posttrain.losses.advantages import Constant
 from lit_posttrain.losses.aggregation import TokenMean
@@ -136,6 +136,5 @@ class OPD(OnPolicyModule):
         self.count_tokens("trained", rollout.attention_BT.sum())
         self.count_tokens("teacher", rollout.attention_BT.sum())
         # Teachers may pad their vocabulary past the tokenizer's; compare the real vocabulary only.
-        widths = [h.weight.shape[0] if h is not None else x.shape[-1] for x, h in ((student_NX, student_head), (teacher_NX, teacher_head))]
-        vocab = min(*widths, len(self.tokenizer))
+        vocab = min(logit_width(student_NX, student_head), logit_width(teacher_NX, teacher_head), len(self.tokenizer))
         return divergence_in_chunks(student_NX, student_head, teacher_NX, teacher_head, divergence, rollout.temperature, vocab)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lit_posttrain.data.batches import Batch
 from lit_posttrain.head import map_logits_in_chunks
-from lit_posttrain.logprobs import demonstration_states
+from lit_posttrain.logprobs import masked_states
 from lit_posttrain.losses.otr import otr_loss, otr_samples
 from lit_posttrain.methods.sft import SFT
 
@@ -48,7 +48,7 @@ class OTR(SFT):
         tokens_BT, attention_BT, mask_BT = self.pack_for_training(batch.rows)
         # What the head reads where a demonstration token is predicted; the logits are made a
         # chunk of positions at a time (`map_logits_in_chunks`), never all at once.
-        states_NX, head, target_N = demonstration_states(self.policy, tokens_BT, attention_BT, mask_BT)
+        states_NX, head, target_N = masked_states(self.policy, tokens_BT, attention_BT, mask_BT)
         # Seeded by the run, the step and the micro-batch, not the global RNG: a resumed run draws
         # the same candidates as the uninterrupted one.
         generator = torch.Generator(states_NX.device).manual_seed(self.run_seed("batch", batch_idx))
