@@ -3,6 +3,7 @@ method there is, REINFORCE with the group's mean reward as baseline, and checked
 through Lightning with nothing else changed."""
 
 import lightning as L
+import pytest
 import torch
 from torch import Tensor
 
@@ -29,9 +30,9 @@ class Reinforce(OnPolicyModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)  # sampled now, or reused as the `rollouts:` source decides
-        adv_B = self.loss.advantage(rollout.reward_B, rollout.group_B)
-        logp_BT = self.rollout_logp(rollout)  # with gradients, each prompt run once for its group
-        loss, metrics = self.loss(logp_BT, rollout.mask_BT, adv_B=adv_B)
+        # Forward and backward a micro-batch of rows at a time, each normalised by the whole step.
+        loss, metrics, _ = self.policy_gradient_backward(rollout, self.loss)
+        self.step_optimizer()
         self.log_rollout_step(rollout, metrics)
         return loss
 
@@ -58,3 +59,22 @@ def test_the_example_method_trains(tmp_path):
     assert trainer.logged_metrics["train/zero_variance_groups"] < 1
     for name, p in module.policy.named_parameters():
         assert not torch.equal(start[name], p) and torch.isfinite(p).all(), name
+
+
+class Forgetful(Reinforce):
+    """Runs its backward passes but never steps the optimizer."""
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, _, _ = self.policy_gradient_backward(self.rollouts_for(batch), self.loss)
+        return loss
+
+
+def test_a_method_that_takes_no_optimizer_step_is_stopped_saying_so(tmp_path):
+    module = Forgetful(model="tiny-random-llama", dtype="float32", group_size=2)
+    data = TaskDataModule(task=Arithmetic(max_operand=5, num_train=4, num_eval=2), batch_size=2)
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"Forgetful.training_step took no optimizer step: .* must call self.step_optimizer\(\)"):
+        trainer.fit(module, datamodule=data)

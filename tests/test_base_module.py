@@ -145,6 +145,12 @@ def test_step_cost_times_its_phases_from_the_marks_and_starts_again_from_zero():
         "time/loss_forward_s": 0.25,
         "time/backward_step_s": 0.75,
     }
+    # Micro-batches alternate the phases; sampling between two "start" marks is in neither.
+    for name, t in [("start", 10.0), ("start", 11.0), ("backward", 11.5), ("start", 12.5), ("backward", 12.75), ("end", 14.0)]:
+        now[0] = t
+        cost.mark(name)
+    totals = cost.finish()
+    assert (totals["time/loss_forward_s"], totals["time/backward_step_s"]) == (0.75, 2.25)
     # A step that returned no loss has no backward mark: everything since its start is the forward.
     now[0] = 4.0
     cost.mark("start")

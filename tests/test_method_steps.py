@@ -3,7 +3,6 @@ a prepared rollout through its rollout source (the one place its rollouts come f
 Trainer, so each claim about the step is checked on known numbers."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,37 +17,10 @@ from lit_posttrain.losses.policy_gradient import NoMask, Old, PolicyGradientLoss
 from lit_posttrain.methods.grpo import GRPO
 from lit_posttrain.methods.hpt import HPT
 from lit_posttrain.rollout import HFEngine, Rollout
-from lit_posttrain.rollout.source import RolloutSource
+from tests.helpers.steps import offline as _offline
 
 PROMPTS = [[5, 20, 21], [5, 30, 31, 32], [5, 40]]
 DEMONSTRATIONS = [[7, 8, 2], [9, 2], [10, 11, 12, 2]]  # token 2 ends each, as EOS would
-
-
-class Prepared(RolloutSource):
-    """A rollout source that hands every step the same prepared rollout."""
-
-    def __init__(self, rollout: Rollout) -> None:
-        super().__init__()
-        self.rollout = rollout
-
-    def rollouts(self, rows, step, sample, pad_id, any_rank) -> Rollout:
-        return self.rollout
-
-
-def _offline(method, rollout: Rollout, **kwargs):
-    """`method` on the tiny model, its step fed `rollout` through its rollout source, its logged
-    metrics kept in `.logged`."""
-
-    class Logged(method):
-        def log_rollout_step(self, rollout, metrics, trained_B=None):
-            self.logged = metrics
-
-    module = Logged(model="tiny-random-llama", dtype="float32", group_size=2, rollouts=Prepared(rollout), **kwargs)
-    module.configure_model()
-    module._trainer = SimpleNamespace(
-        world_size=1, global_step=0, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t)
-    )
-    return module
 
 
 def _rollout(rewards: list[float], age: list[int] | None = None) -> tuple[Rollout, list[Row]]:
@@ -75,7 +47,7 @@ def test_hpt_weighs_each_side_by_its_prompts():
     reference.policy.load_state_dict(hpt.policy.state_dict())
     logp_BT, mask_BT = reference.demonstration_logp([rows[0], rows[2]])
     sft_loss, _ = token_mean_nll(logp_BT, mask_BT)
-    rl_loss, _, _ = reference.policy_gradient_loss(rollout.select([2, 3]), reference.loss)
+    rl_loss, _, _ = reference.policy_gradient_backward(rollout.select([2, 3]), reference.loss)
     assert loss.item() == pytest.approx((2 * sft_loss.item() + rl_loss.item()) / 3, rel=1e-5)
     assert hpt.logged["sft_fraction"].item() == pytest.approx(2 / 3)
 
@@ -89,7 +61,6 @@ def test_skipping_zero_advantage_rows_leaves_the_gradient_unchanged():
         module = _offline(GRPO, rollout, skip_zero_advantage=skip)
         torch.manual_seed(0)
         loss = module.training_step(Batch(rows, window_tokens=0), 0)
-        loss.backward()
         grads[skip] = (loss.item(), {n: p.grad.clone() for n, p in module.policy.named_parameters()})
     assert grads[True][0] == pytest.approx(grads[False][0], abs=1e-7)
     for name, grad in grads[False][1].items():

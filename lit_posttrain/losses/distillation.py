@@ -53,6 +53,9 @@ def sampled_reverse_kl_loss(
     return loss, metrics
 
 
-def jsd_loss(jsd_N: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """The generalized JSD (`generalized_jsd` at each of N completion positions) averaged."""
-    return jsd_N.mean(), {"jsd": jsd_N.mean().detach()}
+def jsd_loss(jsd_N: Tensor, num_tokens: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The generalized JSD (`generalized_jsd` at each of N completion positions) summed and divided
+    by `num_tokens`, the whole step's completion tokens when these N are part of it (default N).
+    The metric `jsd` is these positions' own mean."""
+    denominator = torch.as_tensor(len(jsd_N) if num_tokens is None else num_tokens, dtype=jsd_N.dtype).clamp(min=1)
+    return jsd_N.sum() / denominator, {"jsd": jsd_N.mean().detach()}

@@ -216,8 +216,12 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         # Under automatic optimisation the closure (training_step and backward) runs inside this call.
         super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """The step's time ends here; an engine sampling from its own copy of the weights must see
+        every update."""
         self.step_cost.mark("end")
-        # An engine sampling from its own copy of the weights must see every update.
         seconds = self.sampler.push(self.policy)
         if seconds is not None:
             self.add_time("sync_s", seconds)

@@ -15,7 +15,8 @@ class StepCost:
     The keys are fixed when it is made, so that every process logs the same ones (each logged key
     is a collective) and a misspelt kind fails loudly instead of logging a new column. Two phases
     are timed from marks set by the module's hooks: `loss_forward_s` (from "start" to "backward")
-    and `backward_step_s` (from "backward" to "end"); the others are added with `add`.
+    and `backward_step_s` (from "backward" to the next "start" or "end"), summed over the step's
+    micro-batches, which alternate them; the others are added with `add`.
 
     Args:
         token_kinds: the `tokens/<kind>` this step may count.
@@ -39,7 +40,7 @@ class StepCost:
         self.keys = [f"tokens/{kind}" for kind in token_kinds] + [f"time/{phase}" for phase in time_phases]
         self.owner, self.clock = owner, clock
         self.totals = dict.fromkeys(self.keys, 0.0)
-        self.marks: dict[str, float] = {}
+        self.open: tuple[str, float] | None = None  # the timed phase running now and since when
 
     def add(self, key: str, amount: Tensor | float) -> None:
         if key not in self.totals:
@@ -47,19 +48,19 @@ class StepCost:
         self.totals[key] += float(amount)
 
     def mark(self, name: str) -> None:
-        """Note the time of "start" (which forgets earlier marks), "backward" or "end"."""
-        if name == "start":
-            self.marks = {}
-        self.marks[name] = self.clock()
+        """"start" a loss forward (an unfinished forward is forgotten: what ran since, sampling, is
+        timed as its own phase), "backward" (ends the forward) or "end" (ends the backward and the
+        optimizer step). A "start" after a "backward" ends that backward: the next micro-batch."""
+        now = self.clock()
+        if self.open is not None and not (name == "start" and self.open[0] == "loss_forward_s"):
+            self.add(f"time/{self.open[0]}", now - self.open[1])
+        self.open = {"start": ("loss_forward_s", now), "backward": ("backward_step_s", now), "end": None}[name]
 
     def finish(self) -> dict[str, float]:
-        """The step's totals with the marked phases added; the tally starts again from zero. A step
-        that returned no loss has no backward: its time up to now is all `loss_forward_s`."""
-        now = self.clock()
-        backward = self.marks.get("backward", now)
-        self.add("time/loss_forward_s", backward - self.marks.get("start", backward))
-        self.add("time/backward_step_s", self.marks.get("end", now) - backward)
-        totals, self.totals, self.marks = self.totals, dict.fromkeys(self.keys, 0.0), {}
+        """The step's totals with the marked phases added; the tally starts again from zero. A phase
+        still running (a step that returned no loss: its forward) runs until now."""
+        self.mark("end")
+        totals, self.totals = self.totals, dict.fromkeys(self.keys, 0.0)
         return totals
 
 
@@ -102,10 +103,7 @@ class StepCostHooks:
         self.step_cost.mark("start")  # methods that sample mark it again once their rollouts are in
 
     def on_before_backward(self, loss: Tensor) -> None:
-        self.step_cost.mark("backward")
-
-    def on_after_backward(self) -> None:
-        self.step_cost.mark("end")  # moved on by optimizer_step when this micro-batch steps
+        self.step_cost.mark("backward")  # the optimizer step marks "end"; a step without one ends with the batch
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if outputs is not None:

@@ -18,6 +18,8 @@ Where it departs from the paper, or chooses:
 4. Log-probs are taken at the sampling temperature, so that the ratio compares the distribution
    that sampled the tokens with the one being trained.
 5. Advantage scaling, clipping and aggregation are injected parts (`loss:`), not flags.
+6. The passes run a micro-batch of rows at a time (`micro_batching:`), the loss of each divided by
+   the whole step's rows or tokens over every process, so the gradient is the single pass's.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class GRPO(OnPolicyModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
-        loss, metrics, trained_B = self.policy_gradient_loss(rollout, self.loss, self.skip_zero_advantage)
+        loss, metrics, trained_B = self.policy_gradient_backward(rollout, self.loss, self.skip_zero_advantage)
+        self.step_optimizer()
         self.log_rollout_step(rollout, metrics, trained_B=trained_B)
         return loss

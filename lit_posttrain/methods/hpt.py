@@ -6,9 +6,10 @@ For each prompt q: sample n rollouts, verify them, P = the fraction solved.
     P >  gamma: the RL (GRPO) loss on its rollouts.
     L = (n_sft * L_sft + n_rl * L_rl) / (n_sft + n_rl),
 L_sft the token-mean NLL over the SFT prompts' demonstrations, L_rl the policy-gradient loss over
-the RL prompts' rollouts (GRPO's loss, `OnPolicyModule.policy_gradient_loss`; sequence mean by
-default), n_* the number of prompts routed each way: every prompt weighs the same whichever way it
-goes (`losses.hybrid.prompt_weighted`). A side with no prompt contributes 0.
+the RL prompts' rollouts (GRPO's loss, `OnPolicyModule.policy_gradient_backward`; sequence mean
+by default), n_* the number of prompts routed each way over every process: every prompt weighs the
+same whichever way it goes (`losses.hybrid.prompt_weighted`). A side with no prompt contributes 0.
+Each side runs a micro-batch at a time, normalised by its whole step's counts.
 
 Departures from the authors' code (both are traps METHODS.md names):
 1. Their RL part ran without clipping and with mean-centred advantages, and mixed a token-mean SFT
@@ -25,7 +26,7 @@ from torch import Tensor
 from lit_posttrain.data.batches import Batch
 from lit_posttrain.groups import dense_groups, group_reduce
 from lit_posttrain.losses import token_mean_nll
-from lit_posttrain.losses.hybrid import prompt_weighted
+from lit_posttrain.losses.hybrid import prompt_weights
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss, grpo_preset
 from lit_posttrain.methods.on_policy import OnPolicyModule
 
@@ -73,7 +74,9 @@ class HPT(OnPolicyModule):
         rollout = self.rollouts_for(batch)
         sft_G = route_to_sft(rollout.reward_B, rollout.group_B, self.gamma, self.solved_threshold)
         n_sft, n_rl = int(sft_G.sum()), int((~sft_G).sum())
-        sft_loss = rl_loss = torch.zeros((), device=self.device)
+        # Every prompt of the step, on every process, weighs the same.
+        w_sft, w_rl = prompt_weights(*(int(n) for n in self._summed([n_sft, n_rl])))
+        loss = torch.zeros((), device=self.device)
         metrics = {"sft_fraction": sft_G.float().mean()}
         trained_B = torch.zeros(len(rollout), dtype=torch.bool, device=rollout.tokens_BT.device)
         # With several processes every rank computes both sides, so that each logs the same metrics
@@ -82,23 +85,38 @@ class HPT(OnPolicyModule):
         both = self.trainer.world_size > 1
         first_G = torch.arange(len(sft_G), device=sft_G.device) == 0
         if n_sft or both:
-            chosen_G = sft_G if n_sft else first_G
             # Group g of the rollout answers batch.rows[g] (OnPolicyModule.rollouts_for).
-            logp_BT, mask_BT = self.demonstration_logp([batch.rows[g] for g in chosen_G.nonzero().squeeze(-1).tolist()])
-            sft_loss, sft_metrics = token_mean_nll(logp_BT, mask_BT)
-            metrics.update(self._pooled({"sft_nll": sft_metrics["nll"]}, n_sft))
+            rows = [batch.rows[g] for g in (sft_G if n_sft else first_G).nonzero().squeeze(-1).tolist()]
+            completion_B = [len(row.completion_ids) for row in rows]
+            tokens = self._summed([sum(completion_B) if n_sft else 0])[0].clamp(min=1)
+
+            def sft_loss(index: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+                logp_BT, mask_BT = self.demonstration_logp([rows[i] for i in index])
+                value, sft_metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=tokens)
+                return (w_sft if n_sft else 0.0) * value, {"sft_nll": sft_metrics["nll"]}
+
+            value, sft_metrics = self.backward_in_micro_batches([len(row.prompt_ids) for row in rows], completion_B, sft_loss)
+            loss += value
+            metrics.update(self._pooled(sft_metrics, n_sft))
         if n_rl or both:
             group_of_B, _ = dense_groups(rollout.group_B)
-            chosen_G = ~sft_G if n_rl else first_G
-            rl_rows = chosen_G[group_of_B].nonzero().squeeze(-1)
-            rl_loss, rl_metrics, trained_rl = self.policy_gradient_loss(
-                rollout.select(rl_rows.tolist()), self.loss, self.skip_zero_advantage
+            rl_rows = (~sft_G if n_rl else first_G)[group_of_B].nonzero().squeeze(-1)
+            value, rl_metrics, trained_rl = self.policy_gradient_backward(
+                rollout.select(rl_rows.tolist()), self.loss, self.skip_zero_advantage, weight=w_rl if n_rl else 0.0
             )
+            loss += value
             if n_rl:
                 trained_B[rl_rows] = trained_rl
             metrics.update(self._pooled(rl_metrics, n_rl))
+        self.step_optimizer()
         self.log_rollout_step(rollout, metrics, trained_B=trained_B)
-        return prompt_weighted(sft_loss, n_sft, rl_loss, n_rl)
+        return loss
+
+    def _summed(self, values: list[int]) -> Tensor:
+        """`values` summed over every process."""
+        values_K = torch.tensor(values, dtype=torch.float32, device=self.device)
+        return self.trainer.strategy.reduce(values_K, reduce_op="sum") if self.trainer.world_size > 1 else values_K
+
     def _pooled(self, metrics: dict[str, Tensor], prompts: int) -> dict[str, Tensor]:
         """One side's metrics averaged over its prompts on every rank (a rank's own value weighs as
         many prompts as it routed that way); empty when no rank routed any."""

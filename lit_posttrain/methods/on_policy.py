@@ -1,8 +1,11 @@
 """What every method that trains on its own samples shares: its step's rollouts, from the
-`RolloutSource` it owns (sampled now or reused), the policy-gradient loss over them, their
-statistics and the cost of sampling in the logs, held-out accuracy as the validation metric."""
+`RolloutSource` it owns (sampled now or reused), the forward and backward passes over them in
+micro-batches and the optimizer step after them, the policy-gradient loss, their statistics and
+the cost of sampling in the logs, held-out accuracy as the validation metric."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -15,6 +18,7 @@ from lit_posttrain.losses.importance import sampler_mismatch
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss
 from lit_posttrain.measurement import greedy_accuracy
 from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.micro_batching import MicroBatching
 from lit_posttrain.rollout import Rollout
 from lit_posttrain.rollout.source import RolloutSource
 
@@ -22,11 +26,14 @@ from lit_posttrain.rollout.source import RolloutSource
 class OnPolicyModule(PostTrainingModule):
     """Base of the on-policy methods. A method's `training_step` starts with
     `rollout = self.rollouts_for(batch)`, the batch's scored samples (group g answers
-    `batch.rows[g]`), and ends with `self.log_rollout_step(rollout, metrics)`.
+    `batch.rows[g]`), runs its forward and backward passes a micro-batch at a time
+    (`backward_in_micro_batches`, or `policy_gradient_backward` for a policy-gradient loss), then
+    `self.step_optimizer()` and `self.log_rollout_step(rollout, metrics)`, and returns the loss.
 
     Args:
         group_size: completions sampled per prompt.
         rollouts: when rollouts are sampled again and when reused (default: sampled every step, strictly on-policy); checkpointed with the module.
+        micro_batching: how many tokens (rows x padded width) and rows one forward and backward pass holds; the step's gradient is the same for any setting (default: 4,096 tokens).
     """
 
     # Methods whose advantages compare a prompt's completions need at least two of them.
@@ -38,7 +45,14 @@ class OnPolicyModule(PostTrainingModule):
 
     time_phases = ("generate_s", "score_s", *PostTrainingModule.time_phases)
 
-    def __init__(self, *args, group_size: int = 8, rollouts: RolloutSource | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        group_size: int = 8,
+        rollouts: RolloutSource | None = None,
+        micro_batching: MicroBatching | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if group_size < self.min_group_size:
             raise ValueError(
@@ -48,6 +62,30 @@ class OnPolicyModule(PostTrainingModule):
             )
         self.group_size = group_size
         self.rollouts = rollouts or RolloutSource()
+        self.micro_batching = micro_batching or MicroBatching()
+        # Each micro-batch runs its own backward pass, so the module steps the optimizer itself.
+        self.automatic_optimization = False
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None:
+            self.check_rows_fit(datamodule.train_rows)
+
+    def check_rows_fit(self, rows: list[Row]) -> None:
+        """Refuse at start-up a training prompt whose longest possible completion (and, for a
+        method that trains on demonstrations, whose demonstration) would not fit one micro-batch:
+        found mid-run it would stop the run there."""
+        budget = self.engine.max_new_tokens
+        for i, row in enumerate(rows):
+            completion = max(budget, len(row.completion_ids or ()) if self.needs_demonstrations else 0)
+            if not self.micro_batching.fits(len(row.prompt_ids), completion):
+                need = len(row.prompt_ids) + completion
+                raise ValueError(
+                    f"{row.example.source or f'training row {i}'}: its prompt of {len(row.prompt_ids)} tokens and a "
+                    f"completion of up to {completion} (max_new_tokens {budget}) make {need} tokens, more than "
+                    f"micro_batching.max_tokens = {self.micro_batching.max_tokens}: raise it to at least {need}"
+                )
 
     # --- the step's rollouts ------------------------------------------------------------------
 
@@ -60,6 +98,18 @@ class OnPolicyModule(PostTrainingModule):
         )
         self.step_cost.mark("start")  # the loss forward starts here; sampling is timed as its own phases
         return rollout
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self._steps_before_batch = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.trainer.global_step == self._steps_before_batch:
+            raise RuntimeError(
+                f"{type(self).__name__}.training_step took no optimizer step: an on-policy method runs its "
+                "backward passes itself and must call self.step_optimizer() (README.md, 'Adding a method')"
+            )
 
     def on_train_start(self) -> None:
         if self.rollouts.offline:  # charged to step 0
@@ -92,15 +142,76 @@ class OnPolicyModule(PostTrainingModule):
         """`flag` on any process, where the processes must sample together (a sharded policy)."""
         return self.trainer.strategy.reduce_boolean_decision(flag, all=False) if self.sharded else flag
 
-    # --- the loss -----------------------------------------------------------------------------
+    # --- the step: micro-batches, then one optimizer step --------------------------------------
 
-    def policy_gradient_loss(
-        self, rollout: Rollout, loss: PolicyGradientLoss, skip_zero_advantage: bool = True
+    def step_counts(self, mask_BT: Tensor) -> Counts:
+        """The rows and completion tokens of `mask_BT` summed over every process: what a loss over
+        part of the step divides by (`backward_in_micro_batches`)."""
+        counts_2 = torch.tensor([float(mask_BT.shape[0]), float(mask_BT.sum())], device=self.device)
+        if self.trainer.world_size > 1:
+            counts_2 = self.trainer.strategy.reduce(counts_2, reduce_op="sum")
+        return Counts(rows=int(counts_2[0]), tokens=counts_2[1])
+
+    def backward_in_micro_batches(
+        self,
+        prompt_B: Sequence[int],
+        completion_B: Sequence[int],
+        loss_of: Callable[[list[int]], tuple[Tensor, dict[str, Tensor]]],
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward and backward of `loss_of(index)` over micro-batches of the rows (row i holds
+        `prompt_B[i]` prompt and `completion_B[i]` completion tokens; `self.micro_batching` packs
+        them), the gradient accumulating. Returns the summed loss, detached and times the number of
+        processes (its mean over them is the step's loss), and the metrics, each micro-batch's
+        weighted by its completion tokens (the losses' metrics are token means).
+
+        `loss_of` divides by the whole step's counts over every process (`step_counts`), so that the
+        micro-batches' losses add up to one pass's over every row of every process; each is
+        multiplied by the number of processes before its backward because DDP and FSDP average
+        the gradient over them. Every process runs as many micro-batches as the one with most (each
+        backward is a collective, and under FSDP each forward): the extra ones repeat its last
+        micro-batch with weight 0."""
+        parts = self.micro_batching.split(prompt_B, completion_B)
+        count = len(parts)
+        if self.trainer.world_size > 1:
+            count = int(self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="max"))
+        total = torch.zeros((), device=self.device)
+        sums: dict[str, Tensor] = {}
+        weight = 0.0
+        for k in range(count):
+            index = parts[min(k, len(parts) - 1)]
+            self.step_cost.mark("start")
+            loss, metrics = loss_of(index)
+            if k >= len(parts):
+                self.manual_backward(loss * 0.0)
+                continue
+            loss = loss * self.trainer.world_size
+            self.manual_backward(loss)
+            total += loss.detach()
+            tokens = float(sum(completion_B[i] for i in index))
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float() * tokens
+            weight += tokens
+        return total, {key: value / max(weight, 1.0) for key, value in sums.items()}
+
+    def step_optimizer(self) -> None:
+        """One optimizer step on the gradient the micro-batches accumulated, the learning-rate
+        schedule's step, then the engine takes the new weights. The `NonFiniteGuard` callback,
+        run by the optimizer's step, drops a gradient that is not finite."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        self.after_optimizer_step()
+
+    def policy_gradient_backward(
+        self, rollout: Rollout, loss: PolicyGradientLoss, skip_zero_advantage: bool = True, weight: float = 1.0
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """`loss` over a scored rollout batch, its metrics, and which rows ran the forward pass.
+        """Forward and backward of `loss` (times `weight`) over a scored rollout batch, a
+        micro-batch at a time: the loss (detached), its metrics, and which rows ran the passes.
 
         With `skip_zero_advantage` and no KL term, rows whose advantage is zero (a group whose
-        rewards are all equal) carry no gradient, so their forward pass is skipped; the loss is
+        rewards are all equal) carry no gradient, so their passes are skipped; the loss is
         normalised by the whole batch's counts, so its value and gradient are the full pass's."""
         adv_B = loss.advantage(rollout.reward_B, rollout.group_B)
         trained_B = torch.ones_like(adv_B, dtype=torch.bool)
@@ -109,19 +220,26 @@ class OnPolicyModule(PostTrainingModule):
             if not trained_B.any():
                 # Keep one row so that every step (and every rank) runs a backward pass.
                 trained_B[0] = True
-        counts = Counts.of(rollout.mask_BT)
-        rows = rollout.select(trained_B.nonzero().squeeze(-1).tolist())
-        logp_BT = self.rollout_logp(rows)
-        old_logp_BT, mismatch = self.old_logp(rows, logp_BT)
-        ref_logp_BT = None
-        if loss.kl_coef > 0:
-            ref_logp_BT = self.reference_logp(rows.tokens_BT, rows.attention_BT, rows.temperature, rows.prompt_width)
-            self.count_tokens("reference", rows.attention_BT.sum())
-        value, metrics = loss(
-            logp_BT, rows.mask_BT, adv_B=adv_B[trained_B], old_logp_BT=old_logp_BT, ref_logp_BT=ref_logp_BT,
-            sampler_logp_BT=rows.logp_BT, counts=counts,
-        )  # fmt: skip
-        return value, metrics | mismatch, trained_B
+        # Rows run with weight 0 (a process with none of its own joining the others' passes) are not counted.
+        counts = self.step_counts(rollout.mask_BT if weight else rollout.mask_BT[:0])
+        rows, adv_B = rollout.select(trained_B.nonzero().squeeze(-1).tolist()), adv_B[trained_B]
+
+        def micro_batch_loss(index: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+            part = rows.select(index)
+            logp_BT = self.rollout_logp(part)
+            old_logp_BT, mismatch = self.old_logp(part, logp_BT)
+            ref_logp_BT = None
+            if loss.kl_coef > 0:
+                ref_logp_BT = self.reference_logp(part.tokens_BT, part.attention_BT, part.temperature, part.prompt_width)
+                self.count_tokens("reference", part.attention_BT.sum())
+            value, metrics = loss(
+                logp_BT, part.mask_BT, adv_B=adv_B[index], old_logp_BT=old_logp_BT, ref_logp_BT=ref_logp_BT,
+                sampler_logp_BT=part.logp_BT, counts=counts,
+            )  # fmt: skip
+            return weight * value, metrics | mismatch
+
+        value, metrics = self.backward_in_micro_batches(*row_lengths(rows), micro_batch_loss)
+        return value, metrics, trained_B
 
     def rollout_logp(self, rollout: Rollout, temperature: float | None = None) -> Tensor:
         """Policy log-probs (with gradients) of a rollout's completion tokens (0 elsewhere), at its
@@ -197,3 +315,8 @@ def reward_statistics(rollout: Rollout) -> dict[str, Tensor]:
         "train/zero_variance_groups": (max_G == min_G).float().mean(),
     }
 
+
+def row_lengths(rollout: Rollout) -> tuple[list[int], list[int]]:
+    """Each row's prompt and completion tokens (what `MicroBatching.split` packs by)."""
+    width = rollout.prompt_width
+    return rollout.attention_BT[:, :width].sum(-1).tolist(), rollout.attention_BT[:, width:].sum(-1).tolist()

@@ -28,7 +28,7 @@ from lit_posttrain.losses.advantages import Constant
 from lit_posttrain.losses.aggregation import TokenMean
 from lit_posttrain.losses.distillation import generalized_jsd, jsd_loss, sampled_reverse_kl_loss
 from lit_posttrain.losses.policy_gradient import NoMask, Old, PolicyGradientLoss
-from lit_posttrain.methods.on_policy import OnPolicyModule
+from lit_posttrain.methods.on_policy import OnPolicyModule, row_lengths
 from lit_posttrain.rollout import Rollout
 
 
@@ -84,8 +84,8 @@ class FullVocabJSD(DistillationEstimator):
     def divergence(self, student_logits_NV: Tensor, teacher_logits_NV: Tensor) -> Tensor:
         return generalized_jsd(student_logits_NV, teacher_logits_NV, self.beta)
 
-    def __call__(self, divergence_N: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return jsd_loss(divergence_N)
+    def __call__(self, divergence_N: Tensor, num_tokens: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        return jsd_loss(divergence_N, num_tokens)
 
 
 class OPD(OnPolicyModule):
@@ -105,16 +105,22 @@ class OPD(OnPolicyModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
-        if self.estimator.full_vocabulary:
-            loss, metrics = self.estimator(self.completion_divergence(rollout, self.estimator.divergence))
-        else:
-            logp_BT = self.rollout_logp(rollout)
-            old_logp_BT, mismatch = self.old_logp(rollout, logp_BT)
+        counts = self.step_counts(rollout.mask_BT)
+
+        def micro_batch_loss(index: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+            part = rollout.select(index)
+            if self.estimator.full_vocabulary:
+                return self.estimator(self.completion_divergence(part, self.estimator.divergence), counts.tokens)
+            logp_BT = self.rollout_logp(part)
+            old_logp_BT, mismatch = self.old_logp(part, logp_BT)
             loss, metrics = self.estimator(
-                logp_BT, self.teacher_rollout_logp(rollout), rollout.mask_BT,
-                old_logp_BT=old_logp_BT, sampler_logp_BT=rollout.logp_BT,
+                logp_BT, self.teacher_rollout_logp(part), part.mask_BT,
+                old_logp_BT=old_logp_BT, sampler_logp_BT=part.logp_BT, counts=counts,
             )  # fmt: skip
-            metrics |= mismatch
+            return loss, metrics | mismatch
+
+        loss, metrics = self.backward_in_micro_batches(*row_lengths(rollout), micro_batch_loss)
+        self.step_optimizer()
         self.log_rollout_step(rollout, metrics)
         return loss
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.losses import token_mean_nll
-from lit_posttrain.methods.on_policy import OnPolicyModule
+from lit_posttrain.methods.on_policy import OnPolicyModule, row_lengths
 from lit_posttrain.rollout import Rollout
 
 
@@ -76,7 +76,15 @@ class SePT(OnPolicyModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
-        logp_BT = self.rollout_logp(rollout, temperature=self.train_temperature)
-        loss, metrics = token_mean_nll(logp_BT, rollout.mask_BT)
-        self.log_rollout_step(rollout, {"nll": metrics["nll"], "sampling_temperature": torch.tensor(rollout.temperature)})
+        tokens = self.step_counts(rollout.mask_BT).tokens
+
+        def micro_batch_loss(index: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+            part = rollout.select(index)
+            logp_BT = self.rollout_logp(part, temperature=self.train_temperature)
+            loss, metrics = token_mean_nll(logp_BT, part.mask_BT, num_tokens=tokens)
+            return loss, {"nll": metrics["nll"]}
+
+        loss, metrics = self.backward_in_micro_batches(*row_lengths(rollout), micro_batch_loss)
+        self.step_optimizer()
+        self.log_rollout_step(rollout, metrics | {"sampling_temperature": torch.tensor(rollout.temperature)})
         return loss

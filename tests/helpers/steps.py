@@ -1,0 +1,41 @@
+"""A method's training step run outside a Trainer, fed a prepared rollout: its gradient is left in
+`.grad` and its logged metrics in `.logged`, to be checked against values computed by hand."""
+
+from types import SimpleNamespace
+
+from lit_posttrain.rollout import Rollout
+from lit_posttrain.rollout.source import RolloutSource
+
+
+class Prepared(RolloutSource):
+    """A rollout source that hands every step the same prepared rollout."""
+
+    def __init__(self, rollout: Rollout) -> None:
+        super().__init__()
+        self.rollout = rollout
+
+    def rollouts(self, rows, step, sample, pad_id, any_rank) -> Rollout:
+        return self.rollout
+
+
+def offline(method, rollout: Rollout, **kwargs):
+    """`method` on the tiny model (float32, groups of 2 unless `kwargs` say), its step fed
+    `rollout` through its rollout source, its logged metrics kept in `.logged`."""
+
+    class Logged(method):
+        def log_rollout_step(self, rollout, metrics, trained_B=None):
+            self.logged = metrics
+
+        def manual_backward(self, loss):  # Lightning's needs a Trainer
+            loss.backward()
+
+        def step_optimizer(self):  # the step's gradient stays in `.grad`, to be read
+            pass
+
+    kwargs = {"model": "tiny-random-llama", "dtype": "float32", "group_size": 2, **kwargs}
+    module = Logged(rollouts=Prepared(rollout), **kwargs)
+    module.configure_model()
+    module._trainer = SimpleNamespace(
+        world_size=1, global_step=0, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t)
+    )
+    return module
