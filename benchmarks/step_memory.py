@@ -4,8 +4,7 @@ Trainer, with micro-batches (`micro_batching`) and without.
 The step as the shipped configs run it (the built-in model, LoRA r16, `dtype: auto`, GRPO's
 preset loss, AdamW), on 8 prompts x 8 completions of random tokens after 64-token prompts, every
 completion full length and each group's rewards half 0 and half 1 (no row is skipped). Sampling
-is left out: the step is handed that rollout (1,024 tokens x 64 take the CPU engine an hour to
-sample), so what is measured is the loss forward, the backward and the optimizer step. Each
+is left out: the step is handed that rollout (`synthetic.SyntheticRollouts`), so what is measured is the loss forward, the backward and the optimizer step. Each
 setting runs in a fresh process (peak resident memory is a process's high-water mark), one at a
 time, with `MALLOC_MMAP_THRESHOLD_=65536` (benchmarks/head_memory.py says why):
 
@@ -31,36 +30,19 @@ WHOLE_LIMIT = 64 * 128  # completion tokens (rows x length) one pass was measure
 def one(length: int, budget: str, prompts: int, group: int, prompt_tokens: int) -> dict:
     import lightning as L
     import torch
+    from synthetic import SyntheticRollouts
 
     from lit_posttrain.data.arithmetic import Arithmetic
     from lit_posttrain.data.datamodule import TaskDataModule
     from lit_posttrain.methods.grpo import GRPO
     from lit_posttrain.micro_batching import MicroBatching
     from lit_posttrain.models import LoRA
-    from lit_posttrain.rollout import HFEngine, Rollout
-    from lit_posttrain.rollout.source import RolloutSource
+    from lit_posttrain.rollout import HFEngine
 
     torch.manual_seed(0)
     rows = prompts * group
-
-    class Synthetic(RolloutSource):
-        """Hands the step a rollout of random tokens in the shape being measured."""
-
-        def rollouts(self, batch_rows, step, sample, pad_id, any_rank) -> Rollout:
-            vocab = 49152
-            prompt_PW = torch.randint(10, vocab, (prompts, prompt_tokens))
-            tokens_RT = torch.cat([prompt_PW.repeat_interleave(group, 0), torch.randint(10, vocab, (rows, length))], 1)
-            mask_RT = torch.zeros_like(tokens_RT, dtype=torch.bool)
-            mask_RT[:, prompt_tokens:] = True
-            return Rollout(
-                tokens_BT=tokens_RT, attention_BT=torch.ones_like(tokens_RT), mask_BT=mask_RT,
-                logp_BT=torch.zeros(tokens_RT.shape), group_B=torch.arange(prompts).repeat_interleave(group),
-                truncated_B=torch.ones(rows, dtype=torch.bool), prompt_width=prompt_tokens, completions=[""] * rows,
-                reward_B=(torch.arange(rows) % 2).float(), age_B=torch.zeros(rows, dtype=torch.long),
-            )  # fmt: skip
-
     module = GRPO(
-        lora=LoRA(), group_size=group, rollouts=Synthetic(), engine=HFEngine(max_new_tokens=length),
+        lora=LoRA(), group_size=group, rollouts=SyntheticRollouts(prompts, group, length, prompt_tokens, 49152), engine=HFEngine(max_new_tokens=length),
         micro_batching=None if budget == "default" else MicroBatching(max_tokens=None if budget == "none" else int(budget)),
     )  # fmt: skip
     data = TaskDataModule(task=Arithmetic(num_train=prompts, num_eval=4), batch_size=prompts)

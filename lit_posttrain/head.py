@@ -73,10 +73,20 @@ class _ChunkedHeadLogp(torch.autograd.Function):
                 ctx.probs_NV = (logits_CV - logsumexp_C[:, None]).exp_()
         ctx.save_for_backward(hidden_NH, weight_VH, bias_V, target_N)
         ctx.temperature, ctx.chunk = temperature, chunk
+        # Under mixed precision the backward runs its matmuls (the head made again included) with
+        # the forward's autocast, as autograd does for the model's own layers.
+        device = hidden_NH.device.type
+        ctx.autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         return logp_N
 
     @staticmethod
     def backward(ctx, grad_N):
+        device = ctx.saved_tensors[0].device.type
+        with torch.autocast(device, dtype=ctx.autocast, enabled=ctx.autocast is not None):
+            return _ChunkedHeadLogp._backward(ctx, grad_N)
+
+    @staticmethod
+    def _backward(ctx, grad_N):
         hidden_NH, weight_VH, bias_V, target_N = ctx.saved_tensors
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_hidden_NH = torch.empty_like(hidden_NH) if needs_hidden else None
@@ -95,7 +105,7 @@ class _ChunkedHeadLogp(torch.autograd.Function):
             grad_CV.scatter_add_(-1, target_N[start:stop, None], grad_C[:, None].float())
             grad_CV = (grad_CV / ctx.temperature).to(hidden_NH.dtype)
             if needs_hidden:
-                grad_hidden_NH[start:stop] = grad_CV @ weight_VH
+                grad_hidden_NH[start:stop] = (grad_CV @ weight_VH).to(hidden_NH.dtype)
             if needs_weight:
                 grad_weight_VH += (grad_CV.T @ hidden_CH).float()
             if needs_bias:

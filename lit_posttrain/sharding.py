@@ -14,12 +14,16 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def shard_policy(policy: torch.nn.Module, mesh, lora: bool) -> None:
+def shard_policy(policy: torch.nn.Module, mesh, lora: bool, compute_dtype: torch.dtype | None = None) -> None:
     """FSDP2 in place: every decoder layer, then the rest of the model, sharded over the
     data-parallel ranks of `mesh`. Under LoRA the inner transformers model is sharded, not peft's
     wrapper: sharding the wrapper leaves the embedding's weight a DTensor inside an unsharded call
-    (`aten.embedding` then sees mixed Tensor and DTensor arguments)."""
-    from torch.distributed.fsdp import fully_shard
+    (`aten.embedding` then sees mixed Tensor and DTensor arguments).
+
+    `compute_dtype` (bf16 under `bf16-mixed`): FSDP2's mixed precision, the sharded weights and
+    the optimizer's state kept in their own dtype (float32 masters), gathered for the forward and
+    backward in `compute_dtype`, gradients reduced in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
         raise ValueError(
@@ -31,10 +35,11 @@ def shard_policy(policy: torch.nn.Module, mesh, lora: bool) -> None:
     # transformers names the blocks that must not be split across devices: one FSDP unit each,
     # so that only one block's full weights exist at a time.
     blocks = set(getattr(inner, "_no_split_modules", None) or [])
+    policy_kwargs = {} if compute_dtype is None else {"mp_policy": MixedPrecisionPolicy(compute_dtype, torch.float32)}
     for module in inner.modules():
         if type(module).__name__ in blocks:
-            fully_shard(module, mesh=mesh)
-    fully_shard(inner, mesh=mesh)
+            fully_shard(module, mesh=mesh, **policy_kwargs)
+    fully_shard(inner, mesh=mesh, **policy_kwargs)
 
 
 def full_state_dict(policy: torch.nn.Module, rank: int) -> dict | None:

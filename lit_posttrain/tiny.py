@@ -69,3 +69,37 @@ def build_tiny_llama(out: Path, seed: int = 0, hidden_size: int = 64, num_layers
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+# Model shapes with random weights, for measuring speed and memory at real sizes with nothing
+# downloaded (`random:<shape>` as a model source): each published model's config, its vocabulary
+# size kept (the output head's cost), the tiny character-level tokenizer in place of its own.
+RANDOM_SHAPES = {
+    "smollm2-135m": ("llama", {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                               "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}),
+    "smollm2-360m": ("llama", {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                               "num_attention_heads": 15, "num_key_value_heads": 5, "vocab_size": 49152}),
+    "qwen2-0.5b": ("qwen2", {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                             "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936}),
+    "qwen2-1.5b": ("qwen2", {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                             "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936}),
+}  # fmt: skip
+RANDOM_WEIGHTS_MARKER = "random_weights.json"  # in a folder: build the model from its config, seeded
+
+
+def build_random_shape(out: Path, shape: str, seed: int = 0) -> None:
+    """Write `shape`'s config (no weights: `models.load_model` initialises them from `seed`) and
+    the tiny tokenizer to `out`."""
+    import json
+
+    from transformers import AutoConfig
+
+    model_type, sizes = RANDOM_SHAPES[shape]
+    tokenizer = build_tiny_tokenizer()
+    config = AutoConfig.for_model(
+        model_type, **sizes, tie_word_embeddings=True, max_position_embeddings=32768,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / RANDOM_WEIGHTS_MARKER).write_text(json.dumps({"shape": shape, "seed": seed}))

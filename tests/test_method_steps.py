@@ -109,3 +109,56 @@ def test_a_reused_row_divides_by_its_stored_sampler_log_probs():
     tokens_B = rollout.mask_BT.sum(-1).float()
     expected = -(tokens_B[~reused_B].sum() + math.exp(0.1) * tokens_B[reused_B].sum()) / tokens_B.sum()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_one_epoch_of_one_mini_batch_is_the_step_with_pi_old_the_current_policy():
+    rollout, rows = _rollout([1, 0, 0, 1, 0.5, 0])
+    module = _offline(GRPO, rollout, ppo_epochs=1, mini_batches=1)
+    loss = module.training_step(Batch(rows, window_tokens=0), 0)
+    assert "pi_old" not in module.token_kinds  # no extra forward pass
+    reference = _offline(GRPO, rollout)
+    reference.policy.load_state_dict(module.policy.state_dict())
+    logp_BT = reference.rollout_logp(rollout)
+    expected, _ = reference.loss(logp_BT, rollout.mask_BT, adv_B=reference.loss.advantage(rollout.reward_B, rollout.group_B), old_logp_BT=logp_BT.detach())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_each_step_on_a_batch_divides_by_the_policy_before_the_first():
+    """Two epochs of two mini-batches, plain SGD at a learning rate that moves the ratios past the
+    clip: the gradient of every one of the four steps is the clipped loss of its rows under the
+    weights of that moment, divided by the log-probs of the weights before the first step (pi_old),
+    with the advantages of the whole batch and its own rows' counts."""
+    rollout, rows = _rollout([1, 0, 0, 1, 0.5, 0])
+    seen = []  # (weights, gradient) at each optimizer step
+
+    def sgd(module):
+        params = dict(module.policy.named_parameters())
+        weights = {n: t.clone() for n, t in module.policy.state_dict().items()}
+        seen.append((weights, {n: p.grad.clone() for n, p in params.items()}))
+        with torch.no_grad():
+            for p in params.values():
+                p -= 2.0 * p.grad
+                p.grad = None
+
+    module = _offline(GRPO, rollout, on_step=sgd, ppo_epochs=2, mini_batches=2, skip_zero_advantage=False)
+    module.training_step(Batch(rows, window_tokens=0), 0)
+    assert len(seen) == 4
+    reference = _offline(GRPO, rollout)
+    reference.policy.load_state_dict(seen[0][0])
+    with torch.no_grad():
+        old_logp_BT = reference.rollout_logp(rollout)
+    adv_B = reference.loss.advantage(rollout.reward_B, rollout.group_B)
+    clipped = []
+    for step, (weights, grads) in enumerate(seen):
+        index = [0, 1, 2] if step % 2 == 0 else [3, 4, 5]
+        part = rollout.select(index)
+        reference.policy.load_state_dict(weights)
+        reference.policy.zero_grad()
+        logp_BT = reference.rollout_logp(part)
+        loss, metrics = reference.loss(logp_BT, part.mask_BT, adv_B=adv_B[index], old_logp_BT=old_logp_BT[index][:, : part.mask_BT.shape[1]])
+        loss.backward()
+        clipped.append(metrics["clip_fraction"].item())
+        for name, p in reference.policy.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=f"step {step}: {name}")
+    assert clipped[0] == 0.0  # the first step's ratios are all 1
+    assert max(clipped[2:]) > 0, "the second epoch's ratios left the clip range: pi_old is not the current policy"

@@ -76,6 +76,30 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, kill_at, ex
     assert "last.ckpt" in kept and len(kept) == 3, kept  # save_top_k: 2, plus last
 
 
+def test_a_kill_in_the_middle_of_a_rollout_batch_resumes_exactly(tmp_path):
+    """GRPO taking 2 epochs x 2 mini-batches = 4 optimizer steps per rollout batch, killed just
+    before step 5, the second of the second batch: checkpoints are written between batches, so it
+    resumes from step 4, samples that batch again with the same seed, and ends as the
+    uninterrupted run (losses and rewards of every batch, final weights)."""
+    extra = ["--model.init_args.ppo_epochs", "2", "--model.init_args.mini_batches", "2"]
+    steps = 8
+    whole = _run(tmp_path, "whole", steps, *extra)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = _run(tmp_path, "killed", steps, *extra, "--trainer.callbacks+", "crash.KillAtOptimizerStep", "--trainer.callbacks.step", "5")
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 4
+    resumed = _run(tmp_path, "killed", steps, *extra, "--ckpt_path", str(last))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for key in ("train/loss", "train/reward", "train/clip_fraction"):
+        expected, got = _per_step(tmp_path / "runs" / "whole", key), _per_step(tmp_path / "runs" / "killed", key)
+        assert sorted(got) == sorted(expected) == [0, 1], key  # logged once per rollout batch
+        for step in expected:
+            assert got[step] == pytest.approx(expected[step], abs=1e-6), (key, step)
+    a, b = load_file(tmp_path / "whole" / "model" / "model.safetensors"), load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def test_a_kill_inside_a_checkpoint_write_resumes_from_the_one_before(tmp_path):
     """Killed while `last.ckpt` is being rewritten after step 3: it is still step 2's, whole, and
     the run resumed from it is the run that was never interrupted."""

@@ -13,7 +13,6 @@ import functools
 import gc
 
 import lightning as L
-import psutil
 import torch
 
 
@@ -81,6 +80,8 @@ class MemoryMonitor(L.Callback):
         self.count_tensors = count_tensors
         self.release_freed = release_freed
         self.history: list[tuple[int, float]] = []
+        import psutil  # here, not at import: a machine without it runs every other callback
+
         self._process = psutil.Process()
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:

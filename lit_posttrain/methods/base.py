@@ -63,6 +63,9 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
     # teacher given to a method that does not is refused, not loaded for nothing).
     needs_demonstrations: bool = False
     uses_teacher: bool = False
+    # Optimizer steps one training_step takes (GRPO's ppo_epochs x mini_batches): the learning-rate
+    # schedule's length, when the run is bounded by epochs, counts them.
+    optimizer_steps_per_batch: int = 1
 
     def __init__(
         self,
@@ -112,7 +115,15 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         # (FSDP2). The teacher and, with full fine-tuning, the reference stay whole on every rank:
         # they are frozen and only run forward.
         if self._device_mesh is not None:
-            shard_policy(self.policy, self._device_mesh, lora=self.lora is not None)
+            shard_policy(self.policy, self._device_mesh, lora=self.lora is not None, compute_dtype=self.mixed_precision_dtype)
+
+    @property
+    def mixed_precision_dtype(self) -> torch.dtype | None:
+        """The compute dtype of a mixed-precision run (Lightning's `precision: bf16-mixed` or
+        `16-mixed`: weights and optimizer state in `dtype`, float32 for full fine-tuning, matmuls
+        in bf16 or fp16), else None."""
+        precision = str(getattr(self._trainer, "precision", ""))
+        return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
 
     @property
     def sharded(self) -> bool:
@@ -234,7 +245,10 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
 
     def configure_optimizers(self):
         trainable = (p for p in self.policy.parameters() if p.requires_grad)
-        return configure_adamw(trainable, self.optim, int(self.trainer.estimated_stepping_batches))
+        steps = self.trainer.max_steps
+        if steps < 0:  # bounded by epochs: Lightning counts batches
+            steps = int(self.trainer.estimated_stepping_batches) * self.optimizer_steps_per_batch
+        return configure_adamw(trainable, self.optim, steps)
 
     # --- export -------------------------------------------------------------------------------
 

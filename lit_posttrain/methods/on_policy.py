@@ -5,6 +5,7 @@ the cost of sampling in the logs, held-out accuracy as the validation metric."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
@@ -170,10 +171,7 @@ class OnPolicyModule(PostTrainingModule):
         the gradient over them. Every process runs as many micro-batches as the one with most (each
         backward is a collective, and under FSDP each forward): the extra ones repeat its last
         micro-batch with weight 0."""
-        parts = self.micro_batching.split(prompt_B, completion_B)
-        count = len(parts)
-        if self.trainer.world_size > 1:
-            count = int(self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="max"))
+        parts, count = self._micro_batches(prompt_B, completion_B)
         total = torch.zeros((), device=self.device)
         sums: dict[str, Tensor] = {}
         weight = 0.0
@@ -193,27 +191,61 @@ class OnPolicyModule(PostTrainingModule):
             weight += tokens
         return total, {key: value / max(weight, 1.0) for key, value in sums.items()}
 
-    def step_optimizer(self) -> None:
+    def _micro_batches(self, prompt_B: Sequence[int], completion_B: Sequence[int]) -> tuple[list[list[int]], int]:
+        """This process's micro-batches, and how many every process runs: the most any has."""
+        parts = self.micro_batching.split(prompt_B, completion_B)
+        count = len(parts)
+        if self.trainer.world_size > 1:
+            count = int(self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="max"))
+        return parts, count
+
+    def step_optimizer(self, push: bool = True) -> None:
         """One optimizer step on the gradient the micro-batches accumulated, the learning-rate
-        schedule's step, then the engine takes the new weights. The `NonFiniteGuard` callback,
-        run by the optimizer's step, drops a gradient that is not finite."""
+        schedule's step, then (`push`) the engine takes the new weights: a step followed by
+        another before the next sampling can leave that to the last. The `NonFiniteGuard`
+        callback, run by the optimizer's step, drops a gradient that is not finite."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()
-        self.after_optimizer_step()
+        if push:
+            self.after_optimizer_step()
+        else:
+            self.step_cost.mark("end")
+
+    @torch.no_grad()
+    def with_old_logp(self, rollout: Rollout) -> Rollout:
+        """`rollout` with pi_old (`old_logp_BT`): the policy's log-probs of its completions now,
+        before the first of several optimizer steps on it, taken a micro-batch at a time."""
+        old_BT = torch.zeros_like(rollout.logp_BT)
+        width = rollout.prompt_width
+        parts, count = self._micro_batches(*row_lengths(rollout))
+        for k in range(count):  # under FSDP every process runs as many forwards
+            index = parts[min(k, len(parts) - 1)]
+            part = rollout.select(index)
+            logp_BC = self.rollout_logp(part, kind="pi_old")[:, part.prompt_width :]
+            old_BT[index, width : width + logp_BC.shape[1]] = logp_BC
+        return dataclasses.replace(rollout, old_logp_BT=old_BT)
 
     def policy_gradient_backward(
-        self, rollout: Rollout, loss: PolicyGradientLoss, skip_zero_advantage: bool = True, weight: float = 1.0
+        self,
+        rollout: Rollout,
+        loss: PolicyGradientLoss,
+        skip_zero_advantage: bool = True,
+        weight: float = 1.0,
+        adv_B: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Forward and backward of `loss` (times `weight`) over a scored rollout batch, a
         micro-batch at a time: the loss (detached), its metrics, and which rows ran the passes.
+        `adv_B`: the rows' advantages where they were computed over a larger batch (a mini-batch's
+        rows; default: from this rollout's rewards and groups).
 
         With `skip_zero_advantage` and no KL term, rows whose advantage is zero (a group whose
         rewards are all equal) carry no gradient, so their passes are skipped; the loss is
         normalised by the whole batch's counts, so its value and gradient are the full pass's."""
-        adv_B = loss.advantage(rollout.reward_B, rollout.group_B)
+        if adv_B is None:
+            adv_B = loss.advantage(rollout.reward_B, rollout.group_B)
         trained_B = torch.ones_like(adv_B, dtype=torch.bool)
         if skip_zero_advantage and loss.kl_coef == 0:
             trained_B = adv_B != 0
@@ -241,9 +273,9 @@ class OnPolicyModule(PostTrainingModule):
         value, metrics = self.backward_in_micro_batches(*row_lengths(rows), micro_batch_loss)
         return value, metrics, trained_B
 
-    def rollout_logp(self, rollout: Rollout, temperature: float | None = None) -> Tensor:
+    def rollout_logp(self, rollout: Rollout, temperature: float | None = None, kind: str = "trained") -> Tensor:
         """Policy log-probs (with gradients) of a rollout's completion tokens (0 elsewhere), at its
-        sampling temperature unless `temperature` is given.
+        sampling temperature unless `temperature` is given; the tokens run are counted as `kind`.
 
         Each prompt is run once and its key/value cache shared by its group's completions, which
         gives the same log-probs and gradient as running every row in full at a fraction of the
@@ -253,9 +285,9 @@ class OnPolicyModule(PostTrainingModule):
         tokens_BT, attention_BT = rollout.tokens_BT, rollout.attention_BT
         temperature = rollout.temperature if temperature is None else temperature
         if self.gradient_checkpointing:
-            self.count_tokens("trained", attention_BT.sum())
+            self.count_tokens(kind, attention_BT.sum())
             return self.policy_logp(tokens_BT, attention_BT, temperature, rollout.prompt_width) * rollout.mask_BT
-        self.count_tokens("trained", shared_prompt_tokens(attention_BT, rollout.group_B, rollout.prompt_width))
+        self.count_tokens(kind, shared_prompt_tokens(attention_BT, rollout.group_B, rollout.prompt_width))
         return shared_prompt_logp(self.policy, tokens_BT, attention_BT, rollout.group_B, rollout.prompt_width, temperature)
 
     @staticmethod
@@ -263,14 +295,17 @@ class OnPolicyModule(PostTrainingModule):
         """pi_old's log-probs for the loss, and how far the sampler was from the trainer.
 
         Rows reused from an earlier step take the sampler's stored log-probs; the others take the
-        trainer's own, detached (one optimizer step per batch makes pi_old the current policy).
+        trainer's own before this batch's first optimizer step (`rollout.old_logp_BT`, where the
+        batch takes several), else its current ones, detached (one optimizer step per batch makes
+        pi_old the current policy).
         The gap between the sampler's and the trainer's log-probs on the fresh rows is returned as
         metrics (`sampler_abs_diff`, `sampler_kl`): with HFEngine in float32 it is ~0, with vLLM's
         kernels or a bf16 sampling copy it is what a sampler correction (`losses.importance`)
         corrects for.
         """
         reused_B = rollout.age_B > 0
-        old_logp_BT = torch.where(reused_B[:, None], rollout.logp_BT, logp_BT.detach())
+        fresh_BT = logp_BT.detach() if rollout.old_logp_BT is None else rollout.old_logp_BT
+        old_logp_BT = torch.where(reused_B[:, None], rollout.logp_BT, fresh_BT)
         return old_logp_BT, sampler_mismatch(old_logp_BT, rollout.logp_BT, rollout.mask_BT & ~reused_B[:, None])
 
     # --- logging ------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ class Rollout:
     top-p applied) and 0 elsewhere. `group_B` says which prompt of the batch a row answers; rows of
     one group are contiguous. `truncated_B` marks completions that hit `max_new_tokens` before EOS.
     `reward_B` is filled in by scoring (`with_rewards`); `age_B` counts optimizer steps since a
-    row was sampled (0: sampled by the current weights).
+    row was sampled (0: sampled by the current weights). `old_logp_BT`, where a step takes several
+    optimizer steps on one rollout batch, holds the trainer's log-probs before the first: pi_old.
     """
 
     tokens_BT: Tensor
@@ -37,6 +38,7 @@ class Rollout:
     reward_B: Tensor | None = None
     age_B: Tensor | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    old_logp_BT: Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens_BT.shape[0]
@@ -78,6 +80,7 @@ class Rollout:
                 reward_B=None if self.reward_B is None else self.reward_B[idx],
                 age_B=None if self.age_B is None else self.age_B[idx],
                 timing={},  # the time spent producing them belongs to the whole batch
+                old_logp_BT=None if self.old_logp_BT is None else self.old_logp_BT[idx],
             )
         )
 
@@ -99,6 +102,7 @@ def _trim(rollout: Rollout) -> Rollout:
         mask_BT=rollout.mask_BT[:, cut],
         logp_BT=rollout.logp_BT[:, cut],
         prompt_width=width - start,
+        old_logp_BT=None if rollout.old_logp_BT is None else rollout.old_logp_BT[:, cut],
     )
 
 
@@ -128,6 +132,7 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
         offset += count
     has_rewards = all(r.reward_B is not None for r in rollouts)
     has_age = all(r.age_B is not None for r in rollouts)
+    has_old = all(r.old_logp_BT is not None for r in rollouts)
     return Rollout(
         tokens_BT=stack("tokens_BT", pad_id),
         attention_BT=stack("attention_BT", 0),
@@ -141,4 +146,5 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
         reward_B=torch.cat([r.reward_B for r in rollouts]) if has_rewards else None,
         age_B=torch.cat([r.age_B for r in rollouts]) if has_age else None,
         timing={k: sum(r.timing.get(k, 0.0) for r in rollouts) for k in rollouts[0].timing},
+        old_logp_BT=stack("old_logp_BT", 0.0) if has_old else None,
     )

@@ -45,3 +45,15 @@ class KillInsideCheckpointWrite(L.Callback):
             die()
 
         model_parallel._distributed_checkpoint_save = save_shards_then_die
+
+
+class KillAtOptimizerStep(L.Callback):
+    """SIGKILL this process just before optimizer step `step` runs, which may be in the middle of
+    a training_step that takes several (GRPO's ppo_epochs x mini_batches)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -18,9 +18,10 @@ class Prepared(RolloutSource):
         return self.rollout
 
 
-def offline(method, rollout: Rollout, **kwargs):
+def offline(method, rollout: Rollout, on_step=None, **kwargs):
     """`method` on the tiny model (float32, groups of 2 unless `kwargs` say), its step fed
-    `rollout` through its rollout source, its logged metrics kept in `.logged`."""
+    `rollout` through its rollout source, its logged metrics kept in `.logged`; each optimizer
+    step calls `on_step(module)` (default: nothing, the gradient left in `.grad`)."""
 
     class Logged(method):
         def log_rollout_step(self, rollout, metrics, trained_B=None):
@@ -29,8 +30,9 @@ def offline(method, rollout: Rollout, **kwargs):
         def manual_backward(self, loss):  # Lightning's needs a Trainer
             loss.backward()
 
-        def step_optimizer(self):  # the step's gradient stays in `.grad`, to be read
-            pass
+        def step_optimizer(self, push=True):
+            if on_step is not None:
+                on_step(self)
 
     kwargs = {"model": "tiny-random-llama", "dtype": "float32", "group_size": 2, **kwargs}
     module = Logged(rollouts=Prepared(rollout), **kwargs)
