@@ -161,6 +161,7 @@ def main() -> None:
     if args.peak_tflops is None:
         args.peak_tflops = 989.0 if args.accelerator == "gpu" else cpu_peak(args) / 1e12
     peak = args.peak_tflops * 1e12
+    print(f"MFU against a peak of {args.peak_tflops:.3f} TFLOP/s ({'per GPU' if args.accelerator == 'gpu' else 'the machine'})", flush=True)
     failed = 0
     for shape in args.shapes:
         for method in args.methods:
@@ -176,7 +177,9 @@ def main() -> None:
                             failed += 1
                             continue
                         result = results[0]
-                        result["mfu"] = round(result.pop("model_flops") / result["step_s"] / (peak * args.devices), 4)
+                        # A GPU's peak is per device; the CPU's measured peak is the machine's, shared by its processes.
+                        machine_peak = peak * (args.devices if args.accelerator == "gpu" else 1)
+                        result["mfu"] = round(result.pop("model_flops") / result["step_s"] / machine_peak, 4)
                         print(json.dumps(result), flush=True)
     sys.exit(1 if failed else 0)
 

@@ -6,7 +6,6 @@ the cost of sampling in the logs, held-out accuracy as the validation metric."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -14,17 +13,17 @@ from torch import Tensor
 from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.groups import group_reduce
 from lit_posttrain.logprobs import shared_prompt_logp, shared_prompt_tokens
-from lit_posttrain.losses.aggregation import Counts
 from lit_posttrain.losses.importance import sampler_mismatch
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss
 from lit_posttrain.measurement import greedy_accuracy
 from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.methods.stepping import MicroBatchedStep
 from lit_posttrain.micro_batching import MicroBatching
 from lit_posttrain.rollout import Rollout
 from lit_posttrain.rollout.source import RolloutSource
 
 
-class OnPolicyModule(PostTrainingModule):
+class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
     """Base of the on-policy methods. A method's `training_step` starts with
     `rollout = self.rollouts_for(batch)`, the batch's scored samples (group g answers
     `batch.rows[g]`), runs its forward and backward passes a micro-batch at a time
@@ -100,18 +99,6 @@ class OnPolicyModule(PostTrainingModule):
         self.step_cost.mark("start")  # the loss forward starts here; sampling is timed as its own phases
         return rollout
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        self._steps_before_batch = self.trainer.global_step
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        if self.trainer.global_step == self._steps_before_batch:
-            raise RuntimeError(
-                f"{type(self).__name__}.training_step took no optimizer step: an on-policy method runs its "
-                "backward passes itself and must call self.step_optimizer() (README.md, 'Adding a method')"
-            )
-
     def on_train_start(self) -> None:
         if self.rollouts.offline:  # charged to step 0
             self.rollouts.sample_all(self.trainer.datamodule.train_rows, self.trainer.global_step, self._sample_counted)
@@ -143,76 +130,7 @@ class OnPolicyModule(PostTrainingModule):
         """`flag` on any process, where the processes must sample together (a sharded policy)."""
         return self.trainer.strategy.reduce_boolean_decision(flag, all=False) if self.sharded else flag
 
-    # --- the step: micro-batches, then one optimizer step --------------------------------------
-
-    def step_counts(self, mask_BT: Tensor) -> Counts:
-        """The rows and completion tokens of `mask_BT` summed over every process: what a loss over
-        part of the step divides by (`backward_in_micro_batches`)."""
-        counts_2 = torch.tensor([float(mask_BT.shape[0]), float(mask_BT.sum())], device=self.device)
-        if self.trainer.world_size > 1:
-            counts_2 = self.trainer.strategy.reduce(counts_2, reduce_op="sum")
-        return Counts(rows=int(counts_2[0]), tokens=counts_2[1])
-
-    def backward_in_micro_batches(
-        self,
-        prompt_B: Sequence[int],
-        completion_B: Sequence[int],
-        loss_of: Callable[[list[int]], tuple[Tensor, dict[str, Tensor]]],
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Forward and backward of `loss_of(index)` over micro-batches of the rows (row i holds
-        `prompt_B[i]` prompt and `completion_B[i]` completion tokens; `self.micro_batching` packs
-        them), the gradient accumulating. Returns the summed loss, detached and times the number of
-        processes (its mean over them is the step's loss), and the metrics, each micro-batch's
-        weighted by its completion tokens (the losses' metrics are token means).
-
-        `loss_of` divides by the whole step's counts over every process (`step_counts`), so that the
-        micro-batches' losses add up to one pass's over every row of every process; each is
-        multiplied by the number of processes before its backward because DDP and FSDP average
-        the gradient over them. Every process runs as many micro-batches as the one with most (each
-        backward is a collective, and under FSDP each forward): the extra ones repeat its last
-        micro-batch with weight 0."""
-        parts, count = self._micro_batches(prompt_B, completion_B)
-        total = torch.zeros((), device=self.device)
-        sums: dict[str, Tensor] = {}
-        weight = 0.0
-        for k in range(count):
-            index = parts[min(k, len(parts) - 1)]
-            self.step_cost.mark("start")
-            loss, metrics = loss_of(index)
-            if k >= len(parts):
-                self.manual_backward(loss * 0.0)
-                continue
-            loss = loss * self.trainer.world_size
-            self.manual_backward(loss)
-            total += loss.detach()
-            tokens = float(sum(completion_B[i] for i in index))
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float() * tokens
-            weight += tokens
-        return total, {key: value / max(weight, 1.0) for key, value in sums.items()}
-
-    def _micro_batches(self, prompt_B: Sequence[int], completion_B: Sequence[int]) -> tuple[list[list[int]], int]:
-        """This process's micro-batches, and how many every process runs: the most any has."""
-        parts = self.micro_batching.split(prompt_B, completion_B)
-        count = len(parts)
-        if self.trainer.world_size > 1:
-            count = int(self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="max"))
-        return parts, count
-
-    def step_optimizer(self, push: bool = True) -> None:
-        """One optimizer step on the gradient the micro-batches accumulated, the learning-rate
-        schedule's step, then (`push`) the engine takes the new weights: a step followed by
-        another before the next sampling can leave that to the last. The `NonFiniteGuard`
-        callback, run by the optimizer's step, drops a gradient that is not finite."""
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if scheduler is not None:
-            scheduler.step()
-        if push:
-            self.after_optimizer_step()
-        else:
-            self.step_cost.mark("end")
+    # --- the loss -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def with_old_logp(self, rollout: Rollout) -> Rollout:

@@ -1,0 +1,104 @@
+"""An optimisation step a module runs itself, a micro-batch of rows at a time: the forward and
+backward of each micro-batch (`MicroBatching` packs them) with the loss divided by the whole step's
+counts over every process, then one optimizer step. The on-policy methods take their steps this
+way (Lightning's manual optimisation), so that a step's memory follows its micro-batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from lit_posttrain.losses.aggregation import Counts
+from lit_posttrain.micro_batching import MicroBatching
+
+
+class MicroBatchedStep:
+    """A LightningModule mixin, for a module with `automatic_optimization = False` and a
+    `micro_batching: MicroBatching`. Its `training_step` calls `backward_in_micro_batches` (as
+    often as it has losses to add) and then `step_optimizer`; a step that takes no optimizer step
+    is stopped when its batch ends."""
+
+    micro_batching: MicroBatching
+
+    def step_counts(self, mask_BT: Tensor) -> Counts:
+        """The rows and completion tokens of `mask_BT` summed over every process: what a loss over
+        part of the step divides by (`backward_in_micro_batches`)."""
+        counts_2 = torch.tensor([float(mask_BT.shape[0]), float(mask_BT.sum())], device=self.device)
+        if self.trainer.world_size > 1:
+            counts_2 = self.trainer.strategy.reduce(counts_2, reduce_op="sum")
+        return Counts(rows=int(counts_2[0]), tokens=counts_2[1])
+
+    def backward_in_micro_batches(
+        self,
+        prompt_B: Sequence[int],
+        completion_B: Sequence[int],
+        loss_of: Callable[[list[int]], tuple[Tensor, dict[str, Tensor]]],
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward and backward of `loss_of(index)` over micro-batches of the rows (row i holds
+        `prompt_B[i]` prompt and `completion_B[i]` completion tokens; `self.micro_batching` packs
+        them), the gradient accumulating. Returns the summed loss, detached and times the number of
+        processes (its mean over them is the step's loss), and the metrics, each micro-batch's
+        weighted by its completion tokens (the losses' metrics are token means).
+
+        `loss_of` divides by the whole step's counts over every process (`step_counts`), so that the
+        micro-batches' losses add up to one pass's over every row of every process; each is
+        multiplied by the number of processes before its backward because DDP and FSDP average
+        the gradient over them. Every process runs as many micro-batches as the one with most (each
+        backward is a collective, and under FSDP each forward): the extra ones repeat its last
+        micro-batch with weight 0."""
+        parts, count = self._micro_batches(prompt_B, completion_B)
+        total = torch.zeros((), device=self.device)
+        sums: dict[str, Tensor] = {}
+        weight = 0.0
+        for k in range(count):
+            index = parts[min(k, len(parts) - 1)]
+            self.step_cost.mark("start")
+            loss, metrics = loss_of(index)
+            if k >= len(parts):
+                self.manual_backward(loss * 0.0)
+                continue
+            loss = loss * self.trainer.world_size
+            self.manual_backward(loss)
+            total += loss.detach()
+            tokens = float(sum(completion_B[i] for i in index))
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float() * tokens
+            weight += tokens
+        return total, {key: value / max(weight, 1.0) for key, value in sums.items()}
+
+    def _micro_batches(self, prompt_B: Sequence[int], completion_B: Sequence[int]) -> tuple[list[list[int]], int]:
+        """This process's micro-batches, and how many every process runs: the most any has."""
+        parts = self.micro_batching.split(prompt_B, completion_B)
+        count = len(parts)
+        if self.trainer.world_size > 1:
+            count = int(self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="max"))
+        return parts, count
+
+    def step_optimizer(self, push: bool = True) -> None:
+        """One optimizer step on the gradient the micro-batches accumulated, the learning-rate
+        schedule's step, then (`push`) the engine takes the new weights: a step followed by
+        another before the next sampling can leave that to the last. The `NonFiniteGuard`
+        callback, run by the optimizer's step, drops a gradient that is not finite."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        if push:
+            self.after_optimizer_step()
+        else:
+            self.step_cost.mark("end")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self._steps_before_batch = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.trainer.global_step == self._steps_before_batch:
+            raise RuntimeError(
+                f"{type(self).__name__}.training_step took no optimizer step: an on-policy method runs its "
+                "backward passes itself and must call self.step_optimizer() (README.md, 'Adding a method')"
+            )
