@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
+
+from isolated import run_isolated
 
 FULL_LIMIT = 32 * 128  # completion tokens (rows x length) the full-logits head was measured to fit
 
@@ -90,12 +90,7 @@ def main() -> None:
                 continue
             command = [sys.executable, __file__, "--one", str(length), head, "--prompts", str(args.prompts),
                        "--group", str(args.group), "--prompt-tokens", str(args.prompt_tokens)]  # fmt: skip
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-            line = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else json.dumps(
-                {"head": head, "completion_tokens": length, "failed": f"exit {done.returncode}", "stderr": done.stderr[-300:]}
-            )
-            print(line, flush=True)
+            print(json.dumps(run_isolated(command, {"head": head, "completion_tokens": length})), flush=True)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import lightning as L
 import torch
+from isolated import run_isolated
 
 
 def one(args: argparse.Namespace) -> dict:
@@ -169,14 +169,12 @@ def main() -> None:
                 for strategy in args.strategies:
                     for length in args.lengths:
                         setting = {"shape": shape, "method": method, "tuning": tuning, "strategy": strategy, "length": length}
-                        env = {**os.environ, "MODEL_SIZES_ONE": json.dumps(setting), "MALLOC_MMAP_THRESHOLD_": "65536"}
-                        done = subprocess.run([sys.executable, __file__, "--one", *sys.argv[1:]], capture_output=True, text=True, env=env)
-                        results = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-                        if done.returncode or not results:
-                            print(json.dumps({**setting, "failed": f"exit {done.returncode}", "stderr": done.stderr[-600:]}), flush=True)
+                        command = [sys.executable, __file__, "--one", *sys.argv[1:]]
+                        result = run_isolated(command, setting, env={"MODEL_SIZES_ONE": json.dumps(setting)}, marker="RESULT ")
+                        if "failed" in result:
+                            print(json.dumps(result), flush=True)
                             failed += 1
                             continue
-                        result = results[0]
                         # A GPU's peak is per device; the CPU's measured peak is the machine's, shared by its processes.
                         machine_peak = peak * (args.devices if args.accelerator == "gpu" else 1)
                         result["mfu"] = round(result.pop("model_flops") / result["step_s"] / machine_peak, 4)

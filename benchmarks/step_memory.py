@@ -6,7 +6,7 @@ preset loss, AdamW), on 8 prompts x 8 completions of random tokens after 64-toke
 completion full length and each group's rewards half 0 and half 1 (no row is skipped). Sampling
 is left out: the step is handed that rollout (`synthetic.SyntheticRollouts`), so what is measured is the loss forward, the backward and the optimizer step. Each
 setting runs in a fresh process (peak resident memory is a process's high-water mark), one at a
-time, with `MALLOC_MMAP_THRESHOLD_=65536` (benchmarks/head_memory.py says why):
+time, with `MALLOC_MMAP_THRESHOLD_=65536` (benchmarks/isolated.py says why):
 
     .venv/bin/python benchmarks/step_memory.py --lengths 256 1024 --budgets 4096 none
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
+
+from isolated import run_isolated
 
 WHOLE_LIMIT = 64 * 128  # completion tokens (rows x length) one pass was measured to fit in 24 GiB
 
@@ -81,12 +81,7 @@ def main() -> None:
                 continue
             command = [sys.executable, __file__, "--one", str(length), budget, "--prompts", str(args.prompts),
                        "--group", str(args.group), "--prompt-tokens", str(args.prompt_tokens)]  # fmt: skip
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-            line = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else json.dumps(
-                {"completion_tokens": length, "micro_batch_tokens": budget, "failed": f"exit {done.returncode}", "stderr": done.stderr[-400:]}
-            )
-            print(line, flush=True)
+            print(json.dumps(run_isolated(command, {"completion_tokens": length, "micro_batch_tokens": budget})), flush=True)
 
 
 if __name__ == "__main__":
