@@ -75,7 +75,7 @@ class HPT(OnPolicyModule):
         sft_G = route_to_sft(rollout.reward_B, rollout.group_B, self.gamma, self.solved_threshold)
         n_sft, n_rl = int(sft_G.sum()), int((~sft_G).sum())
         # Every prompt of the step, on every process, weighs the same.
-        w_sft, w_rl = prompt_weights(*(int(n) for n in self._summed([n_sft, n_rl])))
+        w_sft, w_rl = prompt_weights(*(int(n) for n in self.summed_over_processes([n_sft, n_rl])))
         loss = torch.zeros((), device=self.device)
         metrics = {"sft_fraction": sft_G.float().mean()}
         trained_B = torch.zeros(len(rollout), dtype=torch.bool, device=rollout.tokens_BT.device)
@@ -88,7 +88,7 @@ class HPT(OnPolicyModule):
             # Group g of the rollout answers batch.rows[g] (OnPolicyModule.rollouts_for).
             rows = [batch.rows[g] for g in (sft_G if n_sft else first_G).nonzero().squeeze(-1).tolist()]
             completion_B = [len(row.completion_ids) for row in rows]
-            tokens = self._summed([sum(completion_B) if n_sft else 0])[0].clamp(min=1)
+            tokens = self.summed_over_processes([sum(completion_B) if n_sft else 0])[0].clamp(min=1)
 
             def sft_loss(index: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
                 logp_BT, mask_BT = self.demonstration_logp([rows[i] for i in index])
@@ -111,11 +111,6 @@ class HPT(OnPolicyModule):
         self.step_optimizer()
         self.log_rollout_step(rollout, metrics, trained_B=trained_B)
         return loss
-
-    def _summed(self, values: list[int]) -> Tensor:
-        """`values` summed over every process."""
-        values_K = torch.tensor(values, dtype=torch.float32, device=self.device)
-        return self.trainer.strategy.reduce(values_K, reduce_op="sum") if self.trainer.world_size > 1 else values_K
 
     def _pooled(self, metrics: dict[str, Tensor], prompts: int) -> dict[str, Tensor]:
         """One side's metrics averaged over its prompts on every rank (a rank's own value weighs as

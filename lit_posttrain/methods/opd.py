@@ -35,9 +35,11 @@ from lit_posttrain.rollout import Rollout
 class DistillationEstimator:
     """Base of OPD's estimators: the settings of one of `losses.distillation`'s loss functions.
     `full_vocabulary` says what OPD feeds it: the student's and the teacher's log-probs of the
-    sampled tokens (`logp_BT, teacher_logp_BT`, with the rollout's mask, pi_old and sampler
-    log-probs), or its `divergence` of their full distributions at each completion position
-    (`divergence_N`; OPD makes the logits a chunk of positions at a time)."""
+    sampled tokens (`logp_BT, teacher_logp_BT`, with the rollout's mask, pi_old, sampler
+    log-probs and the step's `counts`), or its `divergence` of their full distributions at each
+    completion position (`divergence_N` and the step's token count; OPD makes the logits a chunk of
+    positions at a time). Either is one micro-batch's part of the step, divided by the whole step's
+    counts."""
 
     full_vocabulary: bool = False
 

@@ -25,10 +25,13 @@ class MicroBatchedStep:
     def step_counts(self, mask_BT: Tensor) -> Counts:
         """The rows and completion tokens of `mask_BT` summed over every process: what a loss over
         part of the step divides by (`backward_in_micro_batches`)."""
-        counts_2 = torch.tensor([float(mask_BT.shape[0]), float(mask_BT.sum())], device=self.device)
-        if self.trainer.world_size > 1:
-            counts_2 = self.trainer.strategy.reduce(counts_2, reduce_op="sum")
-        return Counts(rows=int(counts_2[0]), tokens=counts_2[1])
+        rows, tokens = self.summed_over_processes([mask_BT.shape[0], float(mask_BT.sum())])
+        return Counts(rows=int(rows), tokens=tokens)
+
+    def summed_over_processes(self, values: list[float]) -> Tensor:
+        """`values` summed over every process (a collective where there are several)."""
+        values_K = torch.tensor(values, dtype=torch.float32, device=self.device)
+        return self.trainer.strategy.reduce(values_K, reduce_op="sum") if self.trainer.world_size > 1 else values_K
 
     def backward_in_micro_batches(
         self,
