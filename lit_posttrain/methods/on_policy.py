@@ -138,9 +138,7 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
         before the first of several optimizer steps on it, taken a micro-batch at a time."""
         old_BT = torch.zeros_like(rollout.logp_BT)
         width = rollout.prompt_width
-        parts, count = self._micro_batches(*row_lengths(rollout))
-        for k in range(count):  # under FSDP every process runs as many forwards
-            index = parts[min(k, len(parts) - 1)]
+        for index, _ in self.micro_batches(*row_lengths(rollout)):  # a repeated one writes the same again
             part = rollout.select(index)
             logp_BC = self.rollout_logp(part, kind="pi_old")[:, part.prompt_width :]
             old_BT[index, width : width + logp_BC.shape[1]] = logp_BC

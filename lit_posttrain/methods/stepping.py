@@ -51,15 +51,13 @@ class MicroBatchedStep:
         the gradient over them. Every process runs as many micro-batches as the one with most (each
         backward is a collective, and under FSDP each forward): the extra ones repeat its last
         micro-batch with weight 0."""
-        parts, count = self._micro_batches(prompt_B, completion_B)
         total = torch.zeros((), device=self.device)
         sums: dict[str, Tensor] = {}
         weight = 0.0
-        for k in range(count):
-            index = parts[min(k, len(parts) - 1)]
+        for index, repeated in self.micro_batches(prompt_B, completion_B):
             self.step_cost.mark("start")
             loss, metrics = loss_of(index)
-            if k >= len(parts):
+            if repeated:
                 self.manual_backward(loss * 0.0)
                 continue
             loss = loss * self.trainer.world_size
@@ -71,13 +69,15 @@ class MicroBatchedStep:
             weight += tokens
         return total, {key: value / max(weight, 1.0) for key, value in sums.items()}
 
-    def _micro_batches(self, prompt_B: Sequence[int], completion_B: Sequence[int]) -> tuple[list[list[int]], int]:
-        """This process's micro-batches, and how many every process runs: the most any has."""
+    def micro_batches(self, prompt_B: Sequence[int], completion_B: Sequence[int]) -> list[tuple[list[int], bool]]:
+        """This process's micro-batches (row indices), as many as the process with most has: each
+        forward under FSDP, and each backward, is a collective. The extra ones repeat the last and
+        are marked `True`: their passes run for the others' sake and count for nothing."""
         parts = self.micro_batching.split(prompt_B, completion_B)
         count = len(parts)
         if self.trainer.world_size > 1:
             count = int(self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="max"))
-        return parts, count
+        return [(parts[min(k, len(parts) - 1)], k >= len(parts)) for k in range(count)]
 
     def step_optimizer(self, push: bool = True) -> None:
         """One optimizer step on the gradient the micro-batches accumulated, the learning-rate
