@@ -10,8 +10,8 @@ process of its own (peak memory is a process's high-water mark), one at a time. 
 `--prompts` x `--group` completions of `length` random tokens after 64-token prompts
 (`synthetic.SyntheticRollouts`: no sampling, the step is the loss forward, the backward and the
 optimizer step); SFT trains on `--prompts` x `--group` demonstrations of `length` tokens
-(`synthetic.SyntheticTask`), in one optimizer step. On-policy steps use `micro_batching`
-(`--micro-tokens`); SFT's micro-batch is its batch.
+(`synthetic.SyntheticTask`), in one optimizer step. Both run in micro-batches of at most
+`--micro-tokens` tokens (`micro_batching`).
 
 - tokens/s: trained tokens of all processes (the policy forward's, as `tokens/trained` counts
   them) / median step time.
@@ -53,7 +53,10 @@ def one(args: argparse.Namespace) -> dict:
 
     source = args.shape if args.shape.startswith("tiny") else f"random:{args.shape}"
     rows = args.prompts * args.group
-    common = dict(model=source, lora=LoRA() if args.tuning == "lora" else None, dtype=args.dtype)
+    common = dict(
+        model=source, lora=LoRA() if args.tuning == "lora" else None, dtype=args.dtype,
+        micro_batching=MicroBatching(max_tokens=args.micro_tokens),
+    )  # fmt: skip
     if args.method == "grpo":
         from transformers import AutoConfig
 
@@ -62,8 +65,7 @@ def one(args: argparse.Namespace) -> dict:
         vocab = AutoConfig.from_pretrained(resolve_model_source(source)).vocab_size
         rollouts = SyntheticRollouts(args.prompts, args.group, args.length, 64, vocab)
         module = GRPO(
-            **common, group_size=args.group, rollouts=rollouts, engine=HFEngine(max_new_tokens=args.length),
-            micro_batching=MicroBatching(max_tokens=args.micro_tokens),
+            **common, group_size=args.group, rollouts=rollouts, engine=HFEngine(max_new_tokens=args.length)
         )  # fmt: skip
         task, batch_size = SyntheticTask(rows=args.prompts * (args.steps + 1) * args.devices, length=4), args.prompts
     else:
@@ -84,7 +86,7 @@ def one(args: argparse.Namespace) -> dict:
     return {
         "shape": args.shape, "method": args.method, "tuning": args.tuning, "strategy": args.strategy,
         "devices": args.devices, "precision": args.precision, "weights": str(module.weight_dtype).removeprefix("torch."),
-        "completion_tokens": args.length, "rows": rows, "micro_tokens": args.micro_tokens if args.method == "grpo" else None,
+        "completion_tokens": args.length, "rows": rows, "micro_tokens": args.micro_tokens,
         "params_m": round(sum(p.numel() for p in module.policy.parameters()) / 1e6, 2),  # a DTensor counts its whole
         "step_s": round(step_s, 3), "tokens_per_s": round(trained / step_s, 1), "model_flops": flops,
         "peak_gib": round(timer.peak_gib, 2), "rank": trainer.global_rank,

@@ -80,6 +80,16 @@ class LitPostTrainCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._fit_start = time.perf_counter()
+        accumulate = self.trainer.accumulate_grad_batches
+        if accumulate != 1 and not self.model.automatic_optimization:
+            # Lightning's own refusal names neither the way out nor why.
+            batch_size = self.datamodule.batch_size
+            raise ValueError(
+                f"trainer.accumulate_grad_batches: {accumulate}: {type(self.model).__name__} takes one optimizer step per "
+                f"batch of data.batch_size rows on each process, a micro-batch at a time (model.init_args.micro_batching "
+                f"bounds its memory): for the same step set data.batch_size: {batch_size * accumulate} and remove "
+                "accumulate_grad_batches"
+            )
         # Lightning's default bar, where it is the one in use, becomes ours (steps, no v_num).
         callbacks = self.trainer.callbacks
         bar = self.trainer.progress_bar_callback

@@ -85,20 +85,19 @@ def test_lora_fit_saves_merged_or_adapter_folder(in_tmp, merge):
     assert torch.allclose(model(tokens).logits.float(), cli.model.policy(tokens).logits.float(), atol=1e-4)
 
 
-def test_gradient_accumulation_gives_the_same_gradient_as_one_big_batch(in_tmp):
+def test_sft_in_micro_batches_gives_the_gradient_of_one_pass(in_tmp):
     grads = {}
 
     class Grab(L.Callback):
         def on_before_optimizer_step(self, trainer, module, optimizer):
             grads.update({n: p.grad.clone() for n, p in module.policy.named_parameters()})
 
-    def run(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+    def run(*micro_batching: str) -> dict[str, torch.Tensor]:
         cli = LitPostTrainCLI(
             args=[
-                "--config", TINY, "--trainer.max_steps", "1", "--data.shuffle", "false",
-                "--data.batch_size", str(batch_size), f"--trainer.accumulate_grad_batches={accumulate}",
+                "--config", TINY, "--trainer.max_steps", "1", "--data.shuffle", "false", "--data.batch_size", "4",
                 "--data.task.init_args.digits", "2", "--data.task.init_args.shots", "0",
-                "--trainer.limit_val_batches", "0", "--model.init_args.optim.lr", "0.0",
+                "--trainer.limit_val_batches", "0", "--model.init_args.optim.lr", "0.0", *micro_batching,
             ],
             run=False,
         )  # fmt: skip
@@ -109,10 +108,15 @@ def test_gradient_accumulation_gives_the_same_gradient_as_one_big_batch(in_tmp):
         assert len(set(lengths)) > 1, "rows of different lengths are what makes a mean of means wrong"
         return dict(grads)
 
-    one_batch = run(batch_size=4, accumulate=1)
-    accumulated = run(batch_size=1, accumulate=4)
-    for name, grad in one_batch.items():
-        assert torch.allclose(grad, accumulated[name], atol=1e-6), name
+    one_pass = run()
+    one_row_a_pass = run("--model.init_args.micro_batching.max_rows", "1")
+    for name, grad in one_pass.items():
+        assert torch.allclose(grad, one_row_a_pass[name], atol=1e-6), name
+
+
+def test_gradient_accumulation_is_refused_saying_what_to_set(in_tmp):
+    with pytest.raises(ValueError, match=r"accumulate_grad_batches: 4: SFT .* set data.batch_size: 8 and remove accumulate_grad_batches"):
+        run_cli("fit", "--config", TINY, "--data.batch_size", "2", "--trainer.accumulate_grad_batches", "4")
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test"])

@@ -2,7 +2,7 @@ import pytest
 
 from lit_posttrain.data import DataError, Example, Row, TaskDataModule
 from lit_posttrain.data.arithmetic import Arithmetic
-from lit_posttrain.data.batches import MicroBatches
+from lit_posttrain.data.batches import Batches
 from lit_posttrain.data.datamodule import pack_demonstrations, tokenize_rows
 from lit_posttrain.models import load_tokenizer
 
@@ -52,23 +52,23 @@ def _rows(lengths):
     return [Row(Example([{"role": "user", "content": str(i)}]), [0], [1] * n) for i, n in enumerate(lengths)]
 
 
-def test_micro_batches_carry_their_window_token_count():
-    batches = list(MicroBatches(_rows([1, 2, 3, 4, 5]), batch_size=1, accumulate=2, shuffle=False))
-    assert [b.window_tokens for b in batches] == [3, 3, 7, 7, 5]  # the last window is partial
+def test_batches_keep_the_order_and_end_with_the_remainder():
+    batches = list(Batches(_rows([1, 2, 3, 4, 5]), batch_size=2, shuffle=False))
+    assert [[len(row.completion_ids) for row in b.rows] for b in batches] == [[1, 2], [3, 4], [5]]
 
 
-def test_ranks_split_each_global_batch_and_agree_on_window_counts():
+def test_ranks_split_each_global_batch():
     rows = _rows([1, 2, 3, 4, 5, 6, 7, 8])
-    ranks = [list(MicroBatches(rows, 2, accumulate=2, rank=r, world_size=2, seed=1)) for r in range(2)]
+    ranks = [list(Batches(rows, 2, rank=r, world_size=2, seed=1)) for r in range(2)]
+    assert [len(b) for b in ranks[0]] == [len(b) for b in ranks[1]] == [2, 2]
     seen = [row.example.messages[0]["content"] for batches in ranks for b in batches for row in b.rows]
     assert sorted(seen) == [str(i) for i in range(8)]  # every row once, across ranks
-    assert [b.window_tokens for b in ranks[0]] == [b.window_tokens for b in ranks[1]] == [sum(range(1, 9))] * 2
 
 
 def test_shuffle_depends_on_seed_and_epoch():
     rows = _rows(range(1, 17))
     epoch = {"n": 0}
-    data = MicroBatches(rows, 4, seed=0, epoch_fn=lambda: epoch["n"])
+    data = Batches(rows, 4, seed=0, epoch_fn=lambda: epoch["n"])
 
     def order():
         return [row.example.messages[0]["content"] for b in data for row in b.rows]

@@ -150,11 +150,10 @@ def test_opds_full_vocabulary_divergence_equals_the_full_logits_path(monkeypatch
 def test_otrs_step_in_chunks_equals_the_step_in_one(monkeypatch):
     """OTR's loss, its candidates (drawn chunk by chunk from one seeded generator) and its gradient
     are the same in chunks of 3 positions as with every position in one chunk."""
-    from types import SimpleNamespace
-
     from lit_posttrain.data.batches import Batch, Row
     from lit_posttrain.data.task import Example
     from lit_posttrain.methods.otr import OTR
+    from tests.helpers.steps import offline
 
     rows = [
         Row(Example([{"role": "user", "content": "q"}], answer="a"), prompt, demonstration)
@@ -164,12 +163,8 @@ def test_otrs_step_in_chunks_equals_the_step_in_one(monkeypatch):
     for positions in (3, 10_000):
         monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", positions * 4 * 99)
         torch.manual_seed(0)
-        module = OTR(model="tiny-random-llama", dtype="float32", k=8)
-        module.configure_model()
-        module._trainer = SimpleNamespace(global_step=0, accumulate_grad_batches=1, world_size=1)
-        module.log_dict = lambda *args, **kwargs: None
-        loss = module.training_step(Batch(rows, window_tokens=sum(len(r.completion_ids) for r in rows)), 0)
-        loss.backward()
+        module = offline(OTR, k=8)
+        loss = module.training_step(Batch(rows), 0)  # its backward included
         results.append((loss.item(), [p.grad.clone() for p in module.policy.parameters()]))
     (loss_chunked, grads_chunked), (loss_whole, grads_whole) = results
     assert loss_chunked == pytest.approx(loss_whole, abs=1e-6)

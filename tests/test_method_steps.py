@@ -41,7 +41,7 @@ def test_hpt_weighs_each_side_by_its_prompts():
     L = (2 * L_sft + 1 * L_rl) / 3, L_sft the token mean over both demonstrations."""
     rollout, rows = _rollout([0, 0, 1, 0, 0, 0])
     hpt = _offline(HPT, rollout, gamma=0.0)
-    loss = hpt.training_step(Batch(rows, window_tokens=0), 0)
+    loss = hpt.training_step(Batch(rows), 0)
 
     reference = _offline(GRPO, rollout)
     reference.policy.load_state_dict(hpt.policy.state_dict())
@@ -60,7 +60,7 @@ def test_skipping_zero_advantage_rows_leaves_the_gradient_unchanged():
     for skip in (True, False):
         module = _offline(GRPO, rollout, skip_zero_advantage=skip)
         torch.manual_seed(0)
-        loss = module.training_step(Batch(rows, window_tokens=0), 0)
+        loss = module.training_step(Batch(rows), 0)
         grads[skip] = (loss.item(), {n: p.grad.clone() for n, p in module.policy.named_parameters()})
     assert grads[True][0] == pytest.approx(grads[False][0], abs=1e-7)
     for name, grad in grads[False][1].items():
@@ -75,7 +75,7 @@ def test_the_sampler_weight_is_measured_on_the_trained_rows_only():
     rollout, rows = _rollout([1, 1, 1, 0, 0, 0])
     loss = PolicyGradientLoss(sampler_correction=TruncatedIS(cap=2.0))
     module = _offline(GRPO, rollout, loss=loss)
-    module.training_step(Batch(rows, window_tokens=0), 0)
+    module.training_step(Batch(rows), 0)
     assert module.logged["sampler_weight"].item() == pytest.approx(1.0, abs=1e-4)
 
 
@@ -85,10 +85,10 @@ def test_constant_length_normalises_by_the_samplers_budget():
     rollout, rows = _rollout([1, 0, 1, 0, 0, 1])
     module = _offline(GRPO, rollout, loss=PolicyGradientLoss(aggregation=ConstantLength()), engine=HFEngine(max_new_tokens=4))
     assert module.loss.aggregation.max_tokens == 4
-    budget = module.training_step(Batch(rows, window_tokens=0), 0)
+    budget = module.training_step(Batch(rows), 0)
     explicit = _offline(GRPO, rollout, loss=PolicyGradientLoss(aggregation=ConstantLength(max_tokens=8)))
     explicit.policy.load_state_dict(module.policy.state_dict())
-    assert explicit.training_step(Batch(rows, window_tokens=0), 0).item() == pytest.approx(budget.item() / 2, rel=1e-6)
+    assert explicit.training_step(Batch(rows), 0).item() == pytest.approx(budget.item() / 2, rel=1e-6)
 
 
 def test_a_reused_row_divides_by_its_stored_sampler_log_probs():
@@ -105,7 +105,7 @@ def test_a_reused_row_divides_by_its_stored_sampler_log_probs():
     rollout = Rollout(**{**rollout.__dict__, "logp_BT": stored_BT})
     module = _offline(GRPO, rollout, loss=loss_part)
     module.policy.load_state_dict(probe.policy.state_dict())
-    loss = module.training_step(Batch(rows, window_tokens=0), 0)
+    loss = module.training_step(Batch(rows), 0)
     tokens_B = rollout.mask_BT.sum(-1).float()
     expected = -(tokens_B[~reused_B].sum() + math.exp(0.1) * tokens_B[reused_B].sum()) / tokens_B.sum()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -114,7 +114,7 @@ def test_a_reused_row_divides_by_its_stored_sampler_log_probs():
 def test_one_epoch_of_one_mini_batch_is_the_step_with_pi_old_the_current_policy():
     rollout, rows = _rollout([1, 0, 0, 1, 0.5, 0])
     module = _offline(GRPO, rollout, ppo_epochs=1, mini_batches=1)
-    loss = module.training_step(Batch(rows, window_tokens=0), 0)
+    loss = module.training_step(Batch(rows), 0)
     assert "pi_old" not in module.token_kinds  # no extra forward pass
     reference = _offline(GRPO, rollout)
     reference.policy.load_state_dict(module.policy.state_dict())
@@ -141,7 +141,7 @@ def test_each_step_on_a_batch_divides_by_the_policy_before_the_first():
                 p.grad = None
 
     module = _offline(GRPO, rollout, on_step=sgd, ppo_epochs=2, mini_batches=2, skip_zero_advantage=False)
-    module.training_step(Batch(rows, window_tokens=0), 0)
+    module.training_step(Batch(rows), 0)
     assert len(seen) == 4
     reference = _offline(GRPO, rollout)
     reference.policy.load_state_dict(seen[0][0])

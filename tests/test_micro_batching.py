@@ -1,6 +1,6 @@
 """Micro-batches: how a step's rows are packed, and that a step run a micro-batch at a time gives
-the loss, gradient and metrics of one pass over every row, for every on-policy method and every
-part of the loss that normalises, on rows of very different lengths."""
+the loss, gradient and metrics of one pass over every row, for every method and every part of the
+loss that normalises, on rows of very different lengths."""
 
 import pytest
 import torch
@@ -13,7 +13,9 @@ from lit_posttrain.losses.policy_gradient import PolicyGradientLoss
 from lit_posttrain.methods.grpo import GRPO
 from lit_posttrain.methods.hpt import HPT
 from lit_posttrain.methods.opd import OPD, FullVocabJSD, SampledReverseKL
+from lit_posttrain.methods.otr import OTR
 from lit_posttrain.methods.sept import SePT
+from lit_posttrain.methods.sft import SFT
 from lit_posttrain.micro_batching import MicroBatching
 from lit_posttrain.rollout import HFEngine, Rollout
 from tests.helpers.steps import offline
@@ -47,7 +49,7 @@ def test_a_row_larger_than_the_budget_is_refused_with_its_size():
 def test_a_training_prompt_that_cannot_fit_stops_the_run_at_start_up():
     rows = [Row(Example([{"role": "user", "content": "q"}], answer="1", source="mine.jsonl:row 7"), [5] * 9, None)]
     module = GRPO(model="tiny-random-llama", engine=HFEngine(max_new_tokens=8), micro_batching=MicroBatching(max_tokens=16))
-    with pytest.raises(ValueError, match=r"mine.jsonl:row 7: its prompt of 9 tokens .* make 17 tokens, more than micro_batching.max_tokens = 16: raise it to at least 17"):
+    with pytest.raises(ValueError, match=r"mine.jsonl:row 7: its prompt of 9 tokens and a completion of up to 8 \(max_new_tokens 8\) make 17 tokens, more than micro_batching.max_tokens = 16: raise it to at least 17"):
         module.check_rows_fit(rows)
     GRPO(model="tiny-random-llama", engine=HFEngine(max_new_tokens=7), micro_batching=MicroBatching(max_tokens=16)).check_rows_fit(rows)
 
@@ -110,7 +112,7 @@ def test_a_step_in_micro_batches_equals_the_single_pass(name):
     for budget in [MicroBatching(max_tokens=None), *BUDGETS]:
         module = offline(method, rollout, micro_batching=budget, **kwargs)
         torch.manual_seed(0)  # the tiny model is built from a seed; the step itself draws nothing
-        loss = module.training_step(Batch(rows, window_tokens=0), 0)
+        loss = module.training_step(Batch(rows), 0)
         grads = {n: p.grad.clone() for n, p in module.policy.named_parameters() if p.grad is not None}
         results.append((loss.item(), grads, {k: v.item() for k, v in module.logged.items()}))
     whole_loss, whole_grads, whole_metrics = results[0]
@@ -122,3 +124,47 @@ def test_a_step_in_micro_batches_equals_the_single_pass(name):
             torch.testing.assert_close(grad, whole_grads[key], rtol=1e-4, atol=1e-6, msg=key)
         # Token means of every part, weighted by tokens, are the whole batch's token means.
         assert metrics == pytest.approx(whole_metrics, rel=1e-5, abs=1e-6)
+
+
+DEMONSTRATION_ROWS = [
+    Row(Example([{"role": "user", "content": "q"}], answer="1"), prompt, demonstration)
+    for prompt, demonstration in zip(
+        [[5, 20, 21], [5, 30, 31, 32, 33], [5, 40], [5, 50, 51, 52], [5, 60, 61]],
+        [[7, 3], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 3], [10, 11, 12, 3], [19, 3], [20, 21, 22, 23, 24, 25, 3]],
+        strict=True,
+    )
+]
+
+
+@pytest.mark.parametrize("method, kwargs", [(SFT, {}), (OTR, {"k": 8}), (OTR, {"k": 8, "force_target": True})])
+def test_a_demonstration_step_in_micro_batches_equals_the_single_pass(method, kwargs):
+    """SFT's and OTR's step over rows of 2 to 11 demonstration tokens: the token mean over the whole
+    step (and OTR's candidates, drawn per row) whatever the micro-batches."""
+    results = []
+    for budget in [MicroBatching(max_tokens=None), *BUDGETS]:
+        torch.manual_seed(0)
+        module = offline(method, micro_batching=budget, **kwargs)
+        loss = module.training_step(Batch(DEMONSTRATION_ROWS), 0)
+        grads = {n: p.grad.clone() for n, p in module.policy.named_parameters() if p.grad is not None}
+        results.append((loss.item(), grads, {k: float(v) for k, v in module.logged.items()}))
+    (whole_loss, whole_grads, whole_metrics), split = results[0], results[1:]
+    assert whole_grads and any(g.abs().sum() > 0 for g in whole_grads.values())
+    assert len(MicroBatching(max_tokens=16).split([3, 5, 2, 4, 3], [2, 11, 4, 2, 7])) >= 3
+    for loss, grads, metrics in split:
+        assert loss == pytest.approx(whole_loss, rel=1e-5, abs=1e-7)
+        for key, grad in grads.items():
+            torch.testing.assert_close(grad, whole_grads[key], rtol=1e-4, atol=1e-6, msg=key)
+        assert metrics == pytest.approx(whole_metrics, rel=1e-5, abs=1e-6)
+    if method is SFT:  # the loss is the token mean over all 26 demonstration tokens, by hand
+        module = offline(SFT)
+        with torch.no_grad():
+            logp_BT, mask_BT = module.demonstration_logp(DEMONSTRATION_ROWS)
+        assert mask_BT.sum() == 26 and whole_metrics["train/tokens"] == 26
+        assert whole_loss == pytest.approx((-(logp_BT * mask_BT).sum() / 26).item(), rel=1e-5)
+
+
+def test_a_demonstration_that_cannot_fit_stops_the_run_at_start_up():
+    rows = [Row(Example([{"role": "user", "content": "q"}], answer="1", source="mine.jsonl:row 3"), [5] * 9, [7] * 8)]
+    with pytest.raises(ValueError, match=r"mine.jsonl:row 3: its prompt of 9 tokens and a completion of up to 8 \(its demonstration\) make 17 tokens"):
+        SFT(model="tiny-random-llama", micro_batching=MicroBatching(max_tokens=16)).check_rows_fit(rows)
+    SFT(model="tiny-random-llama", micro_batching=MicroBatching(max_tokens=17)).check_rows_fit(rows)

@@ -26,18 +26,17 @@ def test_token_mean_nll_empty_mask_is_finite():
     assert loss.item() == 0.0
 
 
-def test_accumulated_micro_batches_give_the_whole_batch_token_mean():
+def test_micro_batches_divided_by_the_steps_tokens_give_its_token_mean():
     # Two micro-batches with 1 and 3 completion tokens. A mean of per-micro-batch means would give
-    # (1/1 + 6/3) / 2 = 1.5; the token mean of the whole batch is (1 + 6) / 4 = 1.75.
+    # (1/1 + 6/3) / 2 = 1.5; the token mean of the whole step is (1 + 6) / 4 = 1.75.
     logp_a = torch.tensor([[-1.0, 0.0, 0.0]], requires_grad=True)
     logp_b = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
     mask_a, mask_b = torch.tensor([[1, 0, 0]]), torch.tensor([[1, 1, 1]])
-    accumulate, window_tokens = 2, 4
     total = 0.0
     for logp, mask in ((logp_a, mask_a), (logp_b, mask_b)):
-        loss, _ = token_mean_nll(logp, mask, num_tokens=window_tokens / accumulate)
-        (loss / accumulate).backward()  # Lightning divides by accumulate_grad_batches
-        total += loss.item() / accumulate
+        loss, _ = token_mean_nll(logp, mask, num_tokens=4)
+        loss.backward()
+        total += loss.item()
     assert math.isclose(total, 1.75)
     # Every token gets the same gradient weight, -1/4, whichever micro-batch it came from.
     assert torch.allclose(logp_a.grad, torch.tensor([[-0.25, 0.0, 0.0]]))

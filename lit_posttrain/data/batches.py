@@ -1,6 +1,6 @@
-"""How the rows reach the steps: the tokenized `Row`, the micro-`Batch` a step gets, shuffled
-micro-batches that know their accumulation window's token count, and a loader whose position in the
-epoch survives a resume."""
+"""How the rows reach the steps: the tokenized `Row`, the `Batch` of rows a step gets (the method
+splits it into micro-batches), shuffled batches, and a loader whose position in the epoch survives
+a resume."""
 
 from __future__ import annotations
 
@@ -25,45 +25,32 @@ class Row:
 
 @dataclass(frozen=True)
 class Batch:
-    """A micro-batch of rows.
-
-    `window_tokens` counts the demonstration tokens of the whole gradient-accumulation window this
-    micro-batch belongs to, summed over every data-parallel rank: what an exact token mean divides by.
-    """
+    """One process's rows of an optimizer step (a training step), or of an evaluation batch."""
 
     rows: list[Row]
-    window_tokens: int
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
-def _completion_tokens(row: Row) -> int:
-    return len(row.completion_ids) if row.completion_ids is not None else 0
-
-
-class MicroBatches(IterableDataset):
-    """Shuffled micro-batches, each annotated with its accumulation window's token count.
-
-    Every rank draws the same permutation (same seed and epoch) and takes its own slice of each
-    global batch, so every rank also knows the global token count of each window without a collective.
-    """
+class Batches(IterableDataset):
+    """Shuffled batches: every rank draws the same permutation (same seed and epoch) and takes its
+    own slice of each global batch of `batch_size x world_size` rows."""
 
     def __init__(
         self,
         rows: list[Row],
         batch_size: int,
-        accumulate: int = 1,
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
         seed: int = 0,
         epoch_fn: Callable[[], int] = lambda: 0,
     ) -> None:
-        self.rows, self.batch_size, self.accumulate = rows, batch_size, accumulate
+        self.rows, self.batch_size = rows, batch_size
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.epoch_fn = shuffle, seed, epoch_fn
-        self.resume_at: tuple[int, int] | None = None  # (epoch, micro-batches trained on), set on resume
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained on), set on resume
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.world_size
@@ -78,31 +65,22 @@ class MicroBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[Batch]:
         # A generator: this runs at the first next(), after Lightning restored a checkpoint, so a
-        # resumed epoch skips the micro-batches it had already trained on. A checkpoint taken at an
+        # resumed epoch skips the batches it had already trained on. A checkpoint taken at an
         # epoch's last batch resumes in the next epoch, which skips nothing.
         epoch = self.epoch_fn()
         skip = self.resume_at[1] if self.resume_at is not None and self.resume_at[0] == epoch else 0
         self.resume_at = None
-        batches = self._global_batches(epoch)
-        index = 0
-        for start in range(0, len(batches), self.accumulate):
-            window = batches[start : start + self.accumulate]
-            window_tokens = sum(_completion_tokens(row) for batch in window for row in batch)
-            for global_rows in window:
-                index += 1
-                if index <= skip:
-                    continue
-                # Round-robin so that a short last batch still gives every rank what it can.
-                mine = global_rows[self.rank :: self.world_size]
-                yield Batch(mine, window_tokens)
+        for global_rows in self._global_batches(epoch)[skip:]:
+            # Round-robin so that a short last batch still gives every rank what it can.
+            yield Batch(global_rows[self.rank :: self.world_size])
 
 
 class ResumableLoader(DataLoader):
     """A loader whose position is saved in Lightning's checkpoints: the epoch and the number of its
-    micro-batches already trained on. On resume the epoch's order is rebuilt from the seed and the
-    epoch and that many micro-batches are skipped, so no example is repeated or lost."""
+    batches already trained on. On resume the epoch's order is rebuilt from the seed and the epoch
+    and that many batches are skipped, so no example is repeated or lost."""
 
-    def __init__(self, dataset: MicroBatches, progress: Callable[[], int]) -> None:
+    def __init__(self, dataset: Batches, progress: Callable[[], int]) -> None:
         super().__init__(dataset, batch_size=None)
         self.progress = progress
 

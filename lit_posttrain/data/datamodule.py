@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.data.batches import MicroBatches, ResumableLoader, Row
+from lit_posttrain.data.batches import Batches, ResumableLoader, Row
 from lit_posttrain.data.task import DataError, Example, Task
 from lit_posttrain.padding import right_pad
 
@@ -92,7 +92,7 @@ class TaskDataModule(L.LightningDataModule):
 
     Args:
         task: the Task whose examples are served (its `train_examples` and `eval_examples`).
-        batch_size: examples per micro-batch on each process.
+        batch_size: examples per optimizer step on each process (prompts, for the on-policy methods); the method splits them into micro-batches (its `micro_batching`) to bound memory.
         max_prompt_tokens: longest prompt, in tokens, after the chat template is applied.
         max_completion_tokens: longest demonstration, in tokens, EOS included.
         overflow: what to do with a row over either limit: "error" stops at start-up naming the row; "truncate" keeps the prompt's end and the demonstration's start; "skip" drops the row. Truncated and skipped rows are counted and logged.
@@ -162,19 +162,18 @@ class TaskDataModule(L.LightningDataModule):
             )  # fmt: skip
         return rows, counts
 
-    def _loader(self, rows: list[Row], batch_size: int, accumulate: int, shuffle: bool) -> DataLoader:
+    def _loader(self, rows: list[Row], batch_size: int, shuffle: bool) -> DataLoader:
         trainer = self.trainer
-        dataset = MicroBatches(
+        dataset = Batches(
             rows,
             batch_size,
-            accumulate=accumulate,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             shuffle=shuffle,
             seed=self.seed,
             epoch_fn=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
         )
-        # batch_size=None: the dataset yields whole micro-batches.
+        # batch_size=None: the dataset yields whole batches.
         # `processed`, not `completed`: ModelCheckpoint saves in on_train_batch_end, after the batch
         # was trained on but before Lightning counts it completed.
         progress = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer else (lambda: 0)
@@ -185,11 +184,10 @@ class TaskDataModule(L.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
-        return self._loader(self.train_rows, self.batch_size, accumulate, self.shuffle)
+        return self._loader(self.train_rows, self.batch_size, self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_rows, self.eval_batch_size, 1, False)
+        return self._loader(self.eval_rows, self.eval_batch_size, False)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -9,10 +9,10 @@ from torch import Tensor
 def token_mean_nll(logp_BT: Tensor, mask_BT: Tensor, num_tokens: float | Tensor | None = None) -> tuple[Tensor, dict]:
     """`-sum(mask * logp) / num_tokens`.
 
-    `num_tokens` defaults to this batch's masked-token count. Under gradient accumulation pass the
-    per-micro-batch share of the whole accumulated batch's count (see
-    `SFT.token_normaliser`): a mean of per-micro-batch means weights a token of a
-    short micro-batch more than a token of a long one, and is not the token mean SFT defines.
+    `num_tokens` defaults to this batch's masked-token count. For a micro-batch of a larger step
+    pass the whole step's count (`SFT.demonstration_backward`): a mean of per-micro-batch means
+    weights a token of a short micro-batch more than a token of a long one, and is not the token
+    mean SFT defines.
 
     Returns the loss and detached metrics: `nll_sum` and `tokens` of this batch (summable across
     batches, so an exact token mean can be reported) and `nll` (this batch's own token mean).

@@ -18,7 +18,6 @@ from lit_posttrain.losses.policy_gradient import PolicyGradientLoss
 from lit_posttrain.measurement import greedy_accuracy
 from lit_posttrain.methods.base import PostTrainingModule
 from lit_posttrain.methods.stepping import MicroBatchedStep
-from lit_posttrain.micro_batching import MicroBatching
 from lit_posttrain.rollout import Rollout
 from lit_posttrain.rollout.source import RolloutSource
 
@@ -33,7 +32,6 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
     Args:
         group_size: completions sampled per prompt.
         rollouts: when rollouts are sampled again and when reused (default: sampled every step, strictly on-policy); checkpointed with the module.
-        micro_batching: how many tokens (rows x padded width) and rows one forward and backward pass holds; the step's gradient is the same for any setting (default: 4,096 tokens).
     """
 
     # Methods whose advantages compare a prompt's completions need at least two of them.
@@ -50,7 +48,6 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
         *args,
         group_size: int = 8,
         rollouts: RolloutSource | None = None,
-        micro_batching: MicroBatching | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -62,30 +59,14 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
             )
         self.group_size = group_size
         self.rollouts = rollouts or RolloutSource()
-        self.micro_batching = micro_batching or MicroBatching()
-        # Each micro-batch runs its own backward pass, so the module steps the optimizer itself.
-        self.automatic_optimization = False
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and datamodule is not None:
-            self.check_rows_fit(datamodule.train_rows)
-
-    def check_rows_fit(self, rows: list[Row]) -> None:
-        """Refuse at start-up a training prompt whose longest possible completion (and, for a
-        method that trains on demonstrations, whose demonstration) would not fit one micro-batch:
-        found mid-run it would stop the run there."""
-        budget = self.engine.max_new_tokens
-        for i, row in enumerate(rows):
-            completion = max(budget, len(row.completion_ids or ()) if self.needs_demonstrations else 0)
-            if not self.micro_batching.fits(len(row.prompt_ids), completion):
-                need = len(row.prompt_ids) + completion
-                raise ValueError(
-                    f"{row.example.source or f'training row {i}'}: its prompt of {len(row.prompt_ids)} tokens and a "
-                    f"completion of up to {completion} (max_new_tokens {budget}) make {need} tokens, more than "
-                    f"micro_batching.max_tokens = {self.micro_batching.max_tokens}: raise it to at least {need}"
-                )
+    def longest_completion(self, row: Row) -> tuple[int, str]:
+        # A sample of up to max_new_tokens, or (a method that also trains on them) the demonstration.
+        sampled = self.engine.max_new_tokens
+        demonstration, bound = super().longest_completion(row)
+        if self.needs_demonstrations and demonstration > sampled:
+            return demonstration, bound
+        return sampled, f"max_new_tokens {sampled}"
 
     # --- the step's rollouts ------------------------------------------------------------------
 

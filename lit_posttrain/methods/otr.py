@@ -5,7 +5,8 @@ Objective, at every demonstration position t with ground-truth token x_t: sample
 tokens a_j from the exploration distribution softmax(logits_t / kappa), reward R_j = 1 if
 a_j = x_t else `wrong_reward`, and minimise
     L_t = -(1/K) * sum_j R_j * log pi(a_j | context_t)          (rewards held constant),
-averaged over every demonstration token of the optimizer step (SFT's exact token mean).
+averaged over every demonstration token of the optimizer step (SFT's exact token mean, a
+micro-batch of rows at a time).
 
 Choices where the paper is silent, each a parameter:
 1. wrong_reward = -0.1 by default (the paper reports "slightly negative" works best, not the value).
@@ -18,10 +19,13 @@ Choices where the paper is silent, each a parameter:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.batches import Batch
+from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.head import map_logits_in_chunks
 from lit_posttrain.logprobs import masked_states
 from lit_posttrain.losses.otr import otr_loss, otr_samples
@@ -45,30 +49,48 @@ class OTR(SFT):
         self.k, self.kappa, self.wrong_reward, self.force_target = k, kappa, wrong_reward, force_target
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        tokens_BT, attention_BT, mask_BT = self.pack_for_training(batch.rows)
-        # What the head reads where a demonstration token is predicted; the logits are made a
-        # chunk of positions at a time (`map_logits_in_chunks`), never all at once.
-        states_NX, head, target_N = masked_states(self.policy, tokens_BT, attention_BT, mask_BT)
-        # Seeded by the run, the step and the micro-batch, not the global RNG: a resumed run draws
-        # the same candidates as the uninterrupted one.
-        generator = torch.Generator(states_NX.device).manual_seed(self.run_seed("batch", batch_idx))
+        loss, metrics = self.demonstration_backward(batch.rows, partial(self.demonstration_loss, batch.rows))
+        self.step_optimizer()
+        metrics.pop("tokens")  # SFT's own metric
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=len(batch), sync_dist=True)
+        return loss
 
-        def draw(logits_CV: Tensor, target_C: Tensor) -> Tensor:
-            return otr_samples(logits_CV, target_C, self.k, self.kappa, self.force_target, generator)
+    def demonstration_loss(self, rows: list[Row], index: list[int], num_tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The summed loss of rows `index` of the step's `rows` over `num_tokens`, and its metrics."""
+        tokens_BT, attention_BT, mask_BT = self.pack_for_training([rows[i] for i in index])
+        # What the head reads where a demonstration token is predicted, in row order; the logits
+        # are made a chunk of positions at a time (`map_logits_in_chunks`), never all at once.
+        states_NX, head, target_N = masked_states(self.policy, tokens_BT, attention_BT, mask_BT)
+        positions_B = mask_BT.sum(-1).tolist()
 
         def position_loss(logits_CV: Tensor, samples_CK: Tensor, target_C: Tensor) -> Tensor:
             return otr_loss(torch.log_softmax(logits_CV, -1), samples_CK, target_C, self.wrong_reward)
 
         # Drawn first, without gradient: a chunk made again in the backward must not draw again.
+        # Each row's from a generator seeded by the run, the step, the process and the row's place
+        # in the step, not the global RNG: the same candidates after a resume, and for any split
+        # of the step into micro-batches.
         with torch.no_grad():
-            samples_NK = map_logits_in_chunks(states_NX, head, draw, target_N)
+            samples = []
+            for i, states_nX, target_n in zip(index, states_NX.split(positions_B), target_N.split(positions_B), strict=True):
+                draw = self.candidate_draw(self.run_seed("otr", self.global_rank, i))
+                samples.append(map_logits_in_chunks(states_nX, head, draw, target_n))
+            samples_NK = torch.cat(samples)
         loss_N = map_logits_in_chunks(states_NX, head, position_loss, samples_NK, target_N)
-        loss = loss_N.sum() / self.token_normaliser(batch.window_tokens)
         with torch.no_grad():
             nll = -map_logits_in_chunks(states_NX, head, target_logp, target_N).mean()
             hit_rate = (samples_NK == target_N[:, None]).float().mean()
-        self.log_dict({"train/otr_loss": loss_N.mean().detach(), "train/nll": nll, "train/sample_hit_rate": hit_rate}, batch_size=len(batch), sync_dist=True)
-        return loss
+        metrics = {"otr_loss": loss_N.mean().detach(), "nll": nll, "sample_hit_rate": hit_rate}
+        return loss_N.sum() / num_tokens, metrics
+
+    def candidate_draw(self, seed: int) -> Callable[[Tensor, Tensor], Tensor]:
+        """Draws `k` candidates per position for a chunk of logits, from a generator seeded once."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+
+        def draw(logits_CV: Tensor, target_C: Tensor) -> Tensor:
+            return otr_samples(logits_CV, target_C, self.k, self.kappa, self.force_target, generator)
+
+        return draw
 
 
 def target_logp(logits_CV: Tensor, target_C: Tensor) -> Tensor:

@@ -2,25 +2,30 @@
 
 Objective: minimise the token-mean negative log-likelihood of the demonstration given the prompt,
     L = -(1 / N) * sum_{b, t in completion} log pi(o_t | q, o_<t),
-with N the number of completion tokens in the whole accumulated batch (all micro-batches, all ranks).
+with N the number of completion tokens of the whole optimizer step (`data.batch_size` rows on each
+process, all processes). The step runs a micro-batch of rows at a time (`micro_batching`: a token
+budget, rows packed longest first), each micro-batch's loss divided by that N.
 
 Departures from common implementations:
 1. The mean is over every completion token of the optimizer step, not a mean of per-micro-batch
-   means: the latter changes with the accumulation setting and weights short examples' tokens more.
+   means: the latter changes with the micro-batch setting and weights short examples' tokens more.
 2. The completion ends with the EOS token and it is trained on: the model learns to stop.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+
+from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lit_posttrain.data.batches import Batch
+from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.methods.stepping import MicroBatchedStep
 
 
-class SFT(PostTrainingModule):
+class SFT(MicroBatchedStep, PostTrainingModule):
     """Supervised fine-tuning on the task's demonstrations (see the module docstring)."""
 
     needs_demonstrations = True
@@ -31,22 +36,32 @@ class SFT(PostTrainingModule):
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        logp_BT, mask_BT = self.demonstration_logp(batch.rows)
-        loss, metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=self.token_normaliser(batch.window_tokens))
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        rows = batch.rows
+
+        def nll(index: list[int], num_tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+            logp_BT, mask_BT = self.demonstration_logp([rows[i] for i in index])
+            loss, metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=num_tokens)
+            return loss, {"nll": metrics["nll"]}
+
+        loss, metrics = self.demonstration_backward(rows, nll)
+        self.step_optimizer()
         self.log("train/nll", metrics["nll"], prog_bar=True, batch_size=len(batch), sync_dist=True)
-        self.log("train/tokens", metrics["tokens"], reduce_fx="sum", batch_size=len(batch), sync_dist=True)
+        self.log("train/tokens", metrics["tokens"], batch_size=len(batch))
         return loss
 
-    def token_normaliser(self, window_tokens: int) -> float:
-        """This micro-batch's share of its accumulation window's token count.
-
-        Lightning divides each micro-batch loss by `accumulate_grad_batches` and data-parallel
-        strategies average gradients over ranks; dividing the summed loss by this share undoes both,
-        so the window's gradient is exactly the token mean over all of its tokens on all ranks.
-        """
-        share = self.trainer.accumulate_grad_batches * self.trainer.world_size
-        return max(window_tokens, 1) / share
+    def demonstration_backward(
+        self, rows: list[Row], loss_of: Callable[[list[int], Tensor], tuple[Tensor, dict[str, Tensor]]]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward and backward of `loss_of(index, num_tokens)` a micro-batch of `rows` (prompt +
+        demonstration) at a time, `num_tokens` the demonstration tokens of the whole step on every
+        process: what each micro-batch's sum divides by for the step's token mean. Returns the loss,
+        and the metrics (token means) with the step's `tokens`."""
+        prompt_B = [len(row.prompt_ids) for row in rows]
+        completion_B = [len(row.completion_ids or ()) for row in rows]
+        num_tokens = self.summed_over_processes([sum(completion_B)])[0].clamp(min=1)
+        loss, metrics = self.backward_in_micro_batches(prompt_B, completion_B, lambda index: loss_of(index, num_tokens))
+        return loss, metrics | {"tokens": num_tokens}
 
     def _held_out_nll(self, batch: Batch, metric: MeanMetric, name: str) -> None:
         logp_BT, mask_BT = self.demonstration_logp(batch.rows)

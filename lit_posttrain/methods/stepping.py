@@ -1,7 +1,7 @@
 """An optimisation step a module runs itself, a micro-batch of rows at a time: the forward and
 backward of each micro-batch (`MicroBatching` packs them) with the loss divided by the whole step's
-counts over every process, then one optimizer step. The on-policy methods take their steps this
-way (Lightning's manual optimisation), so that a step's memory follows its micro-batch."""
+counts over every process, then one optimizer step. Every shipped method takes its steps this way
+(Lightning's manual optimisation), so that a step's memory follows its micro-batch, not its batch."""
 
 from __future__ import annotations
 
@@ -10,17 +10,49 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from lit_posttrain.data.batches import Row
 from lit_posttrain.losses.aggregation import Counts
 from lit_posttrain.micro_batching import MicroBatching
 
 
 class MicroBatchedStep:
-    """A LightningModule mixin, for a module with `automatic_optimization = False` and a
-    `micro_batching: MicroBatching`. Its `training_step` calls `backward_in_micro_batches` (as
-    often as it has losses to add) and then `step_optimizer`; a step that takes no optimizer step
-    is stopped when its batch ends."""
+    """A LightningModule mixin (listed before the module's base class): the module steps its
+    optimizer itself. Its `training_step` calls `backward_in_micro_batches` (as often as it has
+    losses to add) and then `step_optimizer`; a step that takes no optimizer step is stopped when
+    its batch ends. A training row too long for one micro-batch stops the run at start-up.
 
-    micro_batching: MicroBatching
+    Args:
+        micro_batching: how many tokens (rows x padded width) and rows one forward and backward pass holds; the step's gradient is the same for any setting (default: 4,096 tokens).
+    """
+
+    def __init__(self, *args, micro_batching: MicroBatching | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.micro_batching = micro_batching or MicroBatching()
+        # Each micro-batch runs its own backward pass, so the module steps the optimizer itself.
+        self.automatic_optimization = False
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None:
+            self.check_rows_fit(datamodule.train_rows)
+
+    def longest_completion(self, row: Row) -> tuple[int, str]:
+        """The most completion tokens a training step can hold for `row`, and what bounds them."""
+        return len(row.completion_ids or ()), "its demonstration"
+
+    def check_rows_fit(self, rows: list[Row]) -> None:
+        """Refuse at start-up a training row whose prompt and longest completion would not fit one
+        micro-batch: found mid-run it would stop the run there."""
+        for i, row in enumerate(rows):
+            completion, bound = self.longest_completion(row)
+            if not self.micro_batching.fits(len(row.prompt_ids), completion):
+                need = len(row.prompt_ids) + completion
+                raise ValueError(
+                    f"{row.example.source or f'training row {i}'}: its prompt of {len(row.prompt_ids)} tokens and a "
+                    f"completion of up to {completion} ({bound}) make {need} tokens, more than "
+                    f"micro_batching.max_tokens = {self.micro_batching.max_tokens}: raise it to at least {need}"
+                )
 
     def step_counts(self, mask_BT: Tensor) -> Counts:
         """The rows and completion tokens of `mask_BT` summed over every process: what a loss over

@@ -1,5 +1,6 @@
-"""A method's training step run outside a Trainer, fed a prepared rollout: its gradient is left in
-`.grad` and its logged metrics in `.logged`, to be checked against values computed by hand."""
+"""A method's training step run outside a Trainer (an on-policy method's fed a prepared rollout):
+its gradient is left in `.grad` and its logged metrics in `.logged`, to be checked against values
+computed by hand."""
 
 from types import SimpleNamespace
 
@@ -18,26 +19,36 @@ class Prepared(RolloutSource):
         return self.rollout
 
 
-def offline(method, rollout: Rollout, on_step=None, **kwargs):
-    """`method` on the tiny model (float32, groups of 2 unless `kwargs` say), its step fed
-    `rollout` through its rollout source, its logged metrics kept in `.logged`; each optimizer
-    step calls `on_step(module)` (default: nothing, the gradient left in `.grad`)."""
+def offline(method, rollout: Rollout | None = None, on_step=None, **kwargs):
+    """`method` on the tiny model (float32), its logged metrics kept in `.logged`; an on-policy
+    method's step is fed `rollout` through its rollout source (groups of 2 unless `kwargs` say).
+    Each optimizer step calls `on_step(module)` (default: nothing, the gradient left in `.grad`)."""
 
     class Logged(method):
+        logged: dict = {}
+
         def log_rollout_step(self, rollout, metrics, trained_B=None):
             self.logged = metrics
 
-        def manual_backward(self, loss):  # Lightning's needs a Trainer
+        def log(self, name, value, *args, **kwargs):  # Lightning's needs a Trainer
+            self.logged = {**self.logged, name: value}
+
+        def log_dict(self, values, *args, **kwargs):
+            self.logged = {**self.logged, **values}
+
+        def manual_backward(self, loss):
             loss.backward()
 
         def step_optimizer(self, push=True):
             if on_step is not None:
                 on_step(self)
 
-    kwargs = {"model": "tiny-random-llama", "dtype": "float32", "group_size": 2, **kwargs}
-    module = Logged(rollouts=Prepared(rollout), **kwargs)
+    kwargs = {"model": "tiny-random-llama", "dtype": "float32", **kwargs}
+    if rollout is not None:
+        kwargs = {"group_size": 2, "rollouts": Prepared(rollout), **kwargs}
+    module = Logged(**kwargs)
     module.configure_model()
     module._trainer = SimpleNamespace(
-        world_size=1, global_step=0, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t)
+        world_size=1, global_rank=0, global_step=0, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t)
     )
     return module
