@@ -1,11 +1,11 @@
 """HFEngine against VLLMEngine on this machine: sampling speed by completion length, start-up, peak
 memory, thread settings, and a GRPO step (configs/grpo.yaml) with each.
 
-    .venv/bin/python benchmarks/engines.py [--lengths 16 64 256] [--threads 1 2] [--steps 4] [--out runs/engines]
+    .venv/bin/python benchmarks/engines.py [--lengths 16 64 256] [--threads 1 2] [--prompts 8] [--steps 4] [--out runs/engines]
 
 Sampling: the built-in model (`dtype: auto`: float32 without native bf16) samples a group of 8
 completions for each of 8 story prompts (chat template, the prompts benchmarks/throughput.py's
-length sweep uses: the model writes until max_new_tokens), the same prompts and per-prompt seeds
+length sweep uses: the model writes until max_new_tokens; `--prompts` of them), the same prompts and per-prompt seeds
 for both engines, at each completion length. Each (engine, length, threads) runs in a process of
 its own: one untimed warm-up call (4 tokens), then `--repeats` timed calls; reported: the median
 time, generated tokens per second, the engine's start-up (`setup`: for vLLM its engine start, for
@@ -37,7 +37,7 @@ import torch
 from compare_report import write_csv
 from throughput import MODEL, ROOT, STORY_SUBJECTS, markdown_table, matmul_peak, run_cli, summarise
 
-PROMPTS, GROUP = 8, 8
+GROUP = 8
 
 
 def sample_one(spec: dict) -> dict:
@@ -61,17 +61,17 @@ def sample_one(spec: dict) -> dict:
         tokenizer.apply_chat_template(
             [{"role": "user", "content": f"Write a long story about {subject}."}], add_generation_prompt=True, tokenize=False
         )
-        for subject in STORY_SUBJECTS[:PROMPTS]
+        for subject in STORY_SUBJECTS[: spec["prompts"]]
     ]
     prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     start = time.perf_counter()
     engine.setup(module.policy, tokenizer)
     startup_s = time.perf_counter() - start
-    engine.generate(prompt_ids, n=GROUP, seed=list(range(PROMPTS)), max_new_tokens=4)  # warm-up, untimed
+    engine.generate(prompt_ids, n=GROUP, seed=list(range(len(prompt_ids))), max_new_tokens=4)  # warm-up, untimed
     times, generated = [], []
     for _ in range(spec["repeats"]):
         start = time.perf_counter()
-        rollout = engine.generate(prompt_ids, n=GROUP, seed=list(range(PROMPTS)))
+        rollout = engine.generate(prompt_ids, n=GROUP, seed=list(range(len(prompt_ids))))
         times.append(time.perf_counter() - start)
         generated.append(int(rollout.mask_BT.sum()))
     close = getattr(engine, "close", None)
@@ -81,7 +81,7 @@ def sample_one(spec: dict) -> dict:
         "startup_s": startup_s,
         "generate_s": statistics.median(times),
         "generated_tokens": statistics.median(generated),
-        "completion_length": statistics.median(generated) / (PROMPTS * GROUP),
+        "completion_length": statistics.median(generated) / (len(prompt_ids) * GROUP),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
     }
 
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256], help="max_new_tokens settings")
     parser.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts tried for vLLM (HFEngine: the last)")
     parser.add_argument("--repeats", type=int, default=2, help="timed sampling calls per setting")
+    parser.add_argument("--prompts", type=int, default=8, help=f"story prompts per sampling call, {GROUP} samples each")
     parser.add_argument("--steps", type=int, default=4, help="timed GRPO steps per engine (0: skip the GRPO step)")
     parser.add_argument("--warmup", type=int, default=1, help="GRPO steps run first and not timed")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "engines", help="folder for the tables")
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> None:
 
     dtype = resolve_dtype("auto")
     peak = matmul_peak(dtype)
-    specs = [{"engine": "hf", "lora": False, "threads": args.threads[-1], "length": n, "repeats": args.repeats} for n in args.lengths]
-    specs += [{"engine": "vllm", "lora": False, "threads": t, "length": n, "repeats": args.repeats} for t in args.threads for n in args.lengths]
-    specs.append({"engine": "vllm", "lora": True, "threads": args.threads[-1], "length": args.lengths[0], "repeats": args.repeats})
+    calls = {"repeats": args.repeats, "prompts": args.prompts}
+    specs = [{"engine": "hf", "lora": False, "threads": args.threads[-1], "length": n, **calls} for n in args.lengths]
+    specs += [{"engine": "vllm", "lora": False, "threads": t, "length": n, **calls} for t in args.threads for n in args.lengths]
+    specs.append({"engine": "vllm", "lora": True, "threads": args.threads[-1], "length": args.lengths[0], **calls})
     sampling = [run_sample(spec) for spec in specs]
 
     grpo = []
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             grpo.append({"engine": engine, **summarise(run, params, peak)})
     header = (
         f"machine: {os.cpu_count()} CPUs, {str(dtype).removeprefix('torch.')} matmul peak {peak / 1e9:.0f} GFLOP/s; model: "
-        f"{MODEL}; {PROMPTS} prompts x {GROUP} samples per call, median of {args.repeats} timed calls"
+        f"{MODEL}; {args.prompts} prompts x {GROUP} samples per call, median of {args.repeats} timed calls"
     )
     report = [header, markdown_table(sampling, SAMPLE_COLUMNS)]
     if grpo:

@@ -87,15 +87,14 @@ class HPT(OnPolicyModule):
         if n_sft or both:
             # Group g of the rollout answers batch.rows[g] (OnPolicyModule.rollouts_for).
             rows = [batch.rows[g] for g in (sft_G if n_sft else first_G).nonzero().squeeze(-1).tolist()]
-            completion_B = [len(row.completion_ids) for row in rows]
-            tokens = self.summed_over_processes([sum(completion_B) if n_sft else 0])[0].clamp(min=1)
 
-            def sft_loss(index: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+            def sft_loss(index: list[int], num_tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
                 logp_BT, mask_BT = self.demonstration_logp([rows[i] for i in index])
-                value, sft_metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=tokens)
+                value, sft_metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=num_tokens)
                 return (w_sft if n_sft else 0.0) * value, {"sft_nll": sft_metrics["nll"]}
 
-            value, sft_metrics = self.backward_in_micro_batches([len(row.prompt_ids) for row in rows], completion_B, sft_loss)
+            value, sft_metrics = self.demonstration_backward(rows, sft_loss, counted=n_sft > 0)
+            sft_metrics.pop("tokens")
             loss += value
             metrics.update(self._pooled(sft_metrics, n_sft))
         if n_rl or both:

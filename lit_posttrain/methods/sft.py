@@ -14,12 +14,10 @@ Departures from common implementations:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lit_posttrain.data.batches import Batch, Row
+from lit_posttrain.data.batches import Batch
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.methods.base import PostTrainingModule
 from lit_posttrain.methods.stepping import MicroBatchedStep
@@ -49,19 +47,6 @@ class SFT(MicroBatchedStep, PostTrainingModule):
         self.log("train/nll", metrics["nll"], prog_bar=True, batch_size=len(batch), sync_dist=True)
         self.log("train/tokens", metrics["tokens"], batch_size=len(batch))
         return loss
-
-    def demonstration_backward(
-        self, rows: list[Row], loss_of: Callable[[list[int], Tensor], tuple[Tensor, dict[str, Tensor]]]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Forward and backward of `loss_of(index, num_tokens)` a micro-batch of `rows` (prompt +
-        demonstration) at a time, `num_tokens` the demonstration tokens of the whole step on every
-        process: what each micro-batch's sum divides by for the step's token mean. Returns the loss,
-        and the metrics (token means) with the step's `tokens`."""
-        prompt_B = [len(row.prompt_ids) for row in rows]
-        completion_B = [len(row.completion_ids or ()) for row in rows]
-        num_tokens = self.summed_over_processes([sum(completion_B)])[0].clamp(min=1)
-        loss, metrics = self.backward_in_micro_batches(prompt_B, completion_B, lambda index: loss_of(index, num_tokens))
-        return loss, metrics | {"tokens": num_tokens}
 
     def _held_out_nll(self, batch: Batch, metric: MeanMetric, name: str) -> None:
         logp_BT, mask_BT = self.demonstration_logp(batch.rows)

@@ -101,6 +101,23 @@ class MicroBatchedStep:
             weight += tokens
         return total, {key: value / max(weight, 1.0) for key, value in sums.items()}
 
+    def demonstration_backward(
+        self,
+        rows: list[Row],
+        loss_of: Callable[[list[int], Tensor], tuple[Tensor, dict[str, Tensor]]],
+        counted: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`backward_in_micro_batches` over `rows`' prompts and demonstrations: `loss_of(index,
+        num_tokens)` is the loss of rows `index`, `num_tokens` the demonstration tokens of the whole
+        step on every process (what a token mean divides each micro-batch's sum by; this process's
+        are left out of it unless `counted`: rows run with weight 0 for the others' sake). Returns
+        the loss, and the metrics (token means) with the step's `tokens`."""
+        prompt_B = [len(row.prompt_ids) for row in rows]
+        completion_B = [len(row.completion_ids or ()) for row in rows]
+        num_tokens = self.summed_over_processes([sum(completion_B) if counted else 0])[0].clamp(min=1)
+        loss, metrics = self.backward_in_micro_batches(prompt_B, completion_B, lambda index: loss_of(index, num_tokens))
+        return loss, metrics | {"tokens": num_tokens}
+
     def micro_batches(self, prompt_B: Sequence[int], completion_B: Sequence[int]) -> list[tuple[list[int], bool]]:
         """This process's micro-batches (row indices), as many as the process with most has: each
         forward under FSDP, and each backward, is a collective. The extra ones repeat the last and
