@@ -142,6 +142,8 @@ class LitPostTrainCLI(LightningCLI):
                         f"    the last model is the one saved: step {best['step']} scored higher, but on the same "
                         "held-out examples that chose it, which would overstate it"
                     )
+        watch = getattr(self.model, "sampling_watch", None)
+        lines += watch.summary() if watch is not None else []
         lines.append(f"  logs: {Path(log_dir).resolve() if log_dir else '-'}")
         # Charts come with every run; a Plots callback in the config has drawn them already.
         if not any(isinstance(cb, Plots) for cb in trainer.callbacks):

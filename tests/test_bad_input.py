@@ -20,7 +20,7 @@ ROWS = {
     "prompt_is_a_number": ("d.jsonl", '{"prompt": "a?", "completion": "1"}\n{"prompt": 5, "completion": "2"}\n', r"d\.jsonl: row 2: field 'prompt'"),
     "empty_prompt": ("d.jsonl", '{"prompt": "", "completion": "2"}\n', r"row 1: field 'prompt': expected a non-empty string"),
     "blank_prompt": ("d.jsonl", '{"prompt": "   ", "completion": "2"}\n', r"row 1: field 'prompt'"),
-    "completion_is_a_list": ("d.jsonl", '{"prompt": "a?", "completion": ["2"]}\n', r"row 1: field 'completion'"),
+    "completion_is_a_list": ("d.jsonl", '{"prompt": "a?", "completion": ["2"]}\n', r"row 1: field 'completion\[0\]': expected a \{'role', 'content'\} dict"),
     "invalid_json": ("d.jsonl", '{"prompt": "a?", "completion": "1"}\n{"prompt": "b?", \n', r"d\.jsonl: row 2"),
     "undecodable_bytes": ("d.jsonl", b'{"prompt": "a\xff?", "completion": "1"}\n', r"row 1.*(undecodable|UTF-8)"),
     "lone_surrogate": ("d.jsonl", '{"prompt": "a\\ud800?", "completion": "1"}\n', r"row 1: field 'prompt': undecodable"),

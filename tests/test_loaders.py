@@ -169,7 +169,10 @@ MALFORMED = {
     "content not str": ('{"messages": [{"role": "user", "content": 3}]}', "messages[0].content", "got int 3"),
     "no boxed": ('{"problem": "p", "solution": "it is 4"}', "solution", "boxed"),
     "unclosed boxed": ('{"problem": "p", "solution": "\\\\boxed{4"}', "solution", "boxed"),
-    "completion wrong type": ('{"prompt": "p", "completion": ["a"]}', "completion", "got list"),
+    "completion wrong type": ('{"prompt": "p", "completion": 5}', "completion", "got int"),
+    "completion list of text": ('{"prompt": "p", "completion": ["a"]}', "completion[0]", "expected a {'role', 'content'} dict"),
+    "completion two turns": ('{"prompt": "p", "completion": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}', "completion", "expected one assistant turn"),
+    "prompt chat ends with assistant": ('{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}', "prompt", "must end with a user turn"),
 }
 
 
@@ -233,9 +236,9 @@ def test_missing_file_lists_accepted_forms(tmp_path):
         load_examples(str(tmp_path / "nope.jsonl"))
     with pytest.raises(DataError, match="no such file"):
         load_examples("data/train.csv")
-    (tmp_path / "rows.csv").write_text("prompt\nhi\n")
-    with pytest.raises(DataError, match="unsupported file type '.csv'"):
-        load_examples(str(tmp_path / "rows.csv"))
+    (tmp_path / "rows.tsv").write_text("prompt\nhi\n")
+    with pytest.raises(DataError, match="unsupported file type '.tsv'"):
+        load_examples(str(tmp_path / "rows.tsv"))
 
 
 # --- loader options -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from lit_posttrain.data.formats import RowFormat
-from lit_posttrain.data.loaders import load_examples
+from lit_posttrain.data.loaders import check_columns, load_examples
 from lit_posttrain.data.task import DataError, Example, Task
 from lit_posttrain.rewards import ExactMatch, Verifier
 
@@ -24,10 +24,15 @@ class FileTask(Task):
     for MATH-style data, `MathVerifier()`.
 
     Args:
-        train: Training rows: a .jsonl/.json/.parquet file or a hub id owner/name[:config] (split "train").
-        eval: Held-out rows, in the same forms (hub split "test"); split off `train` when None.
+        train: Training rows: a .jsonl/.json/.parquet/.csv file, a glob or a folder of them, a save_to_disk folder, or a hub id owner/name[:config].
+        eval: Held-out rows, in the same forms; split off `train` when None.
         verifier: Scores a completion against a row's answer.
-        format: Row format (PromptCompletion, Messages, GSM8K, MATH); detected from the columns when None.
+        format: Row format (PromptCompletion, Messages, GSM8K, MATH, Verl); detected from the columns when None.
+        columns: Which of your columns fill which field, e.g. {prompt: question, answer: final_answer}; a dotted name reads nested dicts (answer: reward_model.ground_truth).
+        max_samples: Read at most this many rows of each source (before the held-out split).
+        train_split: The split `train` names in a hub dataset or a save_to_disk folder.
+        eval_split: The split `eval` names there.
+        revision: The hub dataset's branch, tag or commit.
         system_prompt: System message prepended to every prompt.
         prompt_template: str.format template applied to the user prompt, with a {prompt} field.
         eval_fraction: Fraction of the training rows held out when `eval` is None.
@@ -47,9 +52,19 @@ class FileTask(Task):
         eval_fraction: float = 0.1,
         seed: int = 0,
         name: str | None = None,
+        columns: dict[str, str] | None = None,
+        max_samples: int | None = None,
+        train_split: str = "train",
+        eval_split: str = "test",
+        revision: str | None = None,
     ) -> None:
         if eval is None and not 0 < eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples must be at least 1 or null, got {max_samples}")
+        check_columns(columns)
+        self.columns, self.max_samples, self.revision = columns, max_samples, revision
+        self.train_split, self.eval_split = train_split, eval_split
         self.train = train
         self.eval = eval
         self.verifier = verifier
@@ -58,8 +73,10 @@ class FileTask(Task):
         self.prompt_template = prompt_template
         self.eval_fraction = eval_fraction
         self.seed = seed
-        # "data/gsm8k.jsonl" -> "gsm8k", "openai/gsm8k:main" -> "gsm8k"
-        self.name = name or re.sub(r"\.(jsonl|json|parquet)$", "", Path(train.split(":")[0]).name)
+        # "data/gsm8k.jsonl" -> "gsm8k", "openai/gsm8k:main" -> "gsm8k", "data/train-*.parquet" -> "train"
+        path = Path(train.split(":")[0])
+        stem = re.sub(r"[-_.]*[*?\[].*$", "", re.sub(r"\.(jsonl|json|parquet|csv)$", "", path.name))
+        self.name = name or stem or path.parent.name or "data"
         self._splits: tuple[list[Example], list[Example]] | None = None
 
     def train_examples(self) -> list[Example]:
@@ -70,11 +87,11 @@ class FileTask(Task):
 
     def _load(self) -> tuple[list[Example], list[Example]]:
         if self._splits is None:
-            train = self._read(self.train, "train")
+            train = self._read(self.train, self.train_split)
             if self.eval is None:
                 train, held_out = self._split(train)
             else:
-                held_out = self._read(self.eval, "test")
+                held_out = self._read(self.eval, self.eval_split)
             self._splits = train, _drop_overlap(train, held_out, self.name)
         return self._splits
 
@@ -85,6 +102,9 @@ class FileTask(Task):
             format=self.format,
             system_prompt=self.system_prompt,
             prompt_template=self.prompt_template,
+            limit=self.max_samples,
+            columns=self.columns,
+            revision=self.revision,
         )
 
     def _split(self, examples: list[Example]) -> tuple[list[Example], list[Example]]:

@@ -13,61 +13,10 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from lit_posttrain.data.fields import check_text, describe, required, scalar_text
 from lit_posttrain.data.task import DataError, Example, Message
 
 ROLES = ("system", "user", "assistant")
-
-
-def describe(value: Any) -> str:
-    """`int 5`, `bytes b'\\xff'`: the type and a truncated repr, for error messages."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-def check_text(value: Any, where: str, field: str, *, allow_blank: bool = False) -> str:
-    """`value` as a string, or a `DataError` naming `where` and `field`."""
-    expected = "a string" if allow_blank else "a non-empty string"
-    if isinstance(value, bytes):
-        # Parquet hands back string columns that hold invalid UTF-8 as bytes.
-        raise DataError(
-            f"{where}: field {field!r}: expected {expected}, got {describe(value)} (undecodable text?)"
-        )
-    if not isinstance(value, str) or (not allow_blank and not value.strip()):
-        raise DataError(f"{where}: field {field!r}: expected {expected}, got {describe(value)}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        # A JSON "\ud800" escape decodes to a lone surrogate, which no tokenizer can encode.
-        raise DataError(
-            f"{where}: field {field!r}: undecodable text ({err.reason} at character {err.start})"
-        ) from None
-    return value
-
-
-def _required(row: dict, field: str, where: str) -> Any:
-    # Loaders that build a table (datasets) fill a column absent from a row with None, so a null
-    # and a missing key are the same error.
-    value = row.get(field)
-    if value is None:
-        present = ", ".join(str(k) for k, v in row.items() if v is not None) or "no fields"
-        raise DataError(f"{where}: field {field!r}: missing or null (the row has: {present})")
-    return value
-
-
-def _optional_text(row: dict, field: str, where: str) -> str | None:
-    value = row.get(field)
-    return None if value is None else check_text(value, where, field)
-
-
-def _answer_column(row: dict, where: str) -> str | None:
-    """The optional `answer` column. Integers are accepted because many datasets store numeric
-    answers as numbers; the verifiers compare strings."""
-    value = row.get("answer")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return _optional_text(row, "answer", where)
 
 
 class RowFormat:
@@ -98,18 +47,29 @@ class RowFormat:
 
 
 class PromptCompletion(RowFormat):
-    """`prompt` (non-empty string), optional `completion` (the demonstration) and optional `answer`
-    (what the verifier compares against; defaults to the completion)."""
+    """`prompt`, optional `completion` (the demonstration) and optional `answer` (what the verifier
+    compares against, any scalar; defaults to the completion). As TRL's datasets have them: the
+    prompt a string or a chat (a list of `{"role", "content"}` turns ending with a user turn), the
+    completion a string or a list of one assistant turn."""
 
     columns = ("prompt",)
     optional = ("completion", "answer")
 
     def to_example(self, row: dict, where: str) -> Example:
-        prompt = check_text(_required(row, "prompt", where), where, "prompt")
-        completion = _optional_text(row, "completion", where)
-        answer = _answer_column(row, where)
+        messages = prompt_turns(required(row, "prompt", where), where, "prompt")
+        completion = row.get("completion")
+        if isinstance(completion, list):
+            turns = chat_turns(completion, where, "completion")
+            if [t["role"] for t in turns] != ["assistant"]:
+                raise DataError(
+                    f"{where}: field 'completion': expected one assistant turn, got roles {[t['role'] for t in turns]}"
+                )
+            completion = check_text(turns[0]["content"], where, "completion[0].content")
+        elif completion is not None:
+            completion = check_text(completion, where, "completion")
+        answer = scalar_text(row.get("answer"), where, "answer")
         return Example(
-            messages=[{"role": "user", "content": prompt}],
+            messages=messages,
             answer=completion if answer is None else answer,
             demonstration=completion,
             source=where,
@@ -126,17 +86,12 @@ class Messages(RowFormat):
     optional = ("answer",)
 
     def to_example(self, row: dict, where: str) -> Example:
-        chat = self._chat(_required(row, "messages", where), where)
+        chat = chat_turns(required(row, "messages", where), where, "messages")
         demonstration = None
         if chat[-1]["role"] == "assistant":
             demonstration = check_text(chat.pop()["content"], where, f"messages[{len(chat)}].content")
-        if not chat or chat[-1]["role"] != "user":
-            raise DataError(
-                f"{where}: field 'messages': the prompt must end with a user turn, "
-                f"got roles {[m['role'] for m in chat]}"
-            )
-        check_text(chat[-1]["content"], where, f"messages[{len(chat) - 1}].content")
-        answer = _answer_column(row, where)
+        check_prompt(chat, where, "messages")
+        answer = scalar_text(row.get("answer"), where, "answer")
         return Example(
             messages=chat,
             answer=demonstration if answer is None else answer,
@@ -145,32 +100,57 @@ class Messages(RowFormat):
             metadata=self._metadata(row),
         )
 
-    @staticmethod
-    def _chat(value: Any, where: str) -> list[Message]:
-        if not isinstance(value, list) or not value:
-            raise DataError(
-                f"{where}: field 'messages': expected a non-empty list of "
-                f"{{'role', 'content'}} dicts, got {describe(value)}"
-            )
-        chat: list[Message] = []
-        for i, message in enumerate(value):
-            field = f"messages[{i}]"
-            if not isinstance(message, dict):
-                raise DataError(
-                    f"{where}: field {field!r}: expected a {{'role', 'content'}} dict, "
-                    f"got {describe(message)}"
-                )
-            role = message.get("role")
-            if role not in ROLES:
-                raise DataError(
-                    f"{where}: field '{field}.role': expected one of {', '.join(ROLES)}, got {describe(role)}"
-                )
-            if role == "system" and i > 0:
-                raise DataError(f"{where}: field '{field}.role': a system turn is only allowed first")
-            # Empty earlier turns are legal chat; the turns that matter are checked by the caller.
-            content = check_text(message.get("content"), where, f"{field}.content", allow_blank=True)
-            chat.append({"role": role, "content": content})
-        return chat
+
+class Verl(RowFormat):
+    """verl's RL layout (its parquet files): `prompt` a chat (or a string), `reward_model` a dict
+    whose `ground_truth` is the answer; `data_source`, `ability` and `extra_info` are kept in the
+    example's metadata. No demonstration."""
+
+    columns = ("prompt", "reward_model")
+
+    def to_example(self, row: dict, where: str) -> Example:
+        messages = prompt_turns(required(row, "prompt", where), where, "prompt")
+        reward_model = required(row, "reward_model", where)
+        if not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
+            raise DataError(f"{where}: field 'reward_model.ground_truth': missing (got reward_model {describe(reward_model)})")
+        answer = scalar_text(reward_model["ground_truth"], where, "reward_model.ground_truth")
+        return Example(messages=messages, answer=answer, source=where, metadata=self._metadata(row))
+
+
+def chat_turns(value: Any, where: str, field: str) -> list[Message]:
+    """`value` as a chat: a non-empty list of `{"role", "content"}` dicts, roles system, user or
+    assistant, a system turn only first."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field {field!r}: expected a non-empty list of {{'role', 'content'}} dicts, got {describe(value)}")
+    chat: list[Message] = []
+    for i, message in enumerate(value):
+        turn = f"{field}[{i}]"
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: field {turn!r}: expected a {{'role', 'content'}} dict, got {describe(message)}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise DataError(f"{where}: field '{turn}.role': expected one of {', '.join(ROLES)}, got {describe(role)}")
+        if role == "system" and i > 0:
+            raise DataError(f"{where}: field '{turn}.role': a system turn is only allowed first")
+        # Empty earlier turns are legal chat; the turns that matter are checked by the caller.
+        content = check_text(message.get("content"), where, f"{turn}.content", allow_blank=True)
+        chat.append({"role": role, "content": content})
+    return chat
+
+
+def check_prompt(chat: list[Message], where: str, field: str) -> list[Message]:
+    """A prompt ends with the user turn the model answers, and that turn says something."""
+    if not chat or chat[-1]["role"] != "user":
+        raise DataError(f"{where}: field {field!r}: the prompt must end with a user turn, got roles {[m['role'] for m in chat]}")
+    check_text(chat[-1]["content"], where, f"{field}[{len(chat) - 1}].content")
+    return chat
+
+
+def prompt_turns(value: Any, where: str, field: str) -> list[Message]:
+    """A prompt given as a string (one user turn) or as a chat."""
+    if isinstance(value, list):
+        return check_prompt(chat_turns(value, where, field), where, field)
+    return [{"role": "user", "content": check_text(value, where, field)}]
 
 
 _GSM8K_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -187,8 +167,8 @@ class GSM8K(RowFormat):
     columns = ("question", "answer")
 
     def to_example(self, row: dict, where: str) -> Example:
-        question = check_text(_required(row, "question", where), where, "question")
-        solution = check_text(_required(row, "answer", where), where, "answer")
+        question = check_text(required(row, "question", where), where, "question")
+        solution = check_text(required(row, "answer", where), where, "answer")
         _, marker, final = solution.rpartition("####")
         if not marker:
             raise DataError(f"{where}: field 'answer': no '#### <number>' line at the end (GSM8K format)")
@@ -229,8 +209,8 @@ class MATH(RowFormat):
     columns = ("problem", "solution")
 
     def to_example(self, row: dict, where: str) -> Example:
-        problem = check_text(_required(row, "problem", where), where, "problem")
-        solution = check_text(_required(row, "solution", where), where, "solution")
+        problem = check_text(required(row, "problem", where), where, "problem")
+        solution = check_text(required(row, "solution", where), where, "solution")
         answer = last_boxed(solution)
         if answer is None or not answer.strip():
             raise DataError(f"{where}: field 'solution': no complete, non-empty \\boxed{{...}} answer")
@@ -243,16 +223,18 @@ class MATH(RowFormat):
         )
 
 
-DEFAULT_FORMATS: tuple[RowFormat, ...] = (PromptCompletion(), Messages(), GSM8K(), MATH())
+DEFAULT_FORMATS: tuple[RowFormat, ...] = (PromptCompletion(), Messages(), GSM8K(), MATH(), Verl())
 
 
 def detect_format(
     column_names: Sequence[str], where: str, formats: Sequence[RowFormat] = DEFAULT_FORMATS
 ) -> RowFormat:
-    """The one format whose required columns are all present; a `DataError` otherwise."""
+    """The format whose required columns are all present, the most specific where several are
+    (verl's `prompt` + `reward_model` over a plain `prompt`); a `DataError` otherwise."""
     found = [f for f in formats if f.matches(column_names)]
-    if len(found) == 1:
-        return found[0]
+    widest = [f for f in found if all(set(g.columns) <= set(f.columns) for g in found)]
+    if len(widest) == 1:
+        return widest[0]
     problem = "no format matches" if not found else f"several formats match ({', '.join(map(repr, found))})"
     known = "; ".join(f"{f!r}: {f.describe_columns()}" for f in formats)
     raise DataError(

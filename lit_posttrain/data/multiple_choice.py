@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lit_posttrain.data.formats import check_text, describe
-from lit_posttrain.data.loaders import read_rows
+from lit_posttrain.data.fields import check_text, describe
+from lit_posttrain.data.sources import read_rows
 from lit_posttrain.data.task import DataError
 
 BUILTIN_PROBES = {"general_knowledge": Path(__file__).parent / "probes" / "general_knowledge.jsonl"}

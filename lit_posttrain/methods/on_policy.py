@@ -20,6 +20,7 @@ from lit_posttrain.methods.base import PostTrainingModule
 from lit_posttrain.methods.stepping import MicroBatchedStep
 from lit_posttrain.rollout import Rollout
 from lit_posttrain.rollout.source import RolloutSource
+from lit_posttrain.rollout.watch import SamplingWatch
 
 
 class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
@@ -32,6 +33,7 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
     Args:
         group_size: completions sampled per prompt.
         rollouts: when rollouts are sampled again and when reused (default: sampled every step, strictly on-policy); checkpointed with the module.
+        truncation_warning: the share of a step's completions cut at max_new_tokens above which the run says so on the console, once (1.0: never).
     """
 
     # Methods whose advantages compare a prompt's completions need at least two of them.
@@ -48,6 +50,7 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
         *args,
         group_size: int = 8,
         rollouts: RolloutSource | None = None,
+        truncation_warning: float = 0.25,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -59,6 +62,7 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
             )
         self.group_size = group_size
         self.rollouts = rollouts or RolloutSource()
+        self.sampling_watch = SamplingWatch(truncation_warning)
 
     def longest_completion(self, row: Row) -> tuple[int, str]:
         # A sample of up to max_new_tokens, or (a method that also trains on them) the demonstration.
@@ -225,6 +229,9 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
             self.log("reward", values["train/reward"], prog_bar=True, batch_size=len(rollout), logger=False)
         # sync_dist: every logged number is the mean over all processes, not rank 0's share.
         self.log_dict(values, batch_size=len(rollout), sync_dist=True)
+        if self.global_rank == 0:
+            step = getattr(self, "_steps_before_batch", self.trainer.global_step)  # the batch's first optimizer step
+            self.sampling_watch.update(step, rollout.truncated_B, rollout.reward_B, self.engine.max_new_tokens)
 
     # --- held-out accuracy --------------------------------------------------------------------
 
