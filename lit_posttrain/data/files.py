@@ -11,6 +11,7 @@ from lit_posttrain.data.formats import RowFormat
 from lit_posttrain.data.loaders import check_columns, load_examples
 from lit_posttrain.data.task import DataError, Example, Task
 from lit_posttrain.rewards import ExactMatch, Verifier
+from lit_posttrain.rewards.functions import Reward
 
 
 class FileTask(Task):
@@ -33,6 +34,7 @@ class FileTask(Task):
         train_split: The split `train` names in a hub dataset or a save_to_disk folder.
         eval_split: The split `eval` names there.
         revision: The hub dataset's branch, tag or commit.
+        rewards: The training reward as a weighted sum of parts (Verified, TRLReward, VerlScore from lit_posttrain.rewards.functions), each part's mean logged as train/rewards/<name>; by default the verifier's score. Held-out accuracy stays the verifier's.
         system_prompt: System message prepended to every prompt.
         prompt_template: str.format template applied to the user prompt, with a {prompt} field.
         eval_fraction: Fraction of the training rows held out when `eval` is None.
@@ -57,6 +59,7 @@ class FileTask(Task):
         train_split: str = "train",
         eval_split: str = "test",
         revision: str | None = None,
+        rewards: list[Reward] | None = None,
     ) -> None:
         if eval is None and not 0 < eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
@@ -65,6 +68,10 @@ class FileTask(Task):
         check_columns(columns)
         self.columns, self.max_samples, self.revision = columns, max_samples, revision
         self.train_split, self.eval_split = train_split, eval_split
+        names = [part.name for part in rewards or ()]
+        if len(set(names)) < len(names):
+            raise ValueError(f"rewards: each part needs its own name (`name:`), got {names}")
+        self.rewards = tuple(rewards or ())
         self.train = train
         self.eval = eval
         self.verifier = verifier

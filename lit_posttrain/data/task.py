@@ -41,6 +41,9 @@ class Task:
 
     name: str = "task"
     verifier: Verifier
+    # The training reward's weighted parts (`lit_posttrain.rewards.functions`: verifiers, TRL reward
+    # functions, verl's compute_score); empty: the task's own `reward`, its verifier's score.
+    rewards: Sequence = ()
 
     def train_examples(self) -> Sequence[Example]:
         raise NotImplementedError
@@ -59,8 +62,25 @@ class Task:
                 "in prompt/completion rows or a final assistant turn in `messages` rows"
             )
 
+    def reward_parts(self) -> list:
+        """The parts the training reward sums, each `weight` times `part(completion, example)`,
+        its mean logged under its `name` where the task lists them (`rewards`)."""
+        return list(self.rewards) or [_OwnReward(self)]
+
     def reward(self, prompt: list[Message], completion: str, answer: str | None) -> float:
         """Score one completion. `prompt` is accepted so that prompt-aware rewards can subclass."""
         if answer is None:
             raise DataError(f"task {self.name!r} has no answer for prompt {prompt!r}: cannot score it")
         return float(self.verifier(completion, answer))
+
+
+class _OwnReward:
+    """A task's own `reward` as the one part of its training reward."""
+
+    name, weight = "reward", 1.0
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def __call__(self, completion: str, example: Example) -> float:
+        return self.task.reward(example.messages, completion, example.answer)

@@ -248,10 +248,12 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
 def reward_statistics(rollout: Rollout) -> dict[str, Tensor]:
     reward_B, group_B = rollout.reward_B.cpu(), rollout.group_B.cpu()
     max_G, min_G = group_reduce(reward_B, group_B, "amax"), group_reduce(reward_B, group_B, "amin")
+    parts = {f"train/rewards/{name}": score_B.float().mean() for name, score_B in (rollout.reward_parts or {}).items()}
     return {
         "train/reward": reward_B.mean(),
         "train/reward_std": reward_B.std() if len(reward_B) > 1 else torch.tensor(0.0),
         "train/zero_variance_groups": (max_G == min_G).float().mean(),
+        **parts,
     }
 
 

@@ -42,16 +42,18 @@ class EngineSession:
         if task is None:
             return rollout
         start = time.perf_counter()
-        reward_B = torch.tensor(
-            self.scorer(
-                [
-                    functools.partial(task.reward, rows[g].example.messages, text, rows[g].example.answer)
-                    for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
-                ]
-            )
-        )
+        parts = task.reward_parts()
+        # Every part of every completion is its own guarded call: one that fails scores that part 0.
+        calls = [
+            functools.partial(part, text, rows[g].example)
+            for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
+            for part in parts
+        ]
+        score_BP = torch.tensor(self.scorer(calls), dtype=torch.float32).view(len(rollout), len(parts))
+        reward_B = score_BP @ torch.tensor([float(part.weight) for part in parts])
         rollout.timing["score_s"] = time.perf_counter() - start
-        return rollout.with_rewards(reward_B)
+        named = {part.name: score_BP[:, p] for p, part in enumerate(parts)} if task.rewards else None
+        return rollout.with_rewards(reward_B, named)
 
     def push(self, policy: torch.nn.Module) -> float | None:
         """Give a started engine the policy's current weights (vLLM's copy, or HFEngine's merged

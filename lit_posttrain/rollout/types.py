@@ -24,6 +24,7 @@ class Rollout:
     `reward_B` is filled in by scoring (`with_rewards`); `age_B` counts optimizer steps since a
     row was sampled (0: sampled by the current weights). `old_logp_BT`, where a step takes several
     optimizer steps on one rollout batch, holds the trainer's log-probs before the first: pi_old.
+    `reward_parts` holds each part's score per row where a task's reward has named parts.
     """
 
     tokens_BT: Tensor
@@ -39,6 +40,7 @@ class Rollout:
     age_B: Tensor | None = None
     timing: dict[str, float] = field(default_factory=dict)
     old_logp_BT: Tensor | None = None
+    reward_parts: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return self.tokens_BT.shape[0]
@@ -61,8 +63,8 @@ class Rollout:
     def from_state_dict(cls, state: dict) -> Rollout:
         return cls(**state)
 
-    def with_rewards(self, reward_B: Tensor) -> Rollout:
-        return dataclasses.replace(self, reward_B=reward_B.to(self.tokens_BT.device, torch.float32))
+    def with_rewards(self, reward_B: Tensor, parts: dict[str, Tensor] | None = None) -> Rollout:
+        return dataclasses.replace(self, reward_B=reward_B.to(self.tokens_BT.device, torch.float32), reward_parts=parts)
 
     def select(self, index: Sequence[int]) -> Rollout:
         """The rows in `index`, trimmed to the widest remaining prompt and completion."""
@@ -81,6 +83,7 @@ class Rollout:
                 age_B=None if self.age_B is None else self.age_B[idx],
                 timing={},  # the time spent producing them belongs to the whole batch
                 old_logp_BT=None if self.old_logp_BT is None else self.old_logp_BT[idx],
+                reward_parts=None if self.reward_parts is None else {k: v[idx] for k, v in self.reward_parts.items()},
             )
         )
 
@@ -133,6 +136,7 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
     has_rewards = all(r.reward_B is not None for r in rollouts)
     has_age = all(r.age_B is not None for r in rollouts)
     has_old = all(r.old_logp_BT is not None for r in rollouts)
+    has_parts = all(r.reward_parts is not None and r.reward_parts.keys() == rollouts[0].reward_parts.keys() for r in rollouts)
     return Rollout(
         tokens_BT=stack("tokens_BT", pad_id),
         attention_BT=stack("attention_BT", 0),
@@ -147,4 +151,5 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
         age_B=torch.cat([r.age_B for r in rollouts]) if has_age else None,
         timing={k: sum(r.timing.get(k, 0.0) for r in rollouts) for k in rollouts[0].timing},
         old_logp_BT=stack("old_logp_BT", 0.0) if has_old else None,
+        reward_parts={k: torch.cat([r.reward_parts[k] for r in rollouts]) for k in rollouts[0].reward_parts} if has_parts else None,
     )
