@@ -106,6 +106,9 @@ def test_sft_in_micro_batches_gives_the_gradient_of_one_pass(in_tmp):
         cli.trainer.fit(cli.model, cli.datamodule)
         lengths = [len(r.completion_ids) for r in cli.datamodule.train_rows[:4]]
         assert len(set(lengths)) > 1, "rows of different lengths are what makes a mean of means wrong"
+        # The logged gradient norm is the norm of the gradient the step used.
+        (logged,) = metric_column(Path(cli.trainer.log_dir) / "metrics.csv", "train/grad_norm")
+        assert logged == pytest.approx(torch.cat([g.flatten() for g in grads.values()]).norm().item(), rel=1e-5)
         return dict(grads)
 
     one_pass = run()

@@ -34,8 +34,17 @@ def test_grpo_mean_reward_rises_and_weights_change(tiny_model_dir):
     after = load_file(Path(cli.trainer.log_dir) / "hf_model" / "model.safetensors")
     assert all(not torch.equal(before[k], after[k]) for k in before)
     for name in ("train/reward_std", "train/zero_variance_groups", "train/clip_fraction", "train/completion_length",
-                 "train/truncated", "time/generate_s", "time/score_s", "time/loss_forward_s", "time/backward_step_s", "time/sync_s"):  # fmt: skip
-        assert column(cli, name), name
+                 "train/truncated", "time/generate_s", "time/score_s", "time/loss_forward_s", "time/backward_step_s", "time/sync_s",
+                 "train/clip_fraction_low", "train/clip_fraction_high", "train/completion_length_min", "train/completion_length_max",
+                 "train/terminated", "train/entropy", "train/grad_norm", "train/lr"):  # fmt: skip
+        assert len(column(cli, name)) == 30, name
+    assert all(0 < lo <= mean <= hi <= 4 for lo, mean, hi in zip(*(column(cli, f"train/completion_length{s}") for s in ("_min", "", "_max")), strict=True))
+    assert all(t + c == pytest.approx(1) for t, c in zip(column(cli, "train/truncated"), column(cli, "train/terminated"), strict=True))
+    assert all(x > 0 for x in column(cli, "train/entropy"))
+    # Zero once every group's rewards are equal (no advantage, no gradient), not before.
+    grad_norm = column(cli, "train/grad_norm")
+    assert all(x >= 0 for x in grad_norm) and all(x > 0 for x in grad_norm[:3]), grad_norm
+    assert column(cli, "train/lr")[-1] == pytest.approx(cli.model.optimizers().param_groups[0]["lr"])
 
 
 def test_grpo_with_kl_lora_and_reused_rollouts():

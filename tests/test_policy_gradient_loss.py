@@ -145,6 +145,8 @@ def test_dual_clip_hand_computed_against_verls_formula():
     loss, metrics = loss_fn(logp_BT, torch.ones(3, 1), adv_B=adv_B, old_logp_BT=old_BT)
     assert loss.item() == pytest.approx((3.0 + 2.0 - 1.2) / 3)
     assert metrics["clip_fraction"].item() == pytest.approx(2 / 3)
+    # Both clipped tokens are above 1 + eps (the dual clip's at ratio 4 > c, PPO's at 4 > 1.2).
+    assert (metrics["clip_fraction_low"].item(), metrics["clip_fraction_high"].item()) == (0.0, pytest.approx(2 / 3))
     (grad,) = torch.autograd.grad(loss, logp_BT)
     assert torch.allclose(grad, torch.tensor([[0.0], [2.0 / 3], [0.0]]))  # d(-A ratio)/dlogp = -A ratio, over 3 tokens
 
@@ -340,3 +342,13 @@ def test_sampler_mismatch_hand_computed_on_the_masked_tokens():
     assert metrics["sampler_kl"].item() == pytest.approx(((2 - math.log(2) - 1) + (0.5 + math.log(2) - 1)) / 2)
     same = sampler_mismatch(OLD_P.log(), OLD_P.log(), mask_BT)
     assert same["sampler_abs_diff"].item() == 0 and same["sampler_kl"].item() == 0
+
+
+def test_clip_fractions_say_which_side_was_clipped():
+    """Ratios 0.5, 0.5, 2, 2 (eps 0.2): A = -1 at 0.5 and A = +1 at 2 are clipped, below and above;
+    A = +1 at 0.5 and A = -1 at 2 keep their gradient."""
+    logp_BT = torch.zeros(4, 1)
+    old_BT = torch.log(torch.tensor([[2.0], [2.0], [0.5], [0.5]]))
+    adv_B = torch.tensor([-1.0, 1.0, 1.0, -1.0])
+    _, metrics = grpo_preset()(logp_BT, torch.ones(4, 1), adv_B=adv_B, old_logp_BT=old_BT)
+    assert [metrics[k].item() for k in ("clip_fraction", "clip_fraction_low", "clip_fraction_high")] == [0.5, 0.25, 0.25]

@@ -220,7 +220,15 @@ class PolicyGradientLoss:
         # clipped surrogate exactly) but carries no gradient.
         surrogate_BT = torch.where(keep_BT, ratio_BT * adv_BT, (clipped_BT * adv_BT).detach())
         loss_BT = -surrogate_BT
-        metrics = {"clip_fraction": ((~keep_BT).to(logp_BT.dtype) * mask_BT).sum() / tokens}
+        dropped_BT = (~keep_BT).to(logp_BT.dtype) * mask_BT
+        # Which side: below 1 - eps_low (A < 0 pushing the ratio down), or above 1 + eps_high (A > 0;
+        # and the dual clip's, A < 0 above ratio_c).
+        below_BT = (ratio_BT.detach() < 1).to(logp_BT.dtype)
+        metrics = {
+            "clip_fraction": dropped_BT.sum() / tokens,
+            "clip_fraction_low": (dropped_BT * below_BT).sum() / tokens,
+            "clip_fraction_high": (dropped_BT * (1 - below_BT)).sum() / tokens,
+        }
         if self.sampler_correction is not None:
             if old_logp_BT is None or sampler_logp_BT is None:
                 raise ValueError("a sampler correction needs old_logp_BT (the trainer's) and sampler_logp_BT (the engine's)")

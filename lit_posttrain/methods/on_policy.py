@@ -215,9 +215,15 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
         """Log the rollouts' statistics with the step's `metrics` (its tokens and time are logged
         by the base module when the step ends)."""
         trained_B = torch.ones(len(rollout), dtype=torch.bool) if trained_B is None else trained_B.cpu()
+        lengths_B = rollout.completion_lengths_B.float()
+        mask_BT = rollout.mask_BT.float()
         values = {
-            "train/completion_length": rollout.completion_lengths_B.float().mean(),
+            "train/completion_length": lengths_B.mean(),
             "train/truncated": rollout.truncated_B.float().mean(),
+            "train/terminated": 1 - rollout.truncated_B.float().mean(),  # ended with EOS
+            # -log p of the sampled tokens under the sampler: an estimate of the sampling
+            # distribution's entropy per token, taken without the full-vocabulary logits.
+            "train/entropy": -(rollout.logp_BT.float() * mask_BT).sum() / mask_BT.sum().clamp(min=1),
             "train/rows_trained": trained_B.float().mean(),
             **{f"train/{k}": v for k, v in metrics.items()},
         }
@@ -229,6 +235,9 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
             self.log("reward", values["train/reward"], prog_bar=True, batch_size=len(rollout), logger=False)
         # sync_dist: every logged number is the mean over all processes, not rank 0's share.
         self.log_dict(values, batch_size=len(rollout), sync_dist=True)
+        # The shortest and longest over every process, not a mean of each one's.
+        self.log("train/completion_length_min", lengths_B.min(), batch_size=len(rollout), sync_dist=True, reduce_fx="min")
+        self.log("train/completion_length_max", lengths_B.max(), batch_size=len(rollout), sync_dist=True, reduce_fx="max")
         if self.global_rank == 0:
             step = getattr(self, "_steps_before_batch", self.trainer.global_step)  # the batch's first optimizer step
             self.sampling_watch.update(step, rollout.truncated_B, rollout.reward_B, self.engine.max_new_tokens)
