@@ -77,17 +77,19 @@ def greedy_accuracy(module, rows: list[Row], task: Task | None = None, batch_siz
 # --- forgetting probes ----------------------------------------------------------------------------
 
 
-def question_row(item: MultipleChoiceItem, tokenizer, chat_template: bool = True) -> Row:
+def question_row(item: MultipleChoiceItem, tokenizer, chat_template: bool | str = True, template_kwargs: dict | None = None) -> Row:
     """The item's question as a user turn, tokenized as a prompt."""
     example = Example([{"role": "user", "content": item.question}], source=item.source)
-    return Row(example, tokenize_prompt(tokenizer, example, chat_template), None)
+    return Row(example, tokenize_prompt(tokenizer, example, chat_template, template_kwargs), None)
 
 
-def choice_rows(items: list[MultipleChoiceItem], tokenizer, chat_template: bool = True) -> list[Row]:
+def choice_rows(
+    items: list[MultipleChoiceItem], tokenizer, chat_template: bool | str = True, template_kwargs: dict | None = None
+) -> list[Row]:
     """One row per (item, choice): the question as a user turn, the choice as the reply to score."""
     rows = []
     for item in items:
-        question = question_row(item, tokenizer, chat_template)
+        question = question_row(item, tokenizer, chat_template, template_kwargs)
         for choice in item.choices:
             rows.append(Row(question.example, question.prompt_ids, tokenizer(choice, add_special_tokens=False)["input_ids"]))
     return rows

@@ -85,8 +85,8 @@ class ForgettingProbes(EveryNSteps):
         if self._prepared:
             return
         self._prepared = True
-        chat = _chat_template(trainer)
-        self._rows = {name: choice_rows(items, module.tokenizer, chat) for name, items in self.sets.items()}
+        chat, kwargs = _prompt_format(trainer)
+        self._rows = {name: choice_rows(items, module.tokenizer, chat, kwargs) for name, items in self.sets.items()}
         if self._kl_rollouts:  # restored from a checkpoint
             self._kl_rollouts = {name: r.to(module.device) for name, r in self._kl_rollouts.items()}
             return
@@ -147,11 +147,11 @@ class ForgettingProbes(EveryNSteps):
         rank_zero_info(f"step {result['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in logged.items() if not k.startswith("time/")))
 
     def fingerprint(self, trainer: L.Trainer, module) -> dict:
-        chat = _chat_template(trainer)
+        chat, kwargs = _prompt_format(trainer)
         sets = {name: digest([[item.question, list(item.choices), item.answer] for item in items]) for name, items in self.sets.items()}
         fingerprint = super().fingerprint(trainer, module) | {
             "sets": sets,
-            "settings": [chat, self.kl_prompts, self.kl_max_new_tokens, self.batch_size],
+            "settings": [chat, self.kl_prompts, self.kl_max_new_tokens, self.batch_size, *([kwargs] if kwargs else [])],
         }
         if self.task_kl_prompts:  # only then: an older cache without task prompts stays valid
             fingerprint["task_prompts"] = digest([row.prompt_ids for row in self._task_prompts(trainer)])
@@ -166,9 +166,11 @@ class ForgettingProbes(EveryNSteps):
         self._write_history(trainer)
 
 
-def _chat_template(trainer: L.Trainer) -> bool:
-    """Whether the probes' questions go through the chat template: as the run's data does."""
-    return trainer.datamodule.chat_template if trainer.datamodule is not None else True
+def _prompt_format(trainer: L.Trainer) -> tuple[bool | str, dict]:
+    """Whether the probes' questions go through the chat template, and its arguments: as the run's
+    data does (an overriding template is already the tokenizer's)."""
+    data = trainer.datamodule
+    return (data.chat_template, data.chat_template_kwargs) if data is not None else (True, {})
 
 
 def _set_name(source: str) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -34,9 +36,15 @@ class OverflowCounts:
     rows_skipped: int = 0
 
 
-def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, example: Example, chat_template: bool) -> list[int]:
-    if chat_template:
-        encoded = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=True)
+def tokenize_prompt(
+    tokenizer: PreTrainedTokenizerBase, example: Example, chat_template: bool | str = True, template_kwargs: dict | None = None
+) -> list[int]:
+    """The prompt's tokens: through the tokenizer's chat template (with the arguments it reads,
+    `template_kwargs`), or its turns joined as plain text when `chat_template` is False."""
+    if chat_template is not False:
+        encoded = tokenizer.apply_chat_template(
+            example.messages, add_generation_prompt=True, tokenize=True, **(template_kwargs or {})
+        )
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
     text = "\n\n".join(m["content"] for m in example.messages)
     return tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -48,14 +56,15 @@ def tokenize_rows(
     max_prompt_tokens: int,
     max_completion_tokens: int,
     overflow: Overflow,
-    chat_template: bool = True,
+    chat_template: bool | str = True,
+    template_kwargs: dict | None = None,
 ) -> tuple[list[Row], OverflowCounts]:
     """Tokenize every example, applying the overflow policy to prompts and demonstrations that are
     longer than their limits. Every truncated or skipped row is counted: nothing is dropped silently."""
     counts = OverflowCounts()
     rows = []
     for example in examples:
-        prompt_ids = tokenize_prompt(tokenizer, example, chat_template)
+        prompt_ids = tokenize_prompt(tokenizer, example, chat_template, template_kwargs)
         completion_ids = None
         if example.demonstration is not None:
             completion_ids = tokenizer(example.demonstration, add_special_tokens=False)["input_ids"]
@@ -96,7 +105,8 @@ class TaskDataModule(L.LightningDataModule):
         max_prompt_tokens: longest prompt, in tokens, after the chat template is applied.
         max_completion_tokens: longest demonstration, in tokens, EOS included.
         overflow: what to do with a row over either limit: "error" stops at start-up naming the row; "truncate" keeps the prompt's end and the demonstration's start; "skip" drops the row. Truncated and skipped rows are counted and logged.
-        chat_template: format prompts with the tokenizer's chat template (False joins the messages as plain text).
+        chat_template: how prompts become text: true, the tokenizer's chat template; false, the turns joined as plain text; a string, a Jinja chat template used instead of the tokenizer's (the template itself, or a path to a .jinja file); the trained model's folder keeps it.
+        chat_template_kwargs: arguments the chat template reads, e.g. {enable_thinking: false}.
         shuffle: reshuffle the training examples every epoch (deterministic by seed and epoch).
         seed: seed of the shuffle.
         eval_batch_size: examples per held-out batch; defaults to batch_size.
@@ -109,7 +119,8 @@ class TaskDataModule(L.LightningDataModule):
         max_prompt_tokens: int = 512,
         max_completion_tokens: int = 256,
         overflow: Overflow = "error",
-        chat_template: bool = True,
+        chat_template: bool | str = True,
+        chat_template_kwargs: dict | None = None,
         shuffle: bool = True,
         seed: int = 0,
         eval_batch_size: int | None = None,
@@ -122,6 +133,7 @@ class TaskDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.max_prompt_tokens, self.max_completion_tokens = max_prompt_tokens, max_completion_tokens
         self.overflow, self.chat_template = overflow, chat_template
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.shuffle, self.seed = shuffle, seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_rows: list[Row] | None = None
@@ -133,6 +145,9 @@ class TaskDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             # The module owns the tokenizer: one source of truth for how text becomes tokens.
             self.tokenizer = self.trainer.lightning_module.tokenizer
+        if isinstance(self.chat_template, str):
+            self.tokenizer.chat_template = read_template(self.chat_template)
+        self.announce_prompt_format()
         self.train_rows, train_counts = self.tokenize(self.task.train_examples(), f"task {self.task.name!r} train split")
         self.eval_rows, eval_counts = self.tokenize(self.task.eval_examples(), f"task {self.task.name!r} eval split")
         if not self.train_rows:
@@ -143,6 +158,26 @@ class TaskDataModule(L.LightningDataModule):
             for logger in self.trainer.loggers:
                 logger.log_metrics(counts, step=0)
 
+    def announce_prompt_format(self) -> None:
+        """Say in the run's first lines how prompts become text, with the first training prompt as
+        the model will see it; a template that fails on it stops the run here."""
+        if self.chat_template is False:
+            how = "plain text (data.chat_template: false): each prompt's turns joined by blank lines"
+        elif isinstance(self.chat_template, str):
+            how = "the chat template data.chat_template gives" + (f" ({self.chat_template})" if self.chat_template.endswith(".jinja") else "")
+        else:
+            how = f"the tokenizer's chat template ({getattr(self.tokenizer, 'name_or_path', '') or 'the model folder'})"
+        if self.chat_template_kwargs:
+            how += f", with {self.chat_template_kwargs}"
+        first = self.task.train_examples()[0]
+        try:
+            ids = tokenize_prompt(self.tokenizer, first, self.chat_template, self.chat_template_kwargs)
+        except Exception as err:  # jinja raises its own types
+            raise ValueError(f"data.chat_template: formatting {first.source or 'the first training prompt'} failed: {err}") from err
+        text = self.tokenizer.decode(ids)
+        shown = text if len(text) <= 400 else text[:200] + " [...] " + text[-200:]
+        rank_zero_info(f"prompts: {how}. The first training prompt as the model sees it:\n{shown}")
+
     def tokenize(self, examples: Sequence[Example], label: str) -> tuple[list[Row], OverflowCounts]:
         """Rows under this module's limits and overflow policy; over-long rows are counted and logged."""
         rows, counts = tokenize_rows(
@@ -152,6 +187,7 @@ class TaskDataModule(L.LightningDataModule):
             self.max_completion_tokens,
             self.overflow,
             self.chat_template,
+            self.chat_template_kwargs,
         )
         if counts.prompts_truncated or counts.completions_truncated or counts.rows_skipped:
             log.warning(
@@ -205,3 +241,15 @@ def pack_demonstrations(rows: Sequence[Row], pad_id: int, device=None):
     prompt_B = torch.tensor([len(row.prompt_ids) for row in rows])
     loss_mask_BT = (torch.arange(tokens_BT.shape[1]) >= prompt_B[:, None]) & attention_BT.bool()
     return tokens_BT.to(device), attention_BT.to(device), loss_mask_BT.to(device)
+
+
+def read_template(value: str) -> str:
+    """A chat template given in the config: the template itself, or a path to a .jinja file."""
+    if value.endswith(".jinja"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"data.chat_template: {value}: no such file")
+        return path.read_text(encoding="utf-8")
+    if "{%" not in value and "{{" not in value:
+        raise ValueError(f"data.chat_template: {value[:60]!r} is neither a Jinja template nor a path to a .jinja file")
+    return value
