@@ -76,6 +76,27 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, kill_at, ex
     assert "last.ckpt" in kept and len(kept) == 3, kept  # save_top_k: 2, plus last
 
 
+def test_a_lora_checkpoint_holds_the_adapters_not_the_base_and_resumes_exactly(tmp_path):
+    """A LoRA run's checkpoint keeps the adapters and the optimizer's state; the frozen base is
+    rebuilt from the model source on resume, and the resumed run ends as the uninterrupted one."""
+    lora = ["--model.init_args.lora", "{}"]
+    whole = _run(tmp_path, "whole", 4, *lora)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = _run(tmp_path, "killed", 4, *lora, "--trainer.callbacks+", "crash.KillAtStep", "--trainer.callbacks.step", "2")
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True, map_location="cpu")
+    assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"]), sorted(checkpoint["state_dict"])[:3]
+    resumed = _run(tmp_path, "killed", 4, *lora, "--ckpt_path", str(last))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for key in ("train/loss", "train/reward"):
+        expected, got = _per_step(tmp_path / "runs" / "whole", key), _per_step(tmp_path / "runs" / "killed", key)
+        assert sorted(got) == sorted(expected) == list(range(4)), key
+        assert all(got[step] == pytest.approx(expected[step], abs=1e-6) for step in range(4)), key
+    a, b = load_file(tmp_path / "whole" / "model" / "model.safetensors"), load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def test_a_kill_in_the_middle_of_a_rollout_batch_resumes_exactly(tmp_path):
     """GRPO taking 2 epochs x 2 mini-batches = 4 optimizer steps per rollout batch, killed just
     before step 5, the second of the second batch: checkpoints are written between batches, so it

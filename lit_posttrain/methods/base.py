@@ -237,6 +237,23 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         if seconds is not None:
             self.add_time("sync_s", seconds)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # With LoRA the frozen base is rebuilt from `model` when a run resumes: the checkpoint holds
+        # the adapters and the optimizer's state, not a second copy of the base weights. (A sharded
+        # policy's checkpoint is written by the strategy from the module itself: kept whole.)
+        if self.lora is not None and not self.sharded:
+            # Tied weights (a head sharing the embedding) under each of their names.
+            frozen = {name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+            checkpoint["frozen_base_omitted"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("frozen_base_omitted"):
+            missing = [n for n, p in self.named_parameters() if p.requires_grad and n not in checkpoint["state_dict"]]
+            if missing:
+                raise ValueError(f"the checkpoint lacks {len(missing)} trained weights of this model (first: {missing[0]}): was it written with other LoRA settings?")
+            self.strict_loading = False  # the frozen base's weights are the ones `model` built
+
     def configure_callbacks(self):
         """Callbacks every run of this module needs, added only where the configuration has none of
         the same type (Lightning would otherwise replace the configured one)."""

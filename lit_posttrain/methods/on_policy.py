@@ -89,9 +89,11 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
             self.rollouts.sample_all(self.trainer.datamodule.train_rows, self.trainer.global_step, self._sample_counted)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["rollouts"] = self.rollouts.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         # Checkpoints from before the source moved into the module kept it as a callback's state.
         legacy = [v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("RolloutRefresh")]
         state = checkpoint.get("rollouts", legacy[0] if legacy else None)
