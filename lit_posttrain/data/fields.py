@@ -39,9 +39,13 @@ def required(row: dict, field: str, where: str) -> Any:
     # and a missing key are the same error.
     value = row.get(field)
     if value is None:
-        present = ", ".join(str(k) for k, v in row.items() if v is not None) or "no fields"
-        raise DataError(f"{where}: field {field!r}: missing or null (the row has: {present})")
+        raise DataError(f"{where}: field {field!r}: missing or null (the row has: {present_fields(row)})")
     return value
+
+
+def present_fields(row: dict) -> str:
+    """The row's non-null fields, for an error saying one is missing."""
+    return ", ".join(str(k) for k, v in row.items() if v is not None) or "no fields"
 
 
 def scalar_text(value: Any, where: str, field: str) -> str | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lit_posttrain.data.formats import RowFormat
 from lit_posttrain.data.loaders import check_columns, load_examples
+from lit_posttrain.data.sources import READERS
 from lit_posttrain.data.task import DataError, Example, Task
 from lit_posttrain.rewards import ExactMatch, Verifier
 from lit_posttrain.rewards.functions import Reward
@@ -82,7 +83,8 @@ class FileTask(Task):
         self.seed = seed
         # "data/gsm8k.jsonl" -> "gsm8k", "openai/gsm8k:main" -> "gsm8k", "data/train-*.parquet" -> "train"
         path = Path(train.split(":")[0])
-        stem = re.sub(r"[-_.]*[*?\[].*$", "", re.sub(r"\.(jsonl|json|parquet|csv)$", "", path.name))
+        suffixes = "|".join(re.escape(suffix) for suffix in READERS)
+        stem = re.sub(r"[-_.]*[*?\[].*$", "", re.sub(rf"({suffixes})$", "", path.name))
         self.name = name or stem or path.parent.name or "data"
         self._splits: tuple[list[Example], list[Example]] | None = None
 

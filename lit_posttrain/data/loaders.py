@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import string
 
-from lit_posttrain.data.fields import at_path
+from lit_posttrain.data.fields import at_path, present_fields
 from lit_posttrain.data.formats import DEFAULT_FORMATS, RowFormat, detect_format
 from lit_posttrain.data.sources import Rows, read_rows
 from lit_posttrain.data.task import DataError, Example
@@ -83,8 +83,9 @@ def map_columns(rows: Rows, columns: dict[str, str]) -> Rows:
         for field, column in columns.items():
             value = at_path(row, column)
             if value is None:
-                present = ", ".join(str(k) for k, v in row.items() if v is not None) or "no fields"
-                raise DataError(f"{where}: column {column!r} (mapped to {field!r} by `columns`): missing or null (the row has: {present})")
+                raise DataError(
+                    f"{where}: column {column!r} (mapped to {field!r} by `columns`): missing or null (the row has: {present_fields(row)})"
+                )
             row.pop(column, None)
             row[field] = value
         mapped.append((where, row))

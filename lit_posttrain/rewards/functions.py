@@ -76,7 +76,19 @@ class Verified(Reward):
         return float(self.verifier(completion, example.answer))
 
 
-class TRLReward(Reward):
+class _ImportedReward(Reward):
+    """A reward part calling a user's function, imported by path when the part is made and named
+    after it by default."""
+
+    def __init__(self, function: str, weight: float = 1.0, name: str | None = None) -> None:
+        self.function_path, self.function = function, import_function(function)
+        super().__init__(weight, name)
+
+    def default_name(self) -> str:
+        return self.function_path.replace(":", ".").rpartition(".")[2]
+
+
+class TRLReward(_ImportedReward):
     """A TRL reward function (see the module docstring).
 
     Args:
@@ -85,12 +97,8 @@ class TRLReward(Reward):
     """
 
     def __init__(self, function: str, weight: float = 1.0, name: str | None = None, conversational: bool = True) -> None:
-        self.function_path, self.function = function, import_function(function)
+        super().__init__(function, weight, name)
         self.conversational = conversational
-        super().__init__(weight, name)
-
-    def default_name(self) -> str:
-        return self.function_path.replace(":", ".").rpartition(".")[2]
 
     def __call__(self, completion: str, example: Example) -> float:
         if self.conversational:
@@ -103,20 +111,13 @@ class TRLReward(Reward):
         return 0.0 if score is None else float(score)
 
 
-class VerlScore(Reward):
+class VerlScore(_ImportedReward):
     """A verl `compute_score` (see the module docstring); `data_source` and `extra_info` come from
     the row (verl's layout keeps them), `ground_truth` is its answer.
 
     Args:
         function: its import path, package.module.function or package.module:function.
     """
-
-    def __init__(self, function: str, weight: float = 1.0, name: str | None = None) -> None:
-        self.function_path, self.function = function, import_function(function)
-        super().__init__(weight, name)
-
-    def default_name(self) -> str:
-        return self.function_path.replace(":", ".").rpartition(".")[2]
 
     def __call__(self, completion: str, example: Example) -> float:
         result = self.function(
