@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from lit_posttrain.data.batches import Batch, Row
-from lit_posttrain.data.task import Example
+from lit_posttrain.data.batches import Batch
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.losses.advantages import Constant
 from lit_posttrain.losses.aggregation import ConstantLength, TokenMean
@@ -18,22 +17,7 @@ from lit_posttrain.methods.grpo import GRPO
 from lit_posttrain.methods.hpt import HPT
 from lit_posttrain.rollout import HFEngine, Rollout
 from tests.helpers.steps import offline as _offline
-
-PROMPTS = [[5, 20, 21], [5, 30, 31, 32], [5, 40]]
-DEMONSTRATIONS = [[7, 8, 2], [9, 2], [10, 11, 12, 2]]  # token 2 ends each, as EOS would
-
-
-def _rollout(rewards: list[float], age: list[int] | None = None) -> tuple[Rollout, list[Row]]:
-    """Two completions for each of PROMPTS, sampled by the tiny model, with the given rewards."""
-    module = GRPO(model="tiny-random-llama", dtype="float32", group_size=2)
-    module.configure_model()
-    engine = HFEngine(max_new_tokens=4)
-    engine.setup(module.policy, module.tokenizer)
-    rollout = engine.generate(PROMPTS, n=2, seed=0).with_rewards(torch.tensor(rewards))
-    age_B = torch.tensor(age if age is not None else [0] * len(rollout))
-    rollout = Rollout(**{**rollout.__dict__, "age_B": age_B})
-    rows = [Row(Example([{"role": "user", "content": "q"}], answer="a"), p, d) for p, d in zip(PROMPTS, DEMONSTRATIONS, strict=True)]
-    return rollout, rows
+from tests.helpers.steps import tiny_rollout as _rollout
 
 
 def test_hpt_weighs_each_side_by_its_prompts():

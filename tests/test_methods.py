@@ -68,6 +68,17 @@ def test_switching_class_path_trains_every_method(method, tiny_model_dir):
     assert all(torch.equal(trained[k], after[k]) for k in after), "the export is the trained policy"
 
 
+@pytest.mark.parametrize("method", ["grpo", "opd", "sept", "hpt"])
+def test_every_on_policy_method_takes_several_steps_per_rollout_batch_through_the_cli(method):
+    """ppo_epochs 2 x mini_batches 2 from the command line: 4 optimizer steps a batch, metrics
+    logged once a batch, pi_old's pass counted where the loss divides by it (not SePT's NLL)."""
+    cli = run(*METHODS[method], "--model.init_args.ppo_epochs", "2", "--model.init_args.mini_batches", "2", "--trainer.max_steps", "8")
+    assert cli.trainer.global_step == 8
+    assert len(column(cli, "train/loss")) == 2
+    assert all(math.isfinite(x) for x in column(cli, "train/loss"))
+    assert (len(column(cli, "tokens/pi_old")) == 2) is (method != "sept")
+
+
 def column(cli: LitPostTrainCLI, name: str) -> list[float]:
     return [float(r[name]) for r in logged(cli) if r.get(name)]
 

@@ -9,7 +9,9 @@ L_sft the token-mean NLL over the SFT prompts' demonstrations, L_rl the policy-g
 the RL prompts' rollouts (GRPO's loss, `OnPolicyModule.policy_gradient_backward`; sequence mean
 by default), n_* the number of prompts routed each way over every process: every prompt weighs the
 same whichever way it goes (`losses.hybrid.prompt_weighted`). A side with no prompt contributes 0.
-Each side runs a micro-batch at a time, normalised by its whole step's counts.
+Each side runs a micro-batch at a time, normalised by its whole step's counts. With `ppo_epochs`
+and `mini_batches` (`methods.epochs`) each optimizer step takes a share of the batch's prompts,
+whole, weighed by its own counts; the RL side divides by the policy before the first (pi_old).
 
 Departures from the authors' code (both are traps METHODS.md names):
 1. Their RL part ran without clipping and with mean-centred advantages, and mixed a token-mean SFT
@@ -23,12 +25,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_posttrain.data.batches import Batch
+from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.groups import dense_groups, group_reduce
 from lit_posttrain.losses import token_mean_nll
 from lit_posttrain.losses.hybrid import prompt_weights
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss, grpo_preset
 from lit_posttrain.methods.on_policy import OnPolicyModule
+from lit_posttrain.rollout import Rollout
 
 
 def route_to_sft(reward_B: Tensor, group_B: Tensor, gamma: float, solved_threshold: float = 1.0) -> Tensor:
@@ -48,6 +51,7 @@ class HPT(OnPolicyModule):
 
     needs_demonstrations = True
     min_group_size = 2
+    mini_batch_whole_prompts = True  # a prompt's rows go to one side together
 
     @property
     def token_kinds(self) -> tuple[str, ...]:
@@ -73,6 +77,22 @@ class HPT(OnPolicyModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
         sft_G = route_to_sft(rollout.reward_B, rollout.group_B, self.gamma, self.solved_threshold)
+        group_of_B, _ = dense_groups(rollout.group_B)
+
+        def step_on(part: Rollout, index: list[int]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+            # Group g of the rollout answers batch.rows[g] (OnPolicyModule.rollouts_for); a part holds whole groups.
+            groups = torch.unique(group_of_B[index])
+            return self.hybrid_backward(part, [batch.rows[g] for g in groups.tolist()], sft_G[groups])
+
+        # Only the RL side's rows divide by pi_old: the SFT prompts' rollouts are dropped.
+        loss, metrics, trained_B = self.train_on(rollout, step_on, pi_old_B=~sft_G[group_of_B])
+        metrics["sft_fraction"] = sft_G.float().mean()  # the batch's, however it was split
+        self.log_rollout_step(rollout, metrics, trained_B=trained_B)
+        return loss
+
+    def hybrid_backward(self, rollout: Rollout, rows: list[Row], sft_G: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Forward and backward of the hybrid loss over `rollout`, whose group g answers `rows[g]`
+        and goes to SFT where `sft_G[g]`: the loss, its metrics and which rollout rows ran passes."""
         n_sft, n_rl = int(sft_G.sum()), int((~sft_G).sum())
         # Every prompt of the step, on every process, weighs the same.
         w_sft, w_rl = prompt_weights(*(int(n) for n in self.summed_over_processes([n_sft, n_rl])))
@@ -85,15 +105,14 @@ class HPT(OnPolicyModule):
         both = self.trainer.world_size > 1
         first_G = torch.arange(len(sft_G), device=sft_G.device) == 0
         if n_sft or both:
-            # Group g of the rollout answers batch.rows[g] (OnPolicyModule.rollouts_for).
-            rows = [batch.rows[g] for g in (sft_G if n_sft else first_G).nonzero().squeeze(-1).tolist()]
+            sft_rows = [rows[g] for g in (sft_G if n_sft else first_G).nonzero().squeeze(-1).tolist()]
 
             def sft_loss(index: list[int], num_tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-                logp_BT, mask_BT = self.demonstration_logp([rows[i] for i in index])
+                logp_BT, mask_BT = self.demonstration_logp([sft_rows[i] for i in index])
                 value, sft_metrics = token_mean_nll(logp_BT, mask_BT, num_tokens=num_tokens)
                 return (w_sft if n_sft else 0.0) * value, {"sft_nll": sft_metrics["nll"]}
 
-            value, sft_metrics = self.demonstration_backward(rows, sft_loss, counted=n_sft > 0)
+            value, sft_metrics = self.demonstration_backward(sft_rows, sft_loss, counted=n_sft > 0)
             sft_metrics.pop("tokens")
             loss += value
             metrics.update(self._pooled(sft_metrics, n_sft))
@@ -107,9 +126,7 @@ class HPT(OnPolicyModule):
             if n_rl:
                 trained_B[rl_rows] = trained_rl
             metrics.update(self._pooled(rl_metrics, n_rl))
-        self.step_optimizer()
-        self.log_rollout_step(rollout, metrics, trained_B=trained_B)
-        return loss
+        return loss, metrics, trained_B
 
     def _pooled(self, metrics: dict[str, Tensor], prompts: int) -> dict[str, Tensor]:
         """One side's metrics averaged over its prompts on every rank (a rank's own value weighs as

@@ -5,8 +5,6 @@ the cost of sampling in the logs, held-out accuracy as the validation metric."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
@@ -17,18 +15,21 @@ from lit_posttrain.losses.importance import sampler_mismatch
 from lit_posttrain.losses.policy_gradient import PolicyGradientLoss
 from lit_posttrain.measurement import greedy_accuracy
 from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.methods.epochs import RolloutEpochs
 from lit_posttrain.methods.stepping import MicroBatchedStep
 from lit_posttrain.rollout import Rollout
 from lit_posttrain.rollout.source import RolloutSource
 from lit_posttrain.rollout.watch import SamplingWatch
 
 
-class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
+class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
     """Base of the on-policy methods. A method's `training_step` starts with
     `rollout = self.rollouts_for(batch)`, the batch's scored samples (group g answers
-    `batch.rows[g]`), runs its forward and backward passes a micro-batch at a time
-    (`backward_in_micro_batches`, or `policy_gradient_backward` for a policy-gradient loss), then
-    `self.step_optimizer()` and `self.log_rollout_step(rollout, metrics)`, and returns the loss.
+    `batch.rows[g]`), trains on them with `self.train_on(rollout, step_on)`, where `step_on` runs
+    the forward and backward passes of some of its rows a micro-batch at a time
+    (`backward_in_micro_batches`, or `policy_gradient_backward` for a policy-gradient loss) and
+    an optimizer step follows each call (one per batch, or ppo_epochs x mini_batches:
+    `RolloutEpochs`), then calls `self.log_rollout_step(rollout, metrics)` and returns the loss.
 
     Args:
         group_size: completions sampled per prompt.
@@ -41,7 +42,8 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
 
     @property
     def token_kinds(self) -> tuple[str, ...]:
-        return ("prompts", "generated", *super().token_kinds)
+        # pi_old's forward pass, where a batch takes several optimizer steps.
+        return ("prompts", "generated", *super().token_kinds, *(("pi_old",) if self.takes_pi_old_pass else ()))
 
     time_phases = ("generate_s", "score_s", *PostTrainingModule.time_phases)
 
@@ -119,18 +121,6 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
 
     # --- the loss -------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def with_old_logp(self, rollout: Rollout) -> Rollout:
-        """`rollout` with pi_old (`old_logp_BT`): the policy's log-probs of its completions now,
-        before the first of several optimizer steps on it, taken a micro-batch at a time."""
-        old_BT = torch.zeros_like(rollout.logp_BT)
-        width = rollout.prompt_width
-        for index, _ in self.micro_batches(*row_lengths(rollout)):  # a repeated one writes the same again
-            part = rollout.select(index)
-            logp_BC = self.rollout_logp(part, kind="pi_old")[:, part.prompt_width :]
-            old_BT[index, width : width + logp_BC.shape[1]] = logp_BC
-        return dataclasses.replace(rollout, old_logp_BT=old_BT)
-
     def policy_gradient_backward(
         self,
         rollout: Rollout,
@@ -173,7 +163,7 @@ class OnPolicyModule(MicroBatchedStep, PostTrainingModule):
             )  # fmt: skip
             return weight * value, metrics | mismatch
 
-        value, metrics = self.backward_in_micro_batches(*row_lengths(rows), micro_batch_loss)
+        value, metrics = self.backward_in_micro_batches(*rows.row_lengths(), micro_batch_loss)
         return value, metrics, trained_B
 
     def rollout_logp(self, rollout: Rollout, temperature: float | None = None, kind: str = "trained") -> Tensor:
@@ -267,8 +257,3 @@ def reward_statistics(rollout: Rollout) -> dict[str, Tensor]:
         **parts,
     }
 
-
-def row_lengths(rollout: Rollout) -> tuple[list[int], list[int]]:
-    """Each row's prompt and completion tokens (what `MicroBatching.split` packs by)."""
-    width = rollout.prompt_width
-    return rollout.attention_BT[:, :width].sum(-1).tolist(), rollout.attention_BT[:, width:].sum(-1).tolist()

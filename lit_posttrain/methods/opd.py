@@ -14,6 +14,9 @@ Departures and choices:
 2. Both distributions are taken at the sampling temperature (1.0 by default).
 3. One completion per prompt by default (`group_size: 1`): the teacher provides a per-token
    baseline, so no group is needed.
+4. One optimizer step per rollout batch by default; `ppo_epochs` and `mini_batches` take several
+   (`methods.epochs`), the sampled estimator then dividing by the policy before the first
+   (pi_old; the full-vocabulary JSD has no ratio and needs no such pass).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from lit_posttrain.losses.advantages import Constant
 from lit_posttrain.losses.aggregation import TokenMean
 from lit_posttrain.losses.distillation import generalized_jsd, jsd_loss, sampled_reverse_kl_loss
 from lit_posttrain.losses.policy_gradient import NoMask, Old, PolicyGradientLoss
-from lit_posttrain.methods.on_policy import OnPolicyModule, row_lengths
+from lit_posttrain.methods.on_policy import OnPolicyModule
 from lit_posttrain.rollout import Rollout
 
 
@@ -105,8 +108,19 @@ class OPD(OnPolicyModule):
             raise ValueError("OPD needs a teacher: set `teacher:` to a model source that shares the policy's tokenizer")
         self.estimator = (estimator or SampledReverseKL()).for_budget(self.engine.max_new_tokens)
 
+    @property
+    def uses_pi_old(self) -> bool:
+        return not self.estimator.full_vocabulary
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
+        loss, metrics, _ = self.train_on(rollout, self.distillation_backward)
+        self.log_rollout_step(rollout, metrics)
+        return loss
+
+    def distillation_backward(self, rollout: Rollout, index: list[int]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Forward and backward of the estimator's loss over `rollout` (the batch's rows `index`),
+        a micro-batch at a time, normalised by its rows' counts over every process."""
         counts = self.step_counts(rollout.mask_BT)
 
         def micro_batch_loss(index: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -121,10 +135,8 @@ class OPD(OnPolicyModule):
             )  # fmt: skip
             return loss, metrics | mismatch
 
-        loss, metrics = self.backward_in_micro_batches(*row_lengths(rollout), micro_batch_loss)
-        self.step_optimizer()
-        self.log_rollout_step(rollout, metrics)
-        return loss
+        loss, metrics = self.backward_in_micro_batches(*rollout.row_lengths(), micro_batch_loss)
+        return loss, metrics, torch.ones(len(rollout), dtype=torch.bool)
 
     @torch.no_grad()
     def teacher_rollout_logp(self, rollout: Rollout) -> Tensor:

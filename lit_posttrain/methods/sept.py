@@ -15,6 +15,8 @@ Departures and choices:
 2. No reward and no verifier; held-out accuracy is still evaluated by the task's verifier.
 3. A configuration whose sampling temperature ever exceeds the training temperature is refused;
    one that samples at the training temperature throughout is refused too (zero expected gradient).
+4. One optimizer step per rollout batch by default; `ppo_epochs` and `mini_batches` take several
+   (`methods.epochs`), as epochs of SFT over the step's own samples.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from lit_posttrain.data.batches import Batch, Row
 from lit_posttrain.losses import token_mean_nll
-from lit_posttrain.methods.on_policy import OnPolicyModule, row_lengths
+from lit_posttrain.methods.on_policy import OnPolicyModule
 from lit_posttrain.rollout import Rollout
 
 
@@ -74,8 +76,20 @@ class SePT(OnPolicyModule):
         temperature = self.sampling_temperature(self.trainer.global_step, int(self.trainer.estimated_stepping_batches))
         return self.sample(rows, n=self.group_size, temperature=temperature, score=False)
 
+    @property
+    def uses_pi_old(self) -> bool:
+        return False  # an NLL: no ratio to pi_old
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rollout = self.rollouts_for(batch)
+        loss, metrics, _ = self.train_on(rollout, self.self_training_backward)
+        self.log_rollout_step(rollout, metrics | {"sampling_temperature": torch.tensor(rollout.temperature)})
+        return loss
+
+    def self_training_backward(self, rollout: Rollout, index: list[int]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Forward and backward of the token-mean NLL of `rollout`'s completions (the batch's rows
+        `index`) at the training temperature, a micro-batch at a time, over its tokens on every
+        process."""
         tokens = self.step_counts(rollout.mask_BT).tokens
 
         def micro_batch_loss(index: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -84,7 +98,5 @@ class SePT(OnPolicyModule):
             loss, metrics = token_mean_nll(logp_BT, part.mask_BT, num_tokens=tokens)
             return loss, {"nll": metrics["nll"]}
 
-        loss, metrics = self.backward_in_micro_batches(*row_lengths(rollout), micro_batch_loss)
-        self.step_optimizer()
-        self.log_rollout_step(rollout, metrics | {"sampling_temperature": torch.tensor(rollout.temperature)})
-        return loss
+        loss, metrics = self.backward_in_micro_batches(*rollout.row_lengths(), micro_batch_loss)
+        return loss, metrics, torch.ones(len(rollout), dtype=torch.bool)

@@ -49,6 +49,11 @@ class Rollout:
     def completion_lengths_B(self) -> Tensor:
         return self.mask_BT.sum(-1)
 
+    def row_lengths(self) -> tuple[list[int], list[int]]:
+        """Each row's prompt and completion tokens (what `MicroBatching.split` packs by)."""
+        width = self.prompt_width
+        return self.attention_BT[:, :width].sum(-1).tolist(), self.attention_BT[:, width:].sum(-1).tolist()
+
     def to(self, device: torch.device | str) -> Rollout:
         """The same rollout with every tensor on `device`."""
         moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), Tensor)}

@@ -4,8 +4,30 @@ computed by hand."""
 
 from types import SimpleNamespace
 
-from lit_posttrain.rollout import Rollout
+import torch
+
+from lit_posttrain.data.batches import Row
+from lit_posttrain.data.task import Example
+from lit_posttrain.methods.grpo import GRPO
+from lit_posttrain.rollout import HFEngine, Rollout
 from lit_posttrain.rollout.source import RolloutSource
+
+PROMPTS = [[5, 20, 21], [5, 30, 31, 32], [5, 40]]
+DEMONSTRATIONS = [[7, 8, 2], [9, 2], [10, 11, 12, 2]]  # token 2 ends each, as EOS would
+
+
+def tiny_rollout(rewards: list[float], age: list[int] | None = None) -> tuple[Rollout, list[Row]]:
+    """Two completions for each of PROMPTS, sampled by the tiny model, with the given rewards, and
+    the rows they answer (with DEMONSTRATIONS)."""
+    module = GRPO(model="tiny-random-llama", dtype="float32", group_size=2)
+    module.configure_model()
+    engine = HFEngine(max_new_tokens=4)
+    engine.setup(module.policy, module.tokenizer)
+    rollout = engine.generate(PROMPTS, n=2, seed=0).with_rewards(torch.tensor(rewards))
+    age_B = torch.tensor(age if age is not None else [0] * len(rollout))
+    rollout = Rollout(**{**rollout.__dict__, "age_B": age_B})
+    rows = [Row(Example([{"role": "user", "content": "q"}], answer="a"), p, d) for p, d in zip(PROMPTS, DEMONSTRATIONS, strict=True)]
+    return rollout, rows
 
 
 class Prepared(RolloutSource):
