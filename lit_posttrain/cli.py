@@ -3,8 +3,10 @@
     lit-posttrain fit --config configs/sft.yaml
     lit-posttrain fit --config configs/sft.yaml --model.init_args.model ./my-hf-folder
     lit-posttrain fit --help
+    lit-posttrain export runs/lightning_logs/version_0/checkpoints/last.ckpt my-model
 
-At the end of `fit` the trained policy is written as a Hugging Face folder next to the run's logs.
+At the end of `fit` the trained policy is written as a Hugging Face folder next to the run's logs;
+`export` writes one from any checkpoint the run saved.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lit_posttrain.callbacks import Evaluation, Plots
 from lit_posttrain.callbacks.progress import StepProgressBar
 from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.run_dir import run_dir
 
 
 def _default_loggers() -> list[dict]:
@@ -42,6 +45,21 @@ class _DropAdvertisements(logging.Filter):
         return not str(record.msg).startswith("💡 Tip:")
 
 
+class SaveConfigToRun(SaveConfigCallback):
+    """The run's resolved configuration, `config.yaml`, in the run's own folder (`run_dir`, beside
+    its checkpoints and model). Lightning's writes it to the logger's `log_dir`: `.` for W&B, where
+    each run overwrites the last one's, and none at all for MLflow with a database store."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        folder = run_dir(trainer)  # a collective: every rank asks
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+        self.already_saved = True
+
+
 class LitPostTrainCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
         rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -52,6 +70,7 @@ class LitPostTrainCLI(LightningCLI):
         # its "No seed found" warning, and not a seed left in the environment by an earlier run in
         # the same process.
         kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("save_config_callback", SaveConfigToRun)
         super().__init__(
             PostTrainingModule,
             TaskDataModule,
@@ -65,7 +84,7 @@ class LitPostTrainCLI(LightningCLI):
             "--export_to",
             type=str | None,
             default=None,
-            help="folder the trained model is saved to at the end of fit (default: <log dir>/hf_model)",
+            help="folder the trained model is saved to at the end of fit (default: hf_model in the run's folder, beside its checkpoints)",
         )
         parser.add_argument(
             "--export",
@@ -98,15 +117,15 @@ class LitPostTrainCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
-        log_dir = trainer.log_dir  # a collective under data parallelism: every rank must ask
+        run = run_dir(trainer)  # a collective under data parallelism: every rank must ask
         if not trainer.interrupted:
             config = self.config[self.subcommand]
             folder = None
             if config.get("export", True):
                 # Every rank calls the export: a sharded policy's weights are gathered from all of them.
-                folder = self.model.export_hf(config.get("export_to") or Path(log_dir or trainer.default_root_dir) / "hf_model")
+                folder = self.model.export_hf(config.get("export_to") or run / "hf_model")
             if trainer.is_global_zero:
-                self._summarise(log_dir, folder)
+                self._summarise(run, folder)
         # Every process waits for the export, then leaves the process group together: a process
         # that exits while another still holds the group can abort in the collective library's
         # teardown, and the launcher then kills the finished run.
@@ -116,7 +135,7 @@ class LitPostTrainCLI(LightningCLI):
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
-    def _summarise(self, log_dir: str | None, folder: Path | None) -> None:
+    def _summarise(self, run: Path, folder: Path | None) -> None:
         trainer = self.trainer
         lines = [f"Run summary: {trainer.global_step} optimizer steps in {time.perf_counter() - self._fit_start:.0f} s"]
         for callback in trainer.callbacks:
@@ -144,7 +163,7 @@ class LitPostTrainCLI(LightningCLI):
                     )
         watch = getattr(self.model, "sampling_watch", None)
         lines += watch.summary() if watch is not None else []
-        lines.append(f"  logs: {Path(log_dir).resolve() if log_dir else '-'}")
+        lines.append(f"  run folder: {run.resolve()}")
         # Charts come with every run; a Plots callback in the config has drawn them already.
         if not any(isinstance(cb, Plots) for cb in trainer.callbacks):
             Plots().on_fit_end(trainer, self.model)  # it names the files it writes
@@ -199,11 +218,36 @@ INPUT_ERRORS = (ValueError, FileNotFoundError)  # DataError and ModelSourceError
 TRACEBACK_VARIABLE = "LIT_POSTTRAIN_TRACEBACK"
 
 
+def export_command(args: list[str]) -> None:
+    """`lit-posttrain export CKPT OUT`: a checkpoint's policy as a Hugging Face folder."""
+    import argparse
+
+    from lit_posttrain.export import export_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="lit-posttrain export",
+        description="Write the policy of a lit-posttrain checkpoint (a .ckpt file, or an FSDP2 checkpoint folder) as a "
+        "Hugging Face folder that transformers and vLLM load.",
+    )
+    parser.add_argument("checkpoint", help="the checkpoint: checkpoints/last.ckpt in a run's folder, say")
+    parser.add_argument("out", help="the folder to write (replaced whole if it exists)")
+    lora = parser.add_mutually_exclusive_group()
+    lora.add_argument("--merge-lora", dest="merge_lora", action="store_true", default=None, help="LoRA: write a full model with the adapters merged")
+    lora.add_argument("--adapters", dest="merge_lora", action="store_false", help="LoRA: write a peft adapter folder")
+    options = parser.parse_args(args)
+    folder = export_checkpoint(options.checkpoint, options.out, merge_lora=options.merge_lora)
+    print(f"Exported {options.checkpoint} to {Path(folder).resolve()}", flush=True)
+
+
 def main(args: list[str] | None = None) -> None:
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    argv = sys.argv[1:] if args is None else args
     try:
-        LitPostTrainCLI(args=args)
+        if argv[:1] == ["export"]:
+            export_command(argv[1:])
+        else:
+            LitPostTrainCLI(args=args)  # None: Lightning reads sys.argv itself (and warns where both are given)
     except INPUT_ERRORS as err:
         if os.environ.get(TRACEBACK_VARIABLE):
             raise

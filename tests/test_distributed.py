@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lit_posttrain.export import export_checkpoint
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,11 +177,20 @@ def test_sharded_run_killed_inside_a_checkpoint_write_resumes_exactly(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = checkpoints / "last.ckpt"
     assert last.is_dir() and torch.load(last / "meta.pt", weights_only=True)["global_step"] == 1
+    whole_checkpoints = [
+        "--trainer.enable_checkpointing", "true", "--trainer.callbacks+", "lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath", str(tmp_path / "whole_checkpoints"), "--trainer.callbacks.save_last", "true",
+        "--trainer.callbacks.save_top_k", "0",
+    ]  # fmt: skip
     done = _fit_many(tmp_path / "after", {
-        "whole": ("tiny_grpo.yaml", [*common, "--trainer.max_steps", "3"]),
+        "whole": ("tiny_grpo.yaml", [*common, "--trainer.max_steps", "3", *whole_checkpoints]),
         "rest": ("tiny_grpo.yaml", [*common, "--trainer.max_steps", "3", "--ckpt_path", str(last)]),
     })  # fmt: skip
     (whole, whole_losses), (resumed, resumed_losses) = done["whole"], done["rest"]
     assert resumed_losses == pytest.approx(whole_losses[1:], rel=1e-5, abs=1e-7)
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
+    # `lit-posttrain export` gathers a sharded checkpoint's folder of shards into the run's own model.
+    exported = export_checkpoint(tmp_path / "whole_checkpoints" / "last.ckpt", tmp_path / "exported")
+    weights = load_file(exported / "model.safetensors")
+    assert weights.keys() == whole.keys() and all(torch.equal(weights[k], whole[k]) for k in whole)

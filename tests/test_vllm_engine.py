@@ -214,3 +214,36 @@ def test_every_sampling_method_and_callback_runs_on_vllm(method, tmp_path, monke
     with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
         logged = {k for row in csv.DictReader(f) for k, v in row.items() if v}
     assert expected <= logged, sorted(logged)
+
+
+def test_an_exported_checkpoint_is_a_folder_vllm_serves(tmp_path, monkeypatch):
+    """`lit-posttrain export` of a LoRA SFT run's last checkpoint on the built-in model, merged:
+    vLLM starts on the folder (its config, tokenizer and weight files, through vLLM's own loader)
+    and samples with the trained policy's log-probs. Last in this file: it starts an engine on
+    another folder than the kept one."""
+    from lit_posttrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cli = LitPostTrainCLI(
+        args=[
+            "fit", "--config", str(ROOT / "configs" / "sft.yaml"), "--model.init_args.dtype", "float32",
+            "--model.init_args.optim.lr", "1e-3", "--model.init_args.optim.warmup_steps", "0",
+            "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--data.batch_size", "4",
+            "--trainer.callbacks+", "lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.save_last", "true",
+            "--trainer.enable_checkpointing", "true", "--export", "false",
+        ]
+    )  # fmt: skip
+    main(["export", str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"), str(tmp_path / "exported")])
+    served = _module(model=str(tmp_path / "exported"))
+    engine = _engine(max_new_tokens=4)
+    engine.setup(served.policy, served.tokenizer)
+    try:
+        rollout = engine.generate(PROMPTS, n=2, seed=0)
+    finally:
+        engine.close()
+    with torch.no_grad():
+        trained_BT = cli.model.policy_logp(rollout.tokens_BT, rollout.attention_BT)
+        start_BT = _module().policy_logp(rollout.tokens_BT, rollout.attention_BT)
+    mask_BT = rollout.mask_BT
+    assert torch.allclose(rollout.logp_BT[mask_BT], trained_BT[mask_BT], atol=ATOL["VLLMEngine"])
+    assert (rollout.logp_BT[mask_BT] - start_BT[mask_BT]).abs().max() > 20 * ATOL["VLLMEngine"], "the folder holds the trained weights"

@@ -8,6 +8,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_posttrain.run_dir import run_dir
+
 
 class CheckpointOnSigterm(L.Callback):
     """Lightning stops the fit loop cleanly on SIGTERM; this callback writes a resumable checkpoint
@@ -25,8 +27,8 @@ class CheckpointOnSigterm(L.Callback):
     def on_exception(self, trainer: L.Trainer, module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        log_dir = trainer.log_dir  # a collective under data parallelism: every rank asks
-        folder = Path(self.dirpath) if self.dirpath else Path(log_dir or trainer.default_root_dir) / "checkpoints"
+        run = run_dir(trainer)  # a collective under data parallelism: every rank asks
+        folder = Path(self.dirpath) if self.dirpath else run / "checkpoints"
         self.saved = folder / "sigterm.ckpt"
         trainer.save_checkpoint(self.saved)
         rank_zero_info(f"SIGTERM: checkpoint saved to {self.saved}; resume with --ckpt_path {self.saved}")

@@ -207,6 +207,7 @@ class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
         """Log the rollouts' statistics with the step's `metrics` (its tokens and time are logged
         by the base module when the step ends)."""
         trained_B = torch.ones(len(rollout), dtype=torch.bool) if trained_B is None else trained_B.cpu()
+        self.last_rollout = rollout  # for what shows the samples (callbacks.LogCompletions)
         lengths_B = rollout.completion_lengths_B.float()
         mask_BT = rollout.mask_BT.float()
         values = {
