@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_posttrain.callbacks import Evaluation, Plots
 from lit_posttrain.callbacks.progress import StepProgressBar
+from lit_posttrain.cli_errors import check_failed, explain
 from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.methods.base import PostTrainingModule
 from lit_posttrain.run_dir import run_dir
@@ -60,6 +61,24 @@ class SaveConfigToRun(SaveConfigCallback):
         self.already_saved = True
 
 
+class OneLineErrors(LightningArgumentParser):
+    """Lightning's parser, its configuration errors told in one line (`cli_errors.explain`) and a
+    hint, not a usage dump and jsonargparse's nested report (which LIT_POSTTRAIN_TRACEBACK=1 keeps)."""
+
+    argv: list[str] | None = None  # the arguments being parsed (LitPostTrainCLI.parse_arguments); None: sys.argv
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get(TRACEBACK_VARIABLE):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        keys = [action.dest for action in parser._actions]
+        line = explain(message, keys, self.argv if self.argv is not None else sys.argv[1:])
+        subcommand = parser.prog.split(" [options]", 1)[1] if " [options]" in parser.prog else ""  # " fit"
+        prog = "lit-posttrain" + subcommand
+        sys.stderr.write(f"lit-posttrain: error: {line}\n(every option: {prog} --help; jsonargparse's full report: {TRACEBACK_VARIABLE}=1)\n")
+        self.exit(2)
+
+
 class LitPostTrainCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
         rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -71,6 +90,7 @@ class LitPostTrainCLI(LightningCLI):
         # the same process.
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_callback", SaveConfigToRun)
+        kwargs.setdefault("parser_class", OneLineErrors)
         super().__init__(
             PostTrainingModule,
             TaskDataModule,
@@ -78,6 +98,11 @@ class LitPostTrainCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             **kwargs,
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        # On the class: the subcommand's parser, not this one, may be the one to report an error.
+        type(parser).argv = list(args) if isinstance(args, list | tuple) else None
+        super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -210,6 +235,8 @@ QUIET_WARNINGS = [
     # Our micro-batch dataset has a length (for the progress bar and the schedule) and is read in
     # the main process (no DataLoader workers), where that length is exact.
     r"Your `IterableDataset` has `__len__` defined",
+    # vLLM's own use of a torch API that torch deprecated (at its import); nothing of ours.
+    r"`torch.distributed.reduce_op` is deprecated",
 ]
 
 # Errors that mean "change your input", raised with a message that names what and where: shown
@@ -251,7 +278,7 @@ def main(args: list[str] | None = None) -> None:
     except INPUT_ERRORS as err:
         if os.environ.get(TRACEBACK_VARIABLE):
             raise
-        print(f"lit-posttrain: error: {err}\n(the full traceback: set {TRACEBACK_VARIABLE}=1)", file=sys.stderr)
+        print(f"lit-posttrain: error: {check_failed(str(err))}\n(the full traceback: set {TRACEBACK_VARIABLE}=1)", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def resolve_model_source(source: str) -> str:
                 f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}"
             )
         folder = cache_root() / "models" / name
-        _build_atomically(folder, lambda tmp: _convert_gguf(BUILTIN_MODELS[name], tmp))
+        _build_atomically(folder, lambda tmp: _convert_gguf(BUILTIN_MODELS[name], tmp, folder))
         return str(folder)
     if source == TINY_PREFIX or source.startswith(TINY_PREFIX + ":"):
         seed_text = source[len(TINY_PREFIX) + 1 :] or "0"
@@ -171,10 +172,16 @@ def _locate_package_file(spec: BuiltinModel) -> Path:
     raise ModelSourceError(f"package {spec.package!r} is installed but holds no {spec.filename!r}")
 
 
-def _convert_gguf(spec: BuiltinModel, out: Path) -> None:
+def _convert_gguf(spec: BuiltinModel, out: Path, folder: Path) -> None:
     # The package's own __init__ imports things we do not want, so we find the file through the
     # installed-files metadata and never import it.
     gguf_path = _locate_package_file(spec)
+    # Once per machine; a user waiting on it should know what it is.
+    print(
+        f"lit-posttrain: building the built-in model once: {spec.filename} (package {spec.package}) dequantised "
+        f"to float32 in transformers' layout, into {folder}",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The GGUF weights are dequantised on load; save_pretrained refuses while the quantizer is attached.

@@ -5,6 +5,8 @@ only when the engine is selected (vLLM is an optional dependency)."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import torch
@@ -20,10 +22,57 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_FRACTION = {"cpu": 0.05, "cuda": 0.3}
 
 
+# vLLM's warnings that are harmless here, each with the reason; dropped from the console.
+HARMLESS_WARNINGS = (
+    # Every weight push: rotary embeddings have no weights (their frequencies are computed).
+    "RotaryEmbedding: Failed to load weights",
+    # The engine shares the trainer's process and threads on purpose (VLLM_CPU_OMP_THREADS_BIND=nobind).
+    "doesn't allow to use `torch.set_num_threads`",
+    # Every request is seeded by the engine itself; the global seed is the run's.
+    "The global random seed is set to",
+    # Chosen in VLLMEngine.setup: whole prefills (the CPU build cannot rewind a seeded generator) and eager mode.
+    "does not officially support disabling chunked prefill",
+    "Enforce eager set",
+    "Inductor compilation was disabled",
+    # The CPU build runs without Triton.
+    "Triton is not installed",
+    "Model Runner V2 requires Triton",
+)
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in HARMLESS_WARNINGS)
+
+
+def quiet_vllm_logs() -> None:
+    """vLLM's console output cut to what helps: its loggers at WARNING (`VLLM_LOGGING_LEVEL=INFO`
+    in the environment brings its start-up report back) and `HARMLESS_WARNINGS` dropped. Before
+    vLLM's first import, which reads the level."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    import vllm  # noqa: F401  (sets up its loggers)
+
+    try:
+        # vLLM configures its handler again from this dict when an engine starts: the filter goes in it.
+        from vllm.logger import DEFAULT_LOGGING_CONFIG
+
+        DEFAULT_LOGGING_CONFIG.setdefault("filters", {})["lit_posttrain_harmless"] = {"()": _DropHarmless}
+        handler = DEFAULT_LOGGING_CONFIG["handlers"]["vllm"]
+        handler["filters"] = [*{*handler.get("filters", []), "lit_posttrain_harmless"}]
+    except (ImportError, KeyError, TypeError):  # another vLLM's layout: its warnings are shown, nothing more
+        pass
+    root = logging.getLogger("vllm")
+    root.setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())  # also where vLLM was imported before the variable was set
+    for handler in root.handlers:  # the handler configured already
+        if not any(isinstance(f, _DropHarmless) for f in handler.filters):
+            handler.addFilter(_DropHarmless())
+
+
 def vllm_platform() -> str:
     """"cpu" or "cuda": where the installed vLLM runs here. Raises, saying what to install, where it cannot."""
     try:
-        import vllm  # noqa: F401
+        quiet_vllm_logs()
         from vllm.platforms import current_platform
     except ImportError as err:
         raise RuntimeError(f"VLLMEngine: vllm is not installed or does not import ({err}). {INSTALL_HINT}") from None
