@@ -112,6 +112,12 @@ class LitPostTrainCLI(LightningCLI):
             help="folder the trained model is saved to at the end of fit (default: hf_model in the run's folder, beside its checkpoints)",
         )
         parser.add_argument(
+            "--threads",
+            type=int | None,
+            default=None,
+            help="CPU threads this run computes with (default: one per core); runs sharing a machine: divide the cores between them",
+        )
+        parser.add_argument(
             "--export",
             type=bool,
             default=True,
@@ -119,8 +125,14 @@ class LitPostTrainCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        for note in dropped_method_arguments(self.config.get(self.subcommand, self.config)):
+        config = self.config.get(self.subcommand, self.config)
+        for note in dropped_method_arguments(config):
             print(f"lit-posttrain: note: {note}", file=sys.stderr, flush=True)
+        threads = config.get("threads")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"--threads must be at least 1, got {threads}")
+            torch.set_num_threads(threads)  # before any model is built; a VLLMEngine takes the same
 
     def before_fit(self) -> None:
         self._fit_start = time.perf_counter()

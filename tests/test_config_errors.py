@@ -1,6 +1,7 @@
 """A configuration mistake is told in one line (the key, where it was set, the nearest valid key)
 and a hint, not a usage dump and jsonargparse's report of every Union branch it tried."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,34 @@ def test_the_full_report_on_request(tmp_path, monkeypatch, capsys):
         main(["fit", "--config", TINY_GRPO, "--model.init_args.group_sise", "4"])
     err = capsys.readouterr().err
     assert "Does not validate against any of the Union subtypes" in err and "usage:" in err
+
+
+def test_threads_sets_the_runs_cpu_threads_and_refuses_zero(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from lit_posttrain.cli import LitPostTrainCLI
+
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        LitPostTrainCLI(args=["fit", "--config", TINY_GRPO, "--trainer.max_steps", "1", "--export", "false", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", TINY_GRPO, "--threads", "0"])
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_command_lets_idle_threads_sleep_unless_told_otherwise(monkeypatch):
+    """OMP_WAIT_POLICY=PASSIVE before torch's OpenMP starts (README, "Sharing a machine"); a
+    policy in the environment is kept."""
+    from lit_posttrain import cli, launch
+
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda: seen.append(os.environ["OMP_WAIT_POLICY"]))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    launch.main()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    launch.main()
+    assert seen == ["PASSIVE", "ACTIVE"]

@@ -1,5 +1,6 @@
 """The DataModule every method shares: a Task's examples, tokenized once at start-up with the
-policy's tokenizer, served as micro-batches of token lists.
+policy's tokenizer (in batches through `datasets`, cached on disk: `data.tokenize`), served as
+micro-batches of token lists.
 
 Batches hold token *lists*, not tensors: what a step needs differs by method (SFT packs prompt and
 demonstration; RL methods sample from the prompt alone), so each method builds its tensors on its
@@ -8,8 +9,9 @@ own device from the same `Batch` (`data.batches`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +24,8 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.data.batches import Batches, ResumableLoader, Row
 from lit_posttrain.data.task import DataError, Example, Task
+from lit_posttrain.data.tokenize import render_prompts, tokenize_texts
+from lit_posttrain.models import cache_root
 from lit_posttrain.padding import right_pad
 
 log = logging.getLogger(__name__)
@@ -41,13 +45,8 @@ def tokenize_prompt(
 ) -> list[int]:
     """The prompt's tokens: through the tokenizer's chat template (with the arguments it reads,
     `template_kwargs`), or its turns joined as plain text when `chat_template` is False."""
-    if chat_template is not False:
-        encoded = tokenizer.apply_chat_template(
-            example.messages, add_generation_prompt=True, tokenize=True, **(template_kwargs or {})
-        )
-        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-    text = "\n\n".join(m["content"] for m in example.messages)
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
+    (text,) = render_prompts(tokenizer, [example], chat_template, template_kwargs)
+    return tokenizer(text, add_special_tokens=chat_template is False)["input_ids"]
 
 
 def tokenize_rows(
@@ -58,17 +57,17 @@ def tokenize_rows(
     overflow: Overflow,
     chat_template: bool | str = True,
     template_kwargs: dict | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[list[Row], OverflowCounts]:
-    """Tokenize every example, applying the overflow policy to prompts and demonstrations that are
-    longer than their limits. Every truncated or skipped row is counted: nothing is dropped silently."""
+    """Tokenize every example (in batches, through `datasets`, cached in `cache_dir`:
+    `data.tokenize`), applying the overflow policy to prompts and demonstrations that are longer
+    than their limits. Every truncated or skipped row is counted: nothing is dropped silently."""
     counts = OverflowCounts()
     rows = []
-    for example in examples:
-        prompt_ids = tokenize_prompt(tokenizer, example, chat_template, template_kwargs)
-        completion_ids = None
-        if example.demonstration is not None:
-            completion_ids = tokenizer(example.demonstration, add_special_tokens=False)["input_ids"]
-            completion_ids = [*completion_ids, tokenizer.eos_token_id]
+    prompts = render_prompts(tokenizer, examples, chat_template, template_kwargs)
+    demonstrations = [example.demonstration for example in examples]
+    all_prompt_ids, all_completion_ids = tokenize_texts(tokenizer, prompts, demonstrations, chat_template is False, cache_dir)
+    for example, prompt_ids, completion_ids in zip(examples, all_prompt_ids, all_completion_ids, strict=True):
         too_long = []
         if len(prompt_ids) > max_prompt_tokens:
             too_long.append(f"prompt has {len(prompt_ids)} tokens > max_prompt_tokens={max_prompt_tokens}")
@@ -148,8 +147,9 @@ class TaskDataModule(L.LightningDataModule):
         if isinstance(self.chat_template, str):
             self.tokenizer.chat_template = read_template(self.chat_template)
         self.announce_prompt_format()
-        self.train_rows, train_counts = self.tokenize(self.task.train_examples(), f"task {self.task.name!r} train split")
-        self.eval_rows, eval_counts = self.tokenize(self.task.eval_examples(), f"task {self.task.name!r} eval split")
+        with self._first_process_first():
+            self.train_rows, train_counts = self.tokenize(self.task.train_examples(), f"task {self.task.name!r} train split")
+            self.eval_rows, eval_counts = self.tokenize(self.task.eval_examples(), f"task {self.task.name!r} eval split")
         if not self.train_rows:
             raise DataError(f"task {self.task.name!r} has no training rows left (overflow={self.overflow!r})")
         self.overflow_counts = {"train": train_counts, "eval": eval_counts}
@@ -178,6 +178,22 @@ class TaskDataModule(L.LightningDataModule):
         shown = text if len(text) <= 400 else text[:200] + " [...] " + text[-200:]
         rank_zero_info(f"prompts: {how}. The first training prompt as the model sees it:\n{shown}")
 
+    @contextlib.contextmanager
+    def _first_process_first(self) -> Iterator[None]:
+        """Under several processes, the first of each machine tokenizes (writing the cache) while
+        the others wait, then they tokenize, reading it. A bad row raises in the first process
+        after it has let the others go: they find it too and stop, nobody waits forever."""
+        trainer = self.trainer
+        several = trainer is not None and trainer.world_size > 1
+        first = not several or trainer.local_rank == 0
+        if not first:
+            trainer.strategy.barrier("tokenize")
+        try:
+            yield
+        finally:
+            if several and first:
+                trainer.strategy.barrier("tokenize")
+
     def tokenize(self, examples: Sequence[Example], label: str) -> tuple[list[Row], OverflowCounts]:
         """Rows under this module's limits and overflow policy; over-long rows are counted and logged."""
         rows, counts = tokenize_rows(
@@ -188,6 +204,7 @@ class TaskDataModule(L.LightningDataModule):
             self.overflow,
             self.chat_template,
             self.chat_template_kwargs,
+            cache_root() / "tokenized",
         )
         if counts.prompts_truncated or counts.completions_truncated or counts.rows_skipped:
             log.warning(
