@@ -38,6 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lit_posttrain.hub import hub_folder
 from lit_posttrain.tiny import RANDOM_SHAPES, RANDOM_WEIGHTS_MARKER, build_random_shape, build_tiny_llama
 
 DType = Literal["auto", "bfloat16", "float32", "float16"]
@@ -53,7 +54,7 @@ ACCEPTED_SOURCES = (
     "  random:SHAPE[:SEED]             random weights in a published shape (smollm2-135m, smollm2-360m,\n"
     "                                  qwen2-0.5b, qwen2-1.5b), the tiny tokenizer: for speed and memory\n"
     "  /path/to/folder                 a local Hugging Face folder (config.json + weights)\n"
-    "  owner/name                      a Hugging Face hub id (needs a network)"
+    "  owner/name                      a Hugging Face hub id (downloaded into the hub cache once; `revision` pins it)"
 )
 
 
@@ -96,8 +97,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("LIT_POSTTRAIN_CACHE", Path.home() / ".cache" / "lit_posttrain"))
 
 
-def resolve_model_source(source: str) -> str:
-    """Return a local folder or a hub id for `source`, building cached folders on first use."""
+def resolve_model_source(source: str, revision: str | None = None) -> str:
+    """Return a local folder for `source`, building cached folders on first use and downloading a
+    hub id (at `revision`, which only a hub id takes) into the hub cache."""
+    if revision is not None and not (_HUB_ID.match(source) and not Path(source).expanduser().exists()):
+        raise ModelSourceError(f"revision {revision!r} is for hub ids (owner/name); {source!r} is not one")
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX) :].lower()
         if name not in BUILTIN_MODELS:
@@ -128,7 +132,7 @@ def resolve_model_source(source: str) -> str:
             raise ModelSourceError(f"{source!r} is a folder without config.json; accepted sources:\n{ACCEPTED_SOURCES}")
         return str(path)
     if _HUB_ID.match(source) and not path.exists():
-        return source
+        return hub_folder(source, revision)
     raise ModelSourceError(f"cannot load a model from {source!r}; accepted sources:\n{ACCEPTED_SOURCES}")
 
 
@@ -212,13 +216,17 @@ def load_tokenizer(folder: str, trust_remote_code: bool = False) -> PreTrainedTo
     return tokenizer
 
 
-def load_model(folder: str, dtype: torch.dtype, trust_remote_code: bool = False) -> PreTrainedModel:
+def load_model(
+    folder: str, dtype: torch.dtype, trust_remote_code: bool = False, attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """The model in `folder`, with transformers' attention kernel `attn_implementation` if given."""
+    attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
     marker = Path(folder) / RANDOM_WEIGHTS_MARKER
     if marker.exists():  # a `random:` shape: weights initialised from its seed, none on disk
         with torch.random.fork_rng():
             torch.manual_seed(json.loads(marker.read_text())["seed"])
-            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype, **attention)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **attention)
 
 
 def apply_lora(model: PreTrainedModel, lora: LoRA) -> torch.nn.Module:
@@ -235,11 +243,12 @@ def apply_lora(model: PreTrainedModel, lora: LoRA) -> torch.nn.Module:
 
 
 def build_policy(
-    folder: str, dtype: torch.dtype, lora: LoRA | None, gradient_checkpointing: bool, trust_remote_code: bool = False
-) -> torch.nn.Module:
+    folder: str, dtype: torch.dtype, lora: LoRA | None, gradient_checkpointing: bool, trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> torch.nn.Module:  # fmt: skip
     """The trainable policy: the model in `folder`, in training mode, with LoRA adapters when
     `lora` is given and activations recomputed in the backward with `gradient_checkpointing`."""
-    policy = load_model(folder, dtype, trust_remote_code)
+    policy = load_model(folder, dtype, trust_remote_code, attn_implementation)
     if gradient_checkpointing:
         policy.gradient_checkpointing_enable()
         policy.config.use_cache = False
@@ -258,11 +267,11 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def resolve_sources(
-    model: str, teacher: str | None, trust_remote_code: bool = False
+    model: str, teacher: str | None, trust_remote_code: bool = False, revision: str | None = None
 ) -> tuple[str, PreTrainedTokenizerBase, str | None]:
-    """`(model folder, its tokenizer, teacher folder or None)`: every source resolved and every
-    tokenizer loaded, before any weights, with a teacher whose tokenizer differs refused."""
-    folder = resolve_model_source(model)
+    """`(model folder, its tokenizer, teacher folder or None)`: every source resolved (the model's at
+    `revision`), every tokenizer loaded before any weights, a teacher with another tokenizer refused."""
+    folder = resolve_model_source(model, revision)
     tokenizer = load_tokenizer(folder, trust_remote_code)
     if teacher is None:
         return folder, tokenizer, None

@@ -47,7 +47,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
     """Policy, reference and teacher models plus what every method needs around them.
 
     Args:
-        model: model source: "builtin:smollm2-135m-instruct", "tiny-random-llama[:SEED]", a local Hugging Face folder, or a hub id.
+        model: model source: "builtin:smollm2-135m-instruct", "tiny-random-llama[:SEED]", a local Hugging Face folder, or a hub id (downloaded once into the hub cache).
         lora: train LoRA adapters instead of every weight (null: full fine-tuning).
         dtype: weight dtype: "auto" (bfloat16 where the hardware supports it, else float32), "bfloat16", "float32" or "float16".
         teacher: model source of a frozen teacher, for the methods that distil from one (OPD); it must share the policy's tokenizer.
@@ -56,6 +56,8 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         verifier_timeout_s: a reward call that takes longer scores 0 and is counted, like one that raises.
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~20% slower).
         trust_remote_code: allow model folders to run their own Python code; off unless you trust the source.
+        revision: the hub model's branch, tag or commit (a hub id `model` only); policy, reference, vLLM and exports read that snapshot.
+        attn_implementation: transformers' attention kernel for the policy, reference and teacher ("sdpa", "eager", "flash_attention_2"; null: transformers' choice).
     """
 
     # What a method declares (README.md, "Adding a method"): whether it trains on the task's
@@ -78,6 +80,8 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         verifier_timeout_s: float = 10.0,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        revision: str | None = None,
+        attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -91,9 +95,9 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         self.engine = engine or HFEngine()
         self.sampler = EngineSession(self.engine, verifier_timeout_s)
         self.gradient_checkpointing = gradient_checkpointing
-        self.trust_remote_code = trust_remote_code
+        self.trust_remote_code, self.attn_implementation = trust_remote_code, attn_implementation
         # Now, so that a bad source or a teacher with another tokenizer stops the run at start-up.
-        self.model_folder, self.tokenizer, self.teacher_folder = resolve_sources(model, teacher, trust_remote_code)
+        self.model_folder, self.tokenizer, self.teacher_folder = resolve_sources(model, teacher, trust_remote_code, revision)
         self.weight_dtype = resolve_dtype(dtype)
         self.policy: torch.nn.Module | None = None
         self._teacher: torch.nn.Module | None = None
@@ -107,7 +111,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         if self.policy is not None:
             return
         self.policy = build_policy(
-            self.model_folder, self.weight_dtype, self.lora, self.gradient_checkpointing, self.trust_remote_code
+            self.model_folder, self.weight_dtype, self.lora, self.gradient_checkpointing, self.trust_remote_code, self.attn_implementation
         )
         if self.teacher_folder is not None:
             self.__dict__["_teacher"] = self._frozen(self.teacher_folder)
@@ -156,7 +160,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
     def _frozen(self, folder: str) -> torch.nn.Module:
         # Kept in `__dict__`, out of the module's children: not checkpointed (reloaded from its
         # source), not optimised, not sharded.
-        return freeze(load_model(folder, self.weight_dtype, self.trust_remote_code))
+        return freeze(load_model(folder, self.weight_dtype, self.trust_remote_code, self.attn_implementation))
 
     def policy_logp(
         self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0, first_scored: int | None = None
