@@ -38,9 +38,7 @@ class RolloutEpochs:
     def __init__(self, *args, ppo_epochs: int = 1, mini_batches: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if ppo_epochs < 1 or mini_batches < 1:
-            raise ValueError(
-                f"{type(self).__name__} ppo_epochs and mini_batches must be at least 1, got {ppo_epochs} and {mini_batches}"
-            )
+            raise ValueError(f"{type(self).__name__} ppo_epochs and mini_batches must be at least 1, got {ppo_epochs} and {mini_batches}")
         self.ppo_epochs, self.mini_batches = ppo_epochs, mini_batches
         self.optimizer_steps_per_batch = ppo_epochs * mini_batches
 
@@ -67,11 +65,7 @@ class RolloutEpochs:
         divisor of k (one of 1 or 2 with k = 4 runs after every batch; 6 would run only every 12
         steps)."""
         k, trainer, name = self.optimizer_steps_per_batch, self.trainer, type(self).__name__
-        wrong = (
-            [f"trainer.max_steps = {trainer.max_steps}"]
-            if trainer.max_steps > 0 and trainer.max_steps % k
-            else []
-        )
+        wrong = [f"trainer.max_steps = {trainer.max_steps}"] if trainer.max_steps > 0 and trainer.max_steps % k else []
         for callback in trainer.callbacks:
             n = getattr(callback, "every_n_steps", None) or getattr(callback, "_every_n_train_steps", None)
             if isinstance(n, int) and n > 0 and n % k and k % n:
@@ -84,10 +78,7 @@ class RolloutEpochs:
             )
         data = getattr(trainer, "datamodule", None)
         if data is not None:
-            last = (
-                len(data.train_rows) % (data.batch_size * trainer.world_size)
-                or data.batch_size * trainer.world_size
-            )
+            last = len(data.train_rows) % (data.batch_size * trainer.world_size) or data.batch_size * trainer.world_size
             prompts = max(1, min(data.batch_size, last // trainer.world_size))
             units = prompts if self.mini_batch_whole_prompts else prompts * self.group_size
             if units < self.mini_batches:
