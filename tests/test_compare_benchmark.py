@@ -37,6 +37,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.benchmark
 def test_smoke_comparison_tabulates_every_method_and_resumes(tmp_path):
     compare(tmp_path, "--methods", *METHODS)
 

@@ -24,6 +24,7 @@ def study(out: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.benchmark
 def test_smoke_study_measures_curves_and_writes_the_paired_report_and_resumes(tmp_path):
     study(tmp_path)
 

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_the_gpu_check_runs_every_setting_on_the_cpu():
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_check.sh")], env={**os.environ, "SMOKE": "1"},
