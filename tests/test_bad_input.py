@@ -111,7 +111,8 @@ CONFIGS = {
     "prompt_over_the_limit": (TINY, ["--data.max_prompt_tokens", "10"], r"prompt has \d+ tokens > max_prompt_tokens=10"),
     "demonstration_over_the_limit": (TINY, ["--data.max_completion_tokens", "1"], r"demonstration has \d+ tokens .* max_completion_tokens=1"),
     "every_row_skipped": (TINY, ["--data.max_prompt_tokens", "10", "--data.overflow", "skip"], r"no training rows left"),
-    "bad_verifier_timeout": (TINY_GRPO, ["--model.init_args.verifier_timeout_s", "0"], r"timeout must be > 0"),
+    "bad_reward_timeout": (TINY_GRPO, ["--model.init_args.scorer", '{"class_path": "lit_posttrain.rewards.ThreadScorer", "init_args": {"timeout_s": 0}}'], r"timeout must be > 0 seconds, got timeout_s=0"),
+    "scorer_without_workers": (TINY_GRPO, ["--model.init_args.scorer", '{"class_path": "lit_posttrain.rewards.ProcessScorer", "init_args": {"workers": 0}}'], r"at least one worker, got workers=0"),
 }
 
 

@@ -13,12 +13,12 @@ from lit_posttrain.callbacks import NonFiniteGuard
 from lit_posttrain.data import Arithmetic, TaskDataModule
 from lit_posttrain.methods.grpo import GRPO
 from lit_posttrain.rewards import VerifierTimeout
-from lit_posttrain.rewards.guard import GuardedScorer
+from lit_posttrain.rewards.guard import ThreadScorer
 from lit_posttrain.rollout import HFEngine
 
 
 def test_guarded_scorer_counts_errors_and_bounds_hangs():
-    scorer = GuardedScorer(timeout_s=0.2, workers=2)
+    scorer = ThreadScorer(timeout_s=0.2, workers=2)
 
     def boom() -> float:
         raise ZeroDivisionError("verifier bug")
@@ -35,7 +35,7 @@ def test_a_verifiers_own_timeout_is_its_own_branch_and_keeps_the_pool():
     """`VerifierTimeout` subclasses TimeoutError, which is `futures.TimeoutError` on Python 3.11+:
     caught by the pool's timeout branch it was logged as a hang and the pool thrown away, though
     no worker was stuck."""
-    scorer = GuardedScorer(timeout_s=5.0, workers=2)
+    scorer = ThreadScorer(timeout_s=5.0, workers=2)
     pool = scorer._pool
 
     def bounded() -> float:

@@ -12,7 +12,7 @@ import pytest
 from jsonargparse import ArgumentParser
 
 from lit_posttrain.rewards import ExactMatch, MathVerifier, NumericMatch, Verifier, VerifierTimeout
-from lit_posttrain.rewards.guard import GuardedScorer
+from lit_posttrain.rewards.guard import ThreadScorer
 
 
 def _scripted_score(completion: str, answer: str) -> float:
@@ -217,7 +217,7 @@ def test_timeout_raises_and_restarts(scripted: MathVerifier) -> None:
 
 
 def test_a_math_verifier_timeout_in_training_scores_zero_and_counts_as_a_timeout(scripted: MathVerifier) -> None:
-    scorer = GuardedScorer(timeout_s=30)  # the verifier's own bound (0.5 s) fires first
+    scorer = ThreadScorer(timeout_s=30)  # the verifier's own bound (0.5 s) fires first
     assert scorer([lambda: scripted("hang", "hang"), lambda: scripted("7", "7")]) == [0.0, 1.0]
     assert (scorer.failures.timeouts, scorer.failures.errors) == (1, 0)
     assert scorer([lambda: scripted("crash", "crash")]) == [0.0]

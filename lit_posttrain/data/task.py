@@ -82,5 +82,13 @@ class _OwnReward:
     def __init__(self, task: Task) -> None:
         self.task = task
 
+    # Equal for one task, so that a scorer that ships the reward to worker processes
+    # (`ProcessScorer`) sees the same reward step after step and ships it once.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _OwnReward) and other.task is self.task
+
+    def __hash__(self) -> int:
+        return id(self.task)
+
     def __call__(self, completion: str, example: Example) -> float:
         return self.task.reward(example.messages, completion, example.answer)

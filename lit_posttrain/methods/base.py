@@ -38,6 +38,7 @@ from lit_posttrain.models import (
     resolve_sources,
 )
 from lit_posttrain.optim import Optim, configure_adamw
+from lit_posttrain.rewards.guard import Scorer, ThreadScorer
 from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 from lit_posttrain.rollout.session import EngineSession
 from lit_posttrain.sharding import is_sharded, shard_policy
@@ -53,7 +54,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         teacher: model source of a frozen teacher, for the methods that distil from one (OPD); it must share the policy's tokenizer.
         optim: optimizer and learning-rate schedule.
         engine: how completions are sampled (rollouts, evaluation); default HFEngine().
-        verifier_timeout_s: a reward call that takes longer scores 0 and is counted, like one that raises.
+        scorer: how reward calls run, each bounded in time (one that raises or runs out of time scores 0 and is counted): ThreadScorer (default; timeout_s 10, workers 4) or ProcessScorer (worker processes, in parallel, a hung or dead worker replaced).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~20% slower).
         trust_remote_code: allow model folders to run their own Python code; off unless you trust the source.
         revision: the hub model's branch, tag or commit (a hub id `model` only); policy, reference, vLLM and exports read that snapshot.
@@ -77,7 +78,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         teacher: str | None = None,
         optim: Optim | None = None,
         engine: RolloutEngine | None = None,
-        verifier_timeout_s: float = 10.0,
+        scorer: Scorer | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         revision: str | None = None,
@@ -93,7 +94,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         self.lora = lora
         self.optim = optim or Optim()
         self.engine = engine or HFEngine()
-        self.sampler = EngineSession(self.engine, verifier_timeout_s)
+        self.sampler = EngineSession(self.engine, scorer or ThreadScorer())
         self.gradient_checkpointing = gradient_checkpointing
         self.trust_remote_code, self.attn_implementation = trust_remote_code, attn_implementation
         # Now, so that a bad source or a teacher with another tokenizer stops the run at start-up.

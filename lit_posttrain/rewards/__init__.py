@@ -7,6 +7,11 @@ worker subprocess.
 from lit_posttrain.rewards.base import Verifier, VerifierTimeout
 from lit_posttrain.rewards.code import CodeOutputMatch
 from lit_posttrain.rewards.exact import ExactMatch, NumericMatch, RegexMatch
+from lit_posttrain.rewards.guard import Scorer, ThreadScorer
 from lit_posttrain.rewards.math import MathVerifier
+from lit_posttrain.rewards.processes import ProcessScorer
 
-__all__ = ["CodeOutputMatch", "ExactMatch", "MathVerifier", "NumericMatch", "RegexMatch", "Verifier", "VerifierTimeout"]
+__all__ = [
+    "CodeOutputMatch", "ExactMatch", "MathVerifier", "NumericMatch", "ProcessScorer", "RegexMatch", "Scorer",
+    "ThreadScorer", "Verifier", "VerifierTimeout",
+]  # fmt: skip

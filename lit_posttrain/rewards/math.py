@@ -12,6 +12,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from lit_posttrain.rewards import base
 from lit_posttrain.rewards.base import VerifierTimeout
 
 ScoreFn = Callable[[str, str], float]
@@ -88,7 +89,8 @@ class MathVerifier:
     `timeout_s` raises `VerifierTimeout` and the worker is killed; a fresh one starts on the next
     call. A worker that dies, or a score that raises (e.g. an unparseable gold answer), raises
     `RuntimeError`. In training both score 0.0 and are counted, as `train/verifier_timeouts` and
-    `train/verifier_errors` (`GuardedScorer`). Calls from several threads are serialised.
+    `train/verifier_errors` (`rewards.guard`). Calls from several threads are serialised. Inside a
+    `ProcessScorer` worker, which is itself a bounded process, it scores in place.
 
     The worker is started with the 'spawn' method (forking a process that runs torch threads is
     unsafe), so, as with any spawn-based multiprocessing, a script that calls the verifier must
@@ -127,6 +129,9 @@ class MathVerifier:
         self._reset_worker_state()
 
     def __call__(self, completion: str, answer: str) -> float:
+        if base.IN_SCORING_PROCESS:
+            logging.getLogger("math_verify").setLevel(logging.ERROR)  # only its disabled-timeout warnings
+            return float(self._score_fn(completion, answer))
         if self._owner_pid != os.getpid():
             # Inherited through fork (e.g. by a DataLoader worker): the pipe leads to the parent's
             # worker, and the lock may have been copied while held.

@@ -4,7 +4,6 @@ The engine's whole life in one place; the module calls `sample`, `push` and `clo
 
 from __future__ import annotations
 
-import functools
 import time
 
 import torch
@@ -12,18 +11,18 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_posttrain.data.batches import Row
 from lit_posttrain.data.task import Task
-from lit_posttrain.rewards.guard import GuardedScorer
+from lit_posttrain.rewards.guard import Scorer
 from lit_posttrain.rollout.engine import RolloutEngine
 from lit_posttrain.rollout.types import Rollout
 
 
 class EngineSession:
-    """`engine` sampling from `policy`, with rewards scored through a `GuardedScorer` (a reward
-    call that raises or takes longer than `verifier_timeout_s` scores 0 and is counted)."""
+    """`engine` sampling from `policy`, with rewards scored by `scorer` (a reward call that raises
+    or runs out of time scores 0 and is counted)."""
 
-    def __init__(self, engine: RolloutEngine, verifier_timeout_s: float = 10.0) -> None:
+    def __init__(self, engine: RolloutEngine, scorer: Scorer) -> None:
         self.engine = engine
-        self.scorer = GuardedScorer(verifier_timeout_s)
+        self.scorer = scorer
         self.started = False
 
     def _start(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
@@ -44,12 +43,8 @@ class EngineSession:
         start = time.perf_counter()
         parts = task.reward_parts()
         # Every part of every completion is its own guarded call: one that fails scores that part 0.
-        calls = [
-            functools.partial(part, text, rows[g].example)
-            for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)
-            for part in parts
-        ]
-        score_BP = torch.tensor(self.scorer(calls), dtype=torch.float32).view(len(rollout), len(parts))
+        items = [(text, rows[g].example) for g, text in zip(rollout.group_B.tolist(), rollout.completions, strict=True)]
+        score_BP = torch.tensor(self.scorer.score(parts, items), dtype=torch.float32).view(len(rollout), len(parts))
         reward_B = score_BP @ torch.tensor([float(part.weight) for part in parts])
         rollout.timing["score_s"] = time.perf_counter() - start
         named = {part.name: score_BP[:, p] for p, part in enumerate(parts)} if task.rewards else None
@@ -70,3 +65,4 @@ class EngineSession:
         if self.started:
             self.engine.close()
             self.started = False
+        self.scorer.close()
