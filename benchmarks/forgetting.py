@@ -19,8 +19,10 @@ steps (and before the first and after the last) each run measures:
   the forward one there, KL(start || policy), is what "RL's Razor" found to predict forgetting;
 - the process's resident memory every step (MemoryMonitor).
 
-The methods (METHODS): `sft` on the task's demonstrations, which is also the over-trained teacher
-`opd` distils from on-policy into the untouched model; `self_sft`, SFT on the model's own sampled
+The methods (METHODS): `sft` on the task's demonstrations (German: "Die Antwort ist 17."), which
+is also the over-trained teacher `opd` distils from on-policy into the untouched model;
+`sft_english`, SFT on the same answers in English ("The answer is 17."), the style control: how
+much of SFT's drop is the answers' foreign form; `self_sft`, SFT on the model's own sampled
 answers that the verifier accepts, resampled every step (GRPO's config with the `Reward`
 advantage: no baseline, a rejected sample adds nothing); `grpo`; `hpt`; with --methods, `otr`
 and `sept`. The measurement before training is made by the seed's first run and read by the others
@@ -32,9 +34,12 @@ runs float32 several times slower (fewer --seeds, or --steps, to fit an hour the
 
 Written to --out: `runs/<method>/seed<S>/` (output.log, metrics.csv, forgetting_history.json,
 the teacher's model, and result.json, written when the run has finished: --skip-existing reuses it
-when the command is unchanged), then by benchmarks/forgetting_report.py: `report.md` (tables,
-paired tests, the frontier, the KL-forgetting fit), `checkpoints.csv` (one row per run and
-checkpoint), `curves.png` and `frontier.png`.
+when the command is unchanged); `items/`, every finished run's per-item results (each GK item's
+right or wrong and NLL at every checkpoint, the curves, memory, times: a few tens of KB a run, to
+commit), from which benchmarks/forgetting_report.py writes, here or again later from `items/`
+alone: `report.md` (tables, item-clustered tests, matched accuracy, the KL-forgetting fits, every
+test corrected for their number), `checkpoints.csv` (one row per run and checkpoint),
+`frontier.png`, `curves.png` and `memory.png`.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class Method:
     teacher: str | None = None  # the method whose final model (same seed) teaches this one
     default: bool = True
     note: str = ""
+    demonstration: str | None = None  # its own demonstrations' style (None: the study's --demonstration)
 
 
 REWARD_ADVANTAGE = "lit_posttrain.losses.advantages.Reward"
@@ -81,6 +87,10 @@ METHODS = {  # in run order: a teacher before its student
     "self_sft": Method(
         "configs/grpo.yaml", ("--model.init_args.loss.advantage", REWARD_ADVANTAGE),
         note="GRPO's config with the `Reward` advantage: SFT on its own accepted samples, resampled every step",
+    ),  # fmt: skip
+    "sft_english": Method(
+        "configs/sft.yaml", demonstration="The answer is {answer}.",
+        note="SFT on the same answers written in English, the model's own language: the style control",
     ),  # fmt: skip
     "grpo": Method("configs/grpo.yaml"),
     "hpt": Method("configs/hpt.yaml"),
@@ -143,7 +153,7 @@ class Settings:
     demonstration: str
 
 
-def task_config(demonstration: str, out: Path) -> Path:
+def task_config(demonstration: str, out: Path, name: str = "task") -> Path:
     """The study's task: the RL configs' sums of two numbers 0..20 with their one-shot prompt, the
     demonstrations in `demonstration`'s style, and a verifier that reads the last number of the
     reply: it scores the demonstrations' style and the model's own alike."""
@@ -158,7 +168,7 @@ def task_config(demonstration: str, out: Path) -> Path:
         "max_prompt_tokens": 512,  # the tiny model's character tokenizer makes the one-shot prompt long
         "max_completion_tokens": 32,
     }  # fmt: skip
-    path = out / "task.yaml"
+    path = out / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, yaml.safe_dump({"data": data}, sort_keys=False))
     return path
@@ -233,6 +243,8 @@ def summarise_run(run_dir: Path, wall_s: float) -> dict:
     return {
         "curves": curves,
         "gk_items": [[bool(x) for x in entry[f"forget/{PROBE_SET}/per_example"]] for entry in history],
+        # The right option's per-token NLL, item by item (4 decimals: ample for differences of 0.01).
+        "gk_nll_items": [[round(x, 4) for x in entry.get(f"forget/{PROBE_SET}/per_example_nll", [])] for entry in history],
         "memory_gib": series.get("memory/rss_gib", []),
         "wall_s": wall_s,
         "fit_s": float(summary.group(1)) if summary else None,
@@ -274,13 +286,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from forgetting_report import write_report
+    from forgetting_report import write_items, write_report
 
     from lit_posttrain.callbacks.cadence import digest
 
     args, settings = parse_args(argv)
     out = args.out.resolve()
     task = task_config(settings.demonstration, out)
+    # A method with demonstrations of its own style gets its own task file; nothing measured at
+    # the start depends on demonstrations, so the start is the study task's (one baseline a seed).
+    tasks = {m: task_config(spec.demonstration, out, f"task_{m}") if spec.demonstration else task for m, spec in METHODS.items()}
     methods = [m for m in METHODS if m in args.methods]
     teachers = {spec.teacher for spec in METHODS.values()}
     runs = []
@@ -291,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / "runs" / method / f"seed{seed}"
             teacher = METHODS[method].teacher
             teacher_model = out / "runs" / teacher / f"seed{seed}" / "model" if teacher else None
-            command = run_command(settings, method, task, seed, run_dir, teacher_model, method in teachers, baselines)
+            command = run_command(settings, method, tasks[method], seed, run_dir, teacher_model, method in teachers, baselines)
             runs.append(Run("arithmetic", method, seed, run_dir, command))
     command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
     print(f"{len(runs)} runs into {out}", flush=True)
@@ -306,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = run_in_order(
         runs, args.skip_existing, summarise_run, teacher_of=lambda method: METHODS[method].teacher,
         label=lambda run: f"{run.method} seed {run.seed}", measured=measured,
-        after_each=lambda: write_report(runs, out, settings, command_line, METHODS),
+        after_each=lambda: (write_items(runs, out / "items", settings, command_line, METHODS), write_report(runs, out, settings, command_line, METHODS)),
     )  # fmt: skip
-    print(f"report: {out / 'report.md'}; per checkpoint: {out / 'checkpoints.csv'}; charts: {out / 'frontier.png'}, {out / 'curves.png'}")
+    print(f"report: {out / 'report.md'}; per checkpoint: {out / 'checkpoints.csv'}; charts: frontier.png, curves.png, memory.png in {out}")
+    print(f"per-item results, the report's whole input: {out / 'items'} (rebuild: benchmarks/forgetting_report.py {out / 'items'})")
     return 1 if missing else 0
 
 

@@ -1,15 +1,29 @@
 """The analysis of benchmarks/forgetting.py: finished runs in; `checkpoints.csv`, `report.md`,
-`curves.png` and `frontier.png` out. Every GK difference is a paired test over the same items
-(benchmarks/paired.py); every number is read from the runs, none is typed in."""
+`curves.png`, `frontier.png` and `memory.png` out. Every number is read from the runs' per-item
+results, none is typed in. The report is rebuilt from a folder of them alone (the study writes
+one, `items/`; the committed study's is benchmarks/forgetting_items/):
+
+    .venv/bin/python benchmarks/forgetting_report.py benchmarks/forgetting_items --out /tmp/report
+
+Statistics (benchmarks/clustered.py): a GK difference over several seeds is tested with the item
+as the unit (sign flips of each item's seed-averaged difference; 95% bootstrap over items), so
+neither a start shared by the seeds nor seeds that flip the same items counts as more evidence;
+one run alone gets the exact McNemar test (benchmarks/paired.py). Every test of the report's
+claims is listed at the end with its Holm-adjusted p (family-wise 5%)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+from clustered import ClusteredDifference, clustered_difference, crossing, holm, interpolate
 from compare_report import Run, cell, git_revision, machine, write_atomically, write_csv
-from paired import PairedDifference, minimum_detectable_difference, paired_difference
+from paired import PairedDifference, paired_difference
 
 KLS = (  # (curve, what it is), the candidates for predicting the GK drop
     ("task_forward_kl", "KL(start || policy) on task prompts (RL's Razor)"),
@@ -21,8 +35,6 @@ KLS = (  # (curve, what it is), the candidates for predicting the GK drop
 
 def gk_topics(items: int) -> list[str] | None:
     """Each probed item's topic, in the probe's order (the first `items` of the built-in set)."""
-    import json
-
     from lit_posttrain.data.multiple_choice import BUILTIN_PROBES
 
     lines = BUILTIN_PROBES["general_knowledge"].read_text().splitlines()
@@ -40,9 +52,15 @@ def by_method(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def pooled(pairs: list[tuple[list[bool], list[bool]]]) -> PairedDifference:
-    """One paired test over every (seed, item) pair: the seeds' items concatenated."""
-    return paired_difference([x for before, _ in pairs for x in before], [y for _, after in pairs for y in after])
+def gk(run: Run, x: float = -1) -> np.ndarray:
+    """A run's per-item GK outcomes at checkpoint `x` (-1: the last; fractional: interpolated)."""
+    items_KN = run.result["gk_items"]
+    return np.asarray(items_KN[x], dtype=float) if x == -1 or float(x).is_integer() else interpolate(x, items_KN)
+
+
+def clustered(after: list[np.ndarray], before: list[np.ndarray]) -> ClusteredDifference:
+    """`after - before` over the same items, one row per seed, the item the unit (clustered.py)."""
+    return clustered_difference(np.stack(after), np.stack(before))
 
 
 def end_vs_start(run: Run) -> PairedDifference:
@@ -84,10 +102,11 @@ def correlation(xs: list[float], ys: list[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
-def matched_accuracy(groups: dict[str, list[Run]]) -> tuple[float | None, dict[str, list[tuple[int, int]]], list[str]]:
+def matched_accuracy(groups: dict[str, list[Run]]) -> tuple[float | None, dict[str, list[tuple[int, float]]], list[str]]:
     """The highest task accuracy that every run which improved on its start reached at some
-    checkpoint; per method, each such run's (seed, checkpoint index) where it first reached it; and
-    the runs left out, which never rose above their start (no accuracy to match them at)."""
+    checkpoint; per method, each such run's (seed, fractional checkpoint) where its accuracy,
+    interpolated between checkpoints, first reaches it; and the runs left out, which never rose
+    above their start (no accuracy to match them at)."""
     improved, left_out = [], []
     for method, runs in groups.items():
         for run in runs:
@@ -96,10 +115,9 @@ def matched_accuracy(groups: dict[str, list[Run]]) -> tuple[float | None, dict[s
     if not improved:
         return None, {}, [f"{method} seed {run.seed}" for method, run in left_out]
     level = min(max(run.result["curves"]["task_accuracy"][1:]) for _, run in improved)
-    matched: dict[str, list[tuple[int, int]]] = {}
+    matched: dict[str, list[tuple[int, float]]] = {}
     for method, run in improved:
-        accuracy = run.result["curves"]["task_accuracy"]
-        matched.setdefault(method, []).append((run.seed, next(i for i in range(1, len(accuracy)) if accuracy[i] >= level)))
+        matched.setdefault(method, []).append((run.seed, crossing(level, run.result["curves"]["task_accuracy"])))
     return level, matched, [f"{method} seed {run.seed}" for method, run in left_out]
 
 
@@ -114,14 +132,16 @@ def memory_line(run: Run) -> str:
     return f"| {run.method} | {run.seed} | {values[0]:.2f} | {max(values):.2f} | {values[-1]:.2f} | {growth:+.3f} |"
 
 
-def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str:
+def markdown(runs: list[Run], settings, command_line: str, methods: dict, provenance: dict | None = None) -> str:
     groups = by_method(runs)
     first = next(iter(done(runs)), None)
     items = len(first.result["gk_items"][0]) if first else 0
+    provenance = provenance or {"machine": machine(), "code": git_revision()}
+    tests: list[tuple[str, ClusteredDifference]] = []  # the claims' tests, corrected together at the end
     lines = [
         "# Forgetting study",
         "",
-        f"Written by `benchmarks/forgetting.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; rerun its command to refresh it.",
+        f"Written by `benchmarks/forgetting_report.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the runs' per-item results.",
         "",
         f"- Command: `{command_line}`",
         f"- The same for every method: model `{settings.model}` (dtype {settings.dtype}, "
@@ -130,27 +150,33 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str
         f"{' '.join(map(str, settings.seeds))}; measured every {settings.every} steps: greedy accuracy on "
         f"{settings.eval_examples} held-out sums, {items} GK items, KL both ways on {settings.kl_prompts} GK questions "
         f"and {settings.task_kl_prompts} task prompts.",
-        f"- Machine: {machine()}",
-        f"- Code: commit {git_revision()}",
+        f"- Machine: {provenance['machine']}",
+        f"- Code: commit {provenance['code']}",
         "",
-        "GK differences: after - before over the same items, 95% paired-bootstrap interval in brackets, exact "
-        "McNemar p; `pooled`: the seeds' items together. Other cells: mean ± std over seeds.",
+        "GK differences over several seeds: after - before over the same items, each item's difference averaged "
+        "over the seeds and the item the unit: 95% bootstrap interval over items in brackets, p from random sign "
+        "flips of the items (a start shared by the seeds counts once; seeds flipping the same items add no "
+        "evidence). `detectable`: the smallest difference these items detect (80% power, two-sided 5%). One run "
+        "alone: exact McNemar. Other cells: mean ± std over seeds.",
         "",
         "## At the end of training",
         "",
         "| method | seeds | task accuracy, start | task accuracy, end | GK accuracy, start | GK accuracy, end | "
-        "GK change, pooled [95% CI] | McNemar p | GK right-to-wrong | KL(start‖policy) task | KL(policy‖start) GK | wall (s) | measuring share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "GK change [95% CI] | p | per seed | detectable | NLL of the right option, change | KL(start‖policy) task | "
+        "KL(policy‖start) GK | wall (s) | measuring share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, group in groups.items():
         curves = [run.result["curves"] for run in group]
-        test = pooled([(run.result["gk_items"][0], run.result["gk_items"][-1]) for run in group])
+        test = clustered([gk(run) for run in group], [gk(run, 0) for run in group])
+        tests.append((f"{method}: GK change, end against start", test))
         share = [run.result["measure_s"] / run.result["fit_s"] for run in group if run.result["fit_s"]]
+        nll = [c["gk_nll"][-1] - c["gk_nll"][0] for c in curves if c["gk_nll"][-1] is not None]
         lines.append(
             f"| {method} | {len(group)} | {cell([c['task_accuracy'][0] for c in curves], 3)} | "
             f"{cell([c['task_accuracy'][-1] for c in curves], 3)} | {cell([c['gk_accuracy'][0] for c in curves], 3)} | "
             f"{cell([c['gk_accuracy'][-1] for c in curves], 3)} | {test.cell()} | {test.p_value:.2g} | "
-            f"{cell([end_vs_start(run).right_to_wrong for run in group], 1)} | "
+            f"{' '.join(f'{d:+.3f}' for d in test.per_seed)} | {test.detectable:.3f} | {cell(nll, 3)} | "
             f"{cell([c['task_forward_kl'][-1] for c in curves if c['task_forward_kl'][-1] is not None], 3)} | "
             f"{cell([c['probe_kl'][-1] for c in curves if c['probe_kl'][-1] is not None], 3)} | "
             f"{cell([run.result['wall_s'] for run in group], 0)} | {cell(share, 2)} |"
@@ -161,35 +187,22 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str
             test = end_vs_start(run)
             lines.append(f"| {method} | {run.seed} | {test.cell()} | {test.right_to_wrong} | {test.wrong_to_right} | {test.p_value:.2g} |")
 
-    discordant = [(t.right_to_wrong + t.wrong_to_right) / t.n for group in groups.values() for t in map(end_vs_start, group)]
-    if discordant:
-        d = statistics.median(discordant)
-        lines += [
-            "",
-            f"Smallest detectable GK difference: {minimum_detectable_difference(items, d):.3f} for one run against its start "
-            f"({items} items, the runs' median {d:.2f} of them flipping either way; 80% power, two-sided 5%), "
-            f"{minimum_detectable_difference(items * max(len(g) for g in groups.values()), d):.3f} pooled over the seeds.",
-        ]
-
     topics = gk_topics(items) if items else None
     if topics:
         # Sums are what every method trains on: the set's arithmetic items can move with the task
         # itself, so the change is also given without them.
         keep = [i for i, topic in enumerate(topics) if topic != "arithmetic"]
+        arithmetic = [i for i in range(items) if i not in set(keep)]
         lines += [
             "",
-            f"GK change end against start, pooled over seeds, split by topic: the {items - len(keep)} arithmetic items, "
-            f"and the other {len(keep)}.",
+            f"GK change end against start, split by topic: the {len(arithmetic)} arithmetic items, and the other {len(keep)}.",
             "",
-            "| method | arithmetic items [95% CI] | other items [95% CI] | McNemar p, other items |",
+            "| method | arithmetic items [95% CI] | other items [95% CI] | p, other items |",
             "|---|---|---|---|",
         ]
-        arithmetic = [i for i in range(items) if i not in set(keep)]
         for method, group in groups.items():
-            cells = []
-            for subset in (arithmetic, keep):
-                pairs = [([run.result["gk_items"][0][i] for i in subset], [run.result["gk_items"][-1][i] for i in subset]) for run in group]
-                cells.append(pooled(pairs) if subset else None)
+            cells = [clustered([gk(run)[subset] for run in group], [gk(run, 0)[subset] for run in group]) if subset else None
+                     for subset in (arithmetic, keep)]  # fmt: skip
             shown = [test.cell() if test else "-" for test in cells]
             lines.append(f"| {method} | {shown[0]} | {shown[1]} | {f'{cells[1].p_value:.2g}' if cells[1] else '-'} |")
 
@@ -201,53 +214,57 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str
             "",
             f"## At matched task accuracy ({level:.3f}: the highest that every run which improved reached)",
             "",
-            "Each run at its first checkpoint at or above it"
+            "Each run where its task accuracy, interpolated linearly between checkpoints, first reaches it; its GK "
+            "items interpolated the same way (fractional outcomes)"
             + (f"; left out, never above their start: {', '.join(left_out)}." if left_out else "."),
             "",
-            "| method | step (per seed) | task accuracy there | GK change, pooled [95% CI] | McNemar p |",
+            "| method | step (per seed) | GK change [95% CI] | p | detectable |",
             "|---|---|---|---|---|",
         ]
         for method, entries in matched.items():
             by_seed = {run.seed: run for run in groups[method]}
-            pairs = [(by_seed[seed].result["gk_items"][0], by_seed[seed].result["gk_items"][i]) for seed, i in entries]
-            steps = " ".join(str(by_seed[seed].result["curves"]["step"][i]) for seed, i in entries)
-            reached = [by_seed[seed].result["curves"]["task_accuracy"][i] for seed, i in entries]
-            test = pooled(pairs)
-            lines.append(f"| {method} | {steps} | {cell(reached, 3)} | {test.cell()} | {test.p_value:.2g} |")
+            runs_at = [(by_seed[seed], x) for seed, x in entries]
+            test = clustered([gk(run, x) for run, x in runs_at], [gk(run, 0) for run, _ in runs_at])
+            tests.append((f"{method}: GK change at matched task accuracy {level:.3f}", test))
+            steps = " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in runs_at)
+            lines.append(f"| {method} | {steps} | {test.cell()} | {test.p_value:.2g} | {test.detectable:.3f} |")
 
     if "sft" in groups:
-        lines += ["", "## Each method against SFT at the end (same seed, same items)", "", "| method | GK difference to SFT, pooled [95% CI] | McNemar p |", "|---|---|---|"]
+        lines += ["", "## Each method against SFT at the end (seeds paired, same items)", "",
+                  "| method | GK difference to SFT [95% CI] | p | per seed |", "|---|---|---|---|"]  # fmt: skip
         sft = {run.seed: run for run in groups["sft"]}
         for method, group in groups.items():
-            pairs = [(sft[run.seed].result["gk_items"][-1], run.result["gk_items"][-1]) for run in group if run.seed in sft]
-            if method != "sft" and pairs:
-                test = pooled(pairs)
-                lines.append(f"| {method} | {test.cell()} | {test.p_value:.2g} |")
+            paired_runs = [run for run in group if run.seed in sft]
+            if method != "sft" and paired_runs:
+                test = clustered([gk(run) for run in paired_runs], [gk(sft[run.seed]) for run in paired_runs])
+                tests.append((f"{method} against SFT, GK at the end", test))
+                lines.append(f"| {method} | {test.cell()} | {test.p_value:.2g} | {' '.join(f'{d:+.3f}' for d in test.per_seed)} |")
 
     for method, group in groups.items():
         teacher = methods[method].teacher
         if teacher not in groups:
             continue
         teachers = {run.seed: run for run in groups[teacher]}
+        pairs = [(run, teachers[run.seed]) for run in group if run.seed in teachers]
         lines += [
             "",
             f"## Distillation: `{method}` from the over-trained `{teacher}` model",
             "",
-            "| seed | task accuracy: start, teacher, student | GK: start, teacher, student | student - teacher GK [95% CI], p | student - start GK [95% CI], p |",
+            "| seed | task accuracy: start, teacher, student | GK: start, teacher, student | student - teacher GK [95% CI], McNemar p | student - start GK [95% CI], McNemar p |",
             "|---|---|---|---|---|",
         ]
-        for run in group:
-            t = teachers.get(run.seed)
-            if t is None:
-                continue
-            s_items, t_items = run.result["gk_items"], t.result["gk_items"]
-            vs_teacher, vs_start = paired_difference(t_items[-1], s_items[-1]), paired_difference(s_items[0], s_items[-1])
+        for run, t in pairs:
+            vs_teacher, vs_start = paired_difference(gk(t).tolist(), gk(run).tolist()), end_vs_start(run)
             sc, tc = run.result["curves"], t.result["curves"]
             lines.append(
                 f"| {run.seed} | {sc['task_accuracy'][0]:.3f}, {tc['task_accuracy'][-1]:.3f}, {sc['task_accuracy'][-1]:.3f} | "
                 f"{sc['gk_accuracy'][0]:.3f}, {tc['gk_accuracy'][-1]:.3f}, {sc['gk_accuracy'][-1]:.3f} | "
                 f"{vs_teacher.cell()}, {vs_teacher.p_value:.2g} | {vs_start.cell()}, {vs_start.p_value:.2g} |"
             )
+        if pairs:
+            test = clustered([gk(run) for run, _ in pairs], [gk(t) for _, t in pairs])
+            tests.append((f"{method} student against its {teacher} teacher, GK at the end", test))
+            lines.append(f"| all, clustered | | | {test.cell()}, p {test.p_value:.2g} | |")
 
     rows = [row for row in checkpoint_rows(runs) if row["step"] > 0]
     if len(rows) >= 3:
@@ -255,17 +272,39 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict) -> str
             "",
             "## Which KL predicts the GK drop",
             "",
-            f"Over every checkpoint after the start of every run ({len(rows)} points): the correlation of the GK accuracy "
-            "change with each KL to the start (negative: more KL, more forgetting).",
+            f"Over every checkpoint after the start of every run ({len(rows)} points), and within each method: the "
+            "correlation of the GK accuracy change with each KL to the start (negative: more KL, more forgetting). "
+            "A correlation over all runs mixes the methods' differences with each method's own course; the "
+            "within-method ones say whether the KL tracks forgetting along a run.",
             "",
-            "| KL | Pearson r | Spearman rho |",
-            "|---|---|---|",
+            "| KL | Pearson r, all | Spearman rho, all | " + " | ".join(f"r within {m}" for m in groups) + " |",
+            "|---|---|---|" + "---|" * len(groups),
         ]
         for name, label in KLS:
             points = [(row[name], row["gk_change"]) for row in rows if row[name] is not None]
             if len(points) >= 3:
                 r, rho = correlation([x for x, _ in points], [y for _, y in points])
-                lines.append(f"| {label} | {r:+.2f} | {rho:+.2f} |")
+                within = []
+                for method in groups:
+                    own = [(row[name], row["gk_change"]) for row in rows if row["method"] == method and row[name] is not None]
+                    r_own = correlation([x for x, _ in own], [y for _, y in own])[0] if len(own) >= 3 else float("nan")
+                    within.append("-" if r_own != r_own else f"{r_own:+.2f}")  # nan: too few points, or a side constant
+                lines.append(f"| {label} | {r:+.2f} | {rho:+.2f} | " + " | ".join(within) + " |")
+
+    if tests:
+        adjusted = holm([test.p_value for _, test in tests])
+        lines += [
+            "",
+            "## Every test above, corrected for their number",
+            "",
+            f"{len(tests)} tests of the report's claims (clustered by item). Holm's adjustment keeps the chance of any "
+            "false claim among them at 5%: a difference is established where its adjusted p <= 0.05.",
+            "",
+            "| test | difference [95% CI] | p | Holm-adjusted p | established |",
+            "|---|---|---|---|---|",
+        ]
+        for (label, test), p in zip(tests, adjusted, strict=True):
+            lines.append(f"| {label} | {test.cell()} | {test.p_value:.2g} | {p:.2g} | {'yes' if p <= 0.05 else 'no'} |")
 
     lines += [
         "",
@@ -308,6 +347,9 @@ def mean_curve(group: list[Run], name: str) -> tuple[list[int], list[float]]:
 
 
 def write_charts(runs: list[Run], out: Path) -> list[Path]:
+    """`frontier.png` (task gain against GK change; forward KL against GK change), `curves.png`
+    (each measurement over the steps) and `memory.png`: every seed's own points or lines, the
+    method's mean over seeds bold, and at the frontier's end points their 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -316,24 +358,34 @@ def write_charts(runs: list[Run], out: Path) -> list[Path]:
     groups = by_method(runs)
     if not groups:
         return []
-    # The frontier: forgetting against task gain, one line per method through its checkpoints.
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    starts = []
     for i, (method, group) in enumerate(groups.items()):
-        steps, accuracy = mean_curve(group, "task_accuracy")
-        _, gk = mean_curve(group, "gk_accuracy")
-        change = [g - gk[0] for g in gk]
-        left.plot(accuracy, change, "-o", color=f"C{i}", label=method)
-        left.annotate(str(steps[-1]), (accuracy[-1], change[-1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        for run in group:
+        color = f"C{i}"
+        for run in group:  # every seed, its checkpoints after the start
             c = run.result["curves"]
-            kl = [(x, g - c["gk_accuracy"][0]) for x, g in zip(c["task_forward_kl"], c["gk_accuracy"], strict=True) if x is not None]
-            right.scatter([x for x, _ in kl], [y for _, y in kl], color=f"C{i}", s=16, label=method if run is group[0] else None)
+            left.plot(c["task_accuracy"], [g - c["gk_accuracy"][0] for g in c["gk_accuracy"]], "-", color=color, alpha=0.25, linewidth=0.8)
+            starts.append(c["task_accuracy"][0])
+            kl = [(x, g - c["gk_accuracy"][0]) for x, g in zip(c["task_forward_kl"][1:], c["gk_accuracy"][1:], strict=True) if x is not None]
+            right.scatter([x for x, _ in kl], [y for _, y in kl], color=color, s=16, label=method if run is group[0] else None)
+        steps, accuracy = mean_curve(group, "task_accuracy")
+        _, gk_mean = mean_curve(group, "gk_accuracy")
+        left.plot(accuracy[1:], [g - gk_mean[0] for g in gk_mean[1:]], "-o", color=color, label=f"{method} (mean of {len(group)} seeds)", markersize=4)
+        end = clustered([gk(run) for run in group], [gk(run, 0) for run in group])
+        ends = [run.result["curves"]["task_accuracy"][-1] for run in group]
+        left.errorbar([accuracy[-1]], [end.difference], yerr=[[end.difference - end.low], [end.high - end.difference]],
+                      xerr=[[accuracy[-1] - min(ends)], [max(ends) - accuracy[-1]]], color=color, capsize=3, linewidth=1.2)  # fmt: skip
+        left.annotate(f"step {steps[-1]}", (accuracy[-1], end.difference), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    # Every run starts from the same model: one marker, not one per method on top of each other.
+    left.plot([statistics.fmean(starts)], [0.0], "k*", markersize=11, label="start (every run)")
     left.axhline(0, color="gray", linewidth=0.8)
-    left.set(xlabel="held-out task accuracy (mean over seeds)", ylabel="GK accuracy change from the start",
-             title="Task gain against forgetting, each method through its checkpoints")  # fmt: skip
+    left.set(xlabel="held-out task accuracy", ylabel="GK accuracy change from the start",
+             title="Task gain against forgetting (thin: each seed; bars at the end: seeds' task range, 95% GK interval)")  # fmt: skip
+    left.title.set_fontsize(9)
     right.axhline(0, color="gray", linewidth=0.8)
     right.set(xlabel="KL(start || policy) on task prompts, nats/token", ylabel="GK accuracy change from the start",
-              title="Forward KL against forgetting, every checkpoint")  # fmt: skip
+              title="Forward KL against forgetting, every checkpoint of every seed")  # fmt: skip
+    right.title.set_fontsize(9)
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -342,32 +394,87 @@ def write_charts(runs: list[Run], out: Path) -> list[Path]:
     fig.savefig(frontier, dpi=100)
     plt.close(fig)
 
-    panels = [("task_accuracy", "held-out task accuracy"), ("gk_accuracy", "GK accuracy (328 items)"),
+    panels = [("task_accuracy", "held-out task accuracy"), ("gk_accuracy", f"GK accuracy ({len(gk(group[0]))} items)"),
               ("task_forward_kl", "KL(start || policy), task prompts"), ("probe_kl", "KL(policy || start), GK questions")]  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 4))
-    for ax, (name, title) in zip(axes[:-1], panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4))
+    for ax, (name, label) in zip(axes, panels, strict=True):
         for i, (method, group) in enumerate(groups.items()):
+            for run in group:
+                c = run.result["curves"]
+                ax.plot(c["step"], [v if v is not None else float("nan") for v in c[name]], color=f"C{i}", alpha=0.3, linewidth=0.8)
             steps, values = mean_curve(group, name)
             ax.plot(steps, values, "-o", color=f"C{i}", label=method, markersize=3)
-        ax.set(title=title, xlabel="optimizer step")
+        ax.set(title=label, xlabel="optimizer step", ylabel=label)
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    for i, (method, group) in enumerate(groups.items()):
-        for run in group:
-            points = run.result["memory_gib"]
-            axes[-1].plot([s for s, _ in points], [v for _, v in points], color=f"C{i}", linewidth=0.8, label=method if run is group[0] else None)
-    axes[-1].set(title="resident memory (GiB), every run", xlabel="optimizer step")
-    axes[-1].grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle("Each seed thin, the mean over seeds with markers", fontsize=9)
     fig.tight_layout()
     curves = out / "curves.png"
     fig.savefig(curves, dpi=100)
     plt.close(fig)
-    return [frontier, curves]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (method, group) in enumerate(groups.items()):
+        for run in group:
+            points = run.result["memory_gib"]
+            ax.plot([s for s, _ in points], [v for _, v in points], color=f"C{i}", linewidth=0.8, label=method if run is group[0] else None)
+    ax.set(title="Resident memory of the training process, every run", xlabel="optimizer step", ylabel="GiB")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    memory = out / "memory.png"
+    fig.savefig(memory, dpi=100)
+    plt.close(fig)
+    return [frontier, curves, memory]
 
 
-def write_report(runs: list[Run], out: Path, settings, command_line: str, methods: dict) -> None:
+def write_report(runs: list[Run], out: Path, settings, command_line: str, methods: dict, provenance: dict | None = None) -> None:
     rows = checkpoint_rows(runs)
     if rows:
         write_csv(out / "checkpoints.csv", list(rows[0]), rows)
-    write_atomically(out / "report.md", markdown(runs, settings, command_line, methods))
+    write_atomically(out / "report.md", markdown(runs, settings, command_line, methods, provenance))
     write_charts(runs, out)
+
+
+def write_items(runs: list[Run], items: Path, settings, command_line: str, methods: dict) -> None:
+    """The study's per-item results, the report's whole input, in a folder small enough to commit:
+    `study.json` (settings, command, machine, code, methods) and `<method>/seed<S>.json` per
+    finished run (its curves, each GK item's right or wrong and NLL at every checkpoint, memory
+    and times)."""
+    study = {
+        "settings": vars(settings), "command_line": command_line, "provenance": {"machine": machine(), "code": git_revision()},
+        "methods": {name: {"config": m.config, "teacher": m.teacher, "note": m.note} for name, m in methods.items()},
+    }  # fmt: skip
+    items.mkdir(parents=True, exist_ok=True)
+    write_atomically(items / "study.json", json.dumps(study, indent=1))
+    for run in done(runs):
+        (items / run.method).mkdir(exist_ok=True)
+        write_atomically(items / run.method / f"seed{run.seed}.json", json.dumps({"method": run.method, "seed": run.seed, "result": run.result}))
+
+
+def read_items(items: Path) -> tuple[list[Run], SimpleNamespace, str, dict, dict]:
+    """What `write_items` wrote: the runs, settings, command line, methods and provenance."""
+    study = json.loads((items / "study.json").read_text())
+    methods = {name: SimpleNamespace(**m) for name, m in study["methods"].items()}
+    runs = []
+    for method in methods:
+        for path in sorted((items / method).glob("seed*.json"), key=lambda p: int(p.stem[4:])):
+            saved = json.loads(path.read_text())
+            runs.append(Run("arithmetic", method, saved["seed"], path, [], saved["result"], "reused"))
+    return runs, SimpleNamespace(**study["settings"]), study["command_line"], methods, study["provenance"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Rebuild the forgetting study's report and charts from its per-item results alone.")
+    parser.add_argument("items", type=Path, help="the folder the study wrote (items/ of its --out; the committed one: benchmarks/forgetting_items)")
+    parser.add_argument("--out", type=Path, default=Path("forgetting_report"), help="where report.md, checkpoints.csv and the charts go")
+    args = parser.parse_args(argv)
+    runs, settings, command_line, methods, provenance = read_items(args.items)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(runs, args.out, settings, command_line, methods, provenance)
+    print(f"{len(runs)} runs: {args.out / 'report.md'}, {args.out / 'checkpoints.csv'}, frontier.png, curves.png, memory.png in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

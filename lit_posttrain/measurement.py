@@ -120,7 +120,7 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
 @torch.no_grad()
 def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batch_size: int = 64) -> dict:
     """Pick each item's likeliest choice by summed log-likelihood of its tokens. Returns accuracy,
-    the mean per-token NLL of the right choices, and per-item correctness.
+    the mean per-token NLL of the right choices, and per item its correctness and that NLL.
 
     `rows` are `choice_rows(items)`: one per choice, the item's question as the prompt. The question
     runs once per item and its key/value cache is shared by the item's choices, which are a few
@@ -153,7 +153,7 @@ def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batc
         correct.append(max(range(len(scores)), key=scores.__getitem__) == item.answer)
         nll.append(-scores[item.answer] / max(counts[offset + item.answer], 1))
         offset += len(item.choices)
-    return {"accuracy": sum(correct) / len(correct), "nll": sum(nll) / len(nll), "per_example": correct}
+    return {"accuracy": sum(correct) / len(correct), "nll": sum(nll) / len(nll), "per_example": correct, "per_example_nll": nll}
 
 
 @torch.no_grad()

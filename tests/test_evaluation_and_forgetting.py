@@ -4,6 +4,7 @@ import csv
 import gc
 import itertools
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ def test_multiple_choice_scorer_picks_the_option_made_much_likelier():
     assert result["accuracy"] == pytest.approx(2 / 3)
     # NLL of the right choices: ~0 for the two 'z' answers, ~10 nats for 'c' in the third.
     assert result["nll"] == pytest.approx((0 + 0 + 10) / 3, abs=0.05)
+    assert result["per_example_nll"] == pytest.approx([0, 0, 10], abs=0.05)
 
 
 def test_item_batches_keep_items_whole():
@@ -127,6 +129,7 @@ def test_choices_scored_against_a_shared_question_match_scoring_each_in_full(che
         offset += len(item.choices)
     assert shared["per_example"] == correct
     assert shared["nll"] == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+    assert shared["per_example_nll"] == pytest.approx(nll, rel=1e-5)
 
 
 def _logged(cli):
@@ -179,6 +182,7 @@ def test_probes_kl_is_zero_at_step_zero_and_positive_after_training(in_tmp):
     before, after = first["forget/general_knowledge/per_example"], last["forget/general_knowledge/per_example"]
     changed = sum(a != b for a, b in zip(before, after, strict=True))
     assert last["forget/general_knowledge/right_to_wrong"] + last["forget/general_knowledge/wrong_to_right"] == changed
+    assert statistics.fmean(last["forget/general_knowledge/per_example_nll"]) == pytest.approx(last["forget/general_knowledge/nll"])
     assert any(r.get("time/forget_kl_s") for r in _logged(cli))
     pngs = sorted(p.name for p in Path(cli.trainer.log_dir).glob("*.png"))
     assert pngs == ["forgetting.png", "training.png"]  # no Evaluation callback in this run: no evaluation chart
@@ -301,3 +305,17 @@ def test_training_chart_shows_the_reward_not_a_surrogate_loss():
     assert _metrics_of_group(sampled, training) == ["train/kl", "train/reward"]
     sft = {"train/loss": [(1, 2.0)], "train/nll": [(1, 2.0)]}
     assert _metrics_of_group(sft, training) == ["train/loss", "train/nll"]  # no reward: its loss is the progress
+
+
+def test_the_kl_questions_are_spread_over_the_sets_topics():
+    """The built-in set is ordered by topic: its first 16 questions are all geography."""
+    from lit_posttrain.callbacks import ForgettingProbes
+    from lit_posttrain.data.multiple_choice import BUILTIN_PROBES
+
+    topics = [json.loads(line)["topic"] for line in BUILTIN_PROBES["general_knowledge"].read_text().splitlines()]
+    assert len(set(topics[:16])) == 1
+    probes = ForgettingProbes(kl_prompts=16)
+    chosen = probes._kl_items()
+    items = probes.sets["general_knowledge"]
+    assert len(chosen) == 16 and chosen == items[:: len(items) // 16][:16]
+    assert len({topics[items.index(item)] for item in chosen}) >= 6

@@ -4,6 +4,7 @@ and a resumed study reusing finished runs."""
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,10 @@ def study(out: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
+def result_of(method: str, out: Path | None = None) -> dict:
+    return json.loads((out / "runs" / method / "seed0" / "result.json").read_text())["result"]
+
+
 @pytest.mark.benchmark
 def test_smoke_study_measures_curves_and_writes_the_paired_report_and_resumes(tmp_path):
     study(tmp_path)
@@ -37,7 +42,7 @@ def test_smoke_study_measures_curves_and_writes_the_paired_report_and_resumes(tm
         assert all(kl >= 0 for kl in kls) and (int(row["step"]) > 0 or max(kls) < 1e-6)
         assert 0 <= float(row["task_accuracy"]) <= 1 and 0 <= float(row["gk_accuracy"]) <= 1
     for method in METHODS:
-        result = json.loads((tmp_path / "runs" / method / "seed0" / "result.json").read_text())["result"]
+        result = result_of(method, tmp_path)
         assert [len(items) for items in result["gk_items"]] == [16, 16, 16]  # each item's right or wrong, each checkpoint
         assert [step for step, _ in result["memory_gib"]] == [1, 2, 3, 4]
         assert result["measure_s"] > 0 and result["probe_s"] > 0
@@ -46,10 +51,21 @@ def test_smoke_study_measures_curves_and_writes_the_paired_report_and_resumes(tm
     report = (tmp_path / "report.md").read_text()
     for section in ("## At the end of training", "## At matched task accuracy", "## Each method against SFT",
                     "## Distillation: `opd` from the over-trained `sft` model", "## Which KL predicts the GK drop",
-                    "## Memory and cost", "Smallest detectable GK difference"):  # fmt: skip
+                    "## Every test above, corrected for their number", "## Memory and cost"):  # fmt: skip
         assert section in report, section
-    for png in ("frontier.png", "curves.png"):
+    for png in ("frontier.png", "curves.png", "memory.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
     again = study(tmp_path, "--skip-existing")
     assert again.stdout.count(": reused,") == len(METHODS)
+
+    # The per-item results alone rebuild the same report: the runs' folders are not needed.
+    saved = json.loads((tmp_path / "items" / "sft" / "seed0.json").read_text())["result"]
+    assert [len(nll) for nll in saved["gk_nll_items"]] == [16, 16, 16] and saved["gk_items"] == result_of("sft", tmp_path)["gk_items"]
+    shutil.rmtree(tmp_path / "runs")
+    rebuilt = tmp_path / "rebuilt"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "forgetting_report.py"), str(tmp_path / "items"), "--out", str(rebuilt)], check=True, timeout=300)
+    report = (tmp_path / "report.md").read_text()  # the resumed study's (its command has --skip-existing)
+    assert (rebuilt / "report.md").read_text().splitlines()[3:] == report.splitlines()[3:]  # all but the date it was written
+    assert (rebuilt / "checkpoints.csv").read_text() == (tmp_path / "checkpoints.csv").read_text()

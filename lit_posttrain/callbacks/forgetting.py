@@ -36,12 +36,12 @@ class ForgettingProbes(EveryNSteps):
     Args:
         every_n_steps: probe every N optimizer steps (null: only before and after training).
         probe_sets: multiple-choice sets: "builtin:general_knowledge" (328 items written for this project) or local .jsonl/.json/.parquet files with question, choices and answer (0-based index).
-        kl_prompts: probe questions (from the first set) the KL is measured on.
+        kl_prompts: probe questions the KL is measured on, spread evenly through the first set.
         kl_max_new_tokens: length of the starting model's continuations the KL is measured along.
         max_items: score at most this many items per set (null: all).
         task_kl_prompts: held-out prompts of the training task the two KLs are also measured on (0: none).
         batch_size: sequences per forward pass.
-        history_file: a JSON file rewritten after every probe with every measurement so far, each item's right or wrong included (for paired tests between checkpoints; written by global rank 0).
+        history_file: a JSON file rewritten after every probe with every measurement so far, each item's right or wrong and the right option's NLL included (for paired tests between checkpoints; written by global rank 0).
         baseline_cache: a JSON file that keeps the probes before training for later runs from the same start (see EveryNSteps); the KL's continuations are still sampled by each run's own starting model.
     """
 
@@ -93,12 +93,18 @@ class ForgettingProbes(EveryNSteps):
         # The starting model's own continuations, sampled before any update: policy == reference.
         prompts = {}
         if self.kl_prompts and self.sets:
-            items = next(iter(self.sets.values()))[: self.kl_prompts]
-            prompts["kl"] = [question_row(item, module.tokenizer, chat) for item in items]
+            prompts["kl"] = [question_row(item, module.tokenizer, chat) for item in self._kl_items()]
         if self.task_kl_prompts:
             prompts["task_kl"] = self._task_prompts(trainer)
         for name, rows in prompts.items():
             self._kl_rollouts[name] = module.sample(rows, score=False, max_new_tokens=self.kl_max_new_tokens, seed=0)
+
+    def _kl_items(self) -> list:
+        """`kl_prompts` questions spread evenly through the first set: the built-in set is ordered
+        by topic, and its first 16 are all geography."""
+        items = next(iter(self.sets.values()))
+        stride = max(1, len(items) // self.kl_prompts)
+        return items[::stride][: self.kl_prompts]
 
     def _task_prompts(self, trainer: L.Trainer) -> list[Row]:
         return trainer.datamodule.eval_rows[: self.task_kl_prompts]
@@ -128,6 +134,7 @@ class ForgettingProbes(EveryNSteps):
                     **{f"forget/{name}/{k}": v for k, v in flips(first, scored["per_example"]).items()},
                     f"time/forget_{name}_s": time.perf_counter() - start,
                     f"forget/{name}/per_example": scored["per_example"],
+                    f"forget/{name}/per_example_nll": scored["per_example_nll"],
                 }
         finally:
             module.policy.train(was_training)
@@ -141,7 +148,7 @@ class ForgettingProbes(EveryNSteps):
         write_json_atomically(Path(self.history_file), self.history)
 
     def _log(self, trainer: L.Trainer, result: dict) -> None:
-        logged = {k: v for k, v in result.items() if k != "step" and not k.endswith("per_example")}
+        logged = {k: v for k, v in result.items() if k != "step" and "/per_example" not in k}
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=result["step"])
         rank_zero_info(f"step {result['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in logged.items() if not k.startswith("time/")))
@@ -152,6 +159,7 @@ class ForgettingProbes(EveryNSteps):
         fingerprint = super().fingerprint(trainer, module) | {
             "sets": sets,
             "settings": [chat, self.kl_prompts, self.kl_max_new_tokens, self.batch_size, *([kwargs] if kwargs else [])],
+            "kl_questions": digest([item.question for item in self._kl_items()]) if self.kl_prompts and self.sets else None,
         }
         if self.task_kl_prompts:  # only then: an older cache without task prompts stays valid
             fingerprint["task_prompts"] = digest([row.prompt_ids for row in self._task_prompts(trainer)])
