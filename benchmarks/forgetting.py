@@ -261,6 +261,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=defaults, help=f"methods to run (default: {' '.join(defaults)})")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="output folder (default: runs/forgetting)")
     parser.add_argument("--skip-existing", action="store_true", help="reuse every finished run whose command is unchanged")
+    parser.add_argument("--export-models", action="store_true",
+                        help="keep every run's final model in its folder (model/; teachers always), to score again later, e.g. under other answer framings")  # fmt: skip
     for name, value in PROFILES["full"].items():
         help_text = f"{OPTIONS[name]} (default {value}; --smoke: {PROFILES['smoke'][name]})"
         if isinstance(value, bool):
@@ -306,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / "runs" / method / f"seed{seed}"
             teacher = METHODS[method].teacher
             teacher_model = out / "runs" / teacher / f"seed{seed}" / "model" if teacher else None
-            command = run_command(settings, method, tasks[method], seed, run_dir, teacher_model, method in teachers, baselines)
+            export = method in teachers or args.export_models
+            command = run_command(settings, method, tasks[method], seed, run_dir, teacher_model, export, baselines)
             runs.append(Run("arithmetic", method, seed, run_dir, command))
     command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
     print(f"{len(runs)} runs into {out}", flush=True)
