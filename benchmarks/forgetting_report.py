@@ -55,7 +55,7 @@ def by_method(runs: list[Run]) -> dict[str, list[Run]]:
 def gk(run: Run, x: float = -1) -> np.ndarray:
     """A run's per-item GK outcomes at checkpoint `x` (-1: the last; fractional: interpolated)."""
     items_KN = run.result["gk_items"]
-    return np.asarray(items_KN[x], dtype=float) if x == -1 or float(x).is_integer() else interpolate(x, items_KN)
+    return np.asarray(items_KN[int(x)], dtype=float) if float(x).is_integer() else interpolate(x, items_KN)
 
 
 def clustered(after: list[np.ndarray], before: list[np.ndarray]) -> ClusteredDifference:

@@ -1,0 +1,62 @@
+"""benchmarks/forgetting_report.py on runs written by hand: the clustered tests, matched accuracy
+interpolated between checkpoints (a crossing exactly at a checkpoint included), the corrected
+family of tests, and a rebuild from the per-item folder alone."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from clustered import clustered_difference  # noqa: E402
+from compare_report import Run  # noqa: E402
+from forgetting_report import gk, markdown, matched_accuracy, read_items, write_items  # noqa: E402
+
+ITEMS = 40
+SETTINGS = SimpleNamespace(model="m", dtype="float32", lora=False, lr=1e-4, warmup_steps=0, seeds=[0, 1], steps=8, batch_size=8,
+                           every=4, max_new_tokens=12, eval_examples=100, kl_prompts=2, task_kl_prompts=2, probe_items=None,
+                           demonstration="{answer}")  # fmt: skip
+METHODS = {m: SimpleNamespace(config=f"configs/{m}.yaml", teacher=None, note="") for m in ("sft", "grpo")}
+START = [i % 2 == 0 for i in range(ITEMS)]
+
+
+def run(method: str, seed: int, accuracy: list[float], lost: list[int]) -> Run:
+    """Checkpoints at steps 0, 4, 8; `lost[k]` of the start's right items wrong at checkpoint k."""
+    items = [[x and not (i % 2 == 0 and i // 2 < n) for i, x in enumerate(START)] for n in lost]
+    curves = {"step": [0, 4, 8], "task_accuracy": accuracy, "gk_accuracy": [sum(x) / ITEMS for x in items], "gk_nll": [1.0, 1.1, 1.2]}
+    curves |= {k: [0.0, 0.1 * (seed + 1), 0.2] for k in ("probe_kl", "probe_forward_kl", "task_kl", "task_forward_kl")}
+    result = {"curves": curves, "gk_items": items, "memory_gib": [[1, 1.0], [8, 1.0]], "wall_s": 10.0, "fit_s": 9.0, "measure_s": 3.0, "probe_s": 1.0}
+    return Run("arithmetic", method, seed, Path("."), [], result, "ok")
+
+
+RUNS = [
+    run("sft", 0, [0.1, 0.3, 0.5], [0, 4, 8]), run("sft", 1, [0.1, 0.5, 0.6], [0, 6, 8]),
+    run("grpo", 0, [0.1, 0.2, 0.5], [0, 0, 2]), run("grpo", 1, [0.1, 0.6, 0.7], [0, 1, 1]),
+]  # fmt: skip
+
+
+def test_matched_accuracy_is_interpolated_and_a_crossing_at_a_checkpoint_is_that_checkpoint():
+    level, matched, left_out = matched_accuracy({"sft": RUNS[:2], "grpo": RUNS[2:]})
+    assert level == 0.5 and left_out == []
+    # sft seed 0 reaches 0.5 exactly at checkpoint 2; seed 1 at checkpoint 1; grpo seed 0 at 2; seed 1 a third of the way to 1.
+    assert matched["sft"] == [(0, 2.0), (1, 1.0)]
+    assert matched["grpo"][0] == (0, 2.0) and matched["grpo"][1][1] == pytest.approx(0.8)
+    assert np.array_equal(gk(RUNS[0], 2.0), gk(RUNS[0]))
+    expected = 0.2 * gk(RUNS[3], 0) + 0.8 * gk(RUNS[3], 1)
+    assert np.allclose(gk(RUNS[3], 0.8), expected)
+
+
+def test_report_tests_clustered_and_corrected(tmp_path):
+    report = markdown(RUNS, SETTINGS, "cmd", METHODS, {"machine": "a CPU", "code": "abc"})
+    sft_end = clustered_difference([gk(r) for r in RUNS[:2]], [gk(r, 0) for r in RUNS[:2]])
+    assert sft_end.difference == pytest.approx(-8 / ITEMS)
+    assert "| sft | 2 |" in report and sft_end.cell() in report
+    # 2 ends against start, 2 at matched accuracy, 1 against SFT: five tests corrected together.
+    assert "5 tests of the report's claims" in report
+    write_items(RUNS, tmp_path / "items", SETTINGS, "cmd", METHODS)
+    runs, settings, command, methods, provenance = read_items(tmp_path / "items")
+    assert [(r.method, r.seed) for r in runs] == [("sft", 0), ("sft", 1), ("grpo", 0), ("grpo", 1)]
+    assert markdown(runs, settings, command, methods, provenance).splitlines()[3:] == \
+        markdown(RUNS, SETTINGS, "cmd", METHODS, provenance).splitlines()[3:]  # fmt: skip
