@@ -79,8 +79,10 @@ class Method:
     default: bool = True
     note: str = ""
     demonstration: str | None = None  # its own demonstrations' style (None: the study's --demonstration)
+    offline: bool = False  # trains on the starting model's verified samples, drawn once per seed (offline self-SFT)
 
 
+OFFLINE_SAMPLES = 8  # samples a training prompt for offline self-SFT, as many as the online form draws a step
 REWARD_ADVANTAGE = "lit_posttrain.losses.advantages.Reward"
 METHODS = {  # in run order: a teacher before its student
     "sft": Method("configs/sft.yaml", note="SFT on the task's demonstrations; also `opd`'s teacher"),
@@ -91,6 +93,10 @@ METHODS = {  # in run order: a teacher before its student
     "sft_english": Method(
         "configs/sft.yaml", demonstration="The answer is {answer}.",
         note="SFT on the same answers written in English, the model's own language: the style control",
+    ),  # fmt: skip
+    "offline_self_sft": Method(
+        "configs/sft.yaml", default=False, offline=True,
+        note=f"SFT on the starting model's own right answers, sampled once ({OFFLINE_SAMPLES} a training prompt) before training",
     ),  # fmt: skip
     "grpo": Method("configs/grpo.yaml"),
     "hpt": Method("configs/hpt.yaml"),
@@ -153,18 +159,35 @@ class Settings:
     demonstration: str
 
 
+TASK = {"max_operand": 20, "num_train": 320, "num_eval": 100}
+VERIFIER = {"class_path": "lit_posttrain.rewards.NumericMatch", "init_args": {"extract": "last"}}
+
+
+def offline_task_config(settings: Settings, seed: int, out: Path) -> Path:
+    """Offline self-SFT's task for `seed`: the starting model's verified samples of the training
+    prompts, drawn once (benchmarks/self_samples.py); reused when already drawn."""
+    from self_samples import write_offline_task
+
+    from lit_posttrain.data.arithmetic import Arithmetic
+    from lit_posttrain.models import resolve_dtype, resolve_model_source
+    from lit_posttrain.rewards import NumericMatch
+
+    folder = out / "offline" / f"seed{seed}"
+    if (folder / "task.yaml").is_file() and (folder / "samples.json").is_file():
+        return folder / "task.yaml"
+    task = Arithmetic(**TASK, verifier=NumericMatch(extract="last"))
+    print(f"offline self-SFT, seed {seed}: the starting model samples the {TASK['num_train']} training prompts x {OFFLINE_SAMPLES}...", flush=True)
+    path = write_offline_task(task, resolve_model_source(settings.model), resolve_dtype(settings.dtype), folder, OFFLINE_SAMPLES, settings.max_new_tokens, seed)
+    print(f"  {json.loads((folder / 'samples.json').read_text())}", flush=True)
+    return path
+
+
 def task_config(demonstration: str, out: Path, name: str = "task") -> Path:
     """The study's task: the RL configs' sums of two numbers 0..20 with their one-shot prompt, the
     demonstrations in `demonstration`'s style, and a verifier that reads the last number of the
     reply: it scores the demonstrations' style and the model's own alike."""
     data = {
-        "task": {
-            "class_path": "lit_posttrain.data.arithmetic.Arithmetic",
-            "init_args": {
-                "max_operand": 20, "num_train": 320, "num_eval": 100, "demonstration": demonstration,
-                "verifier": {"class_path": "lit_posttrain.rewards.NumericMatch", "init_args": {"extract": "last"}},
-            },
-        },
+        "task": {"class_path": "lit_posttrain.data.arithmetic.Arithmetic", "init_args": {**TASK, "demonstration": demonstration, "verifier": VERIFIER}},
         "max_prompt_tokens": 512,  # the tiny model's character tokenizer makes the one-shot prompt long
         "max_completion_tokens": 32,
     }  # fmt: skip
@@ -309,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             teacher = METHODS[method].teacher
             teacher_model = out / "runs" / teacher / f"seed{seed}" / "model" if teacher else None
             export = method in teachers or args.export_models
-            command = run_command(settings, method, tasks[method], seed, run_dir, teacher_model, export, baselines)
+            method_task = offline_task_config(settings, seed, out) if METHODS[method].offline else tasks[method]
+            command = run_command(settings, method, method_task, seed, run_dir, teacher_model, export, baselines)
             runs.append(Run("arithmetic", method, seed, run_dir, command))
     command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
     print(f"{len(runs)} runs into {out}", flush=True)
