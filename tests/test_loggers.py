@@ -97,3 +97,23 @@ def test_the_completions_table_in_tensorboards_text_tab(tmp_path):
     assert [t.step for t in texts] == [2, 4]
     table = texts[0].tensor_proto.string_val[0].decode()
     assert table.startswith("| step | prompt | completion | reward | answer | truncated |") and table.count("\n") == 4
+
+
+def test_what_the_completions_table_sends_to_tensorboard(monkeypatch):
+    """Runs where TensorBoard is not installed (CI): the Markdown table handed to its writer's
+    add_text, a completion's pipes and line breaks kept inside their cell."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lit_posttrain.callbacks.completions import show
+
+    sent = []
+    writer = type("Writer", (), {"add_text": lambda self, tag, text, global_step: sent.append((tag, text, global_step))})()
+    monkeypatch.setattr(TensorBoardLogger, "experiment", property(lambda self: writer))
+    row = {"step": 3, "prompt": "1 + 1?", "completion": "a | b\nc", "reward": 1.0, "answer": "2", "truncated": False}
+    show(object.__new__(TensorBoardLogger), [row], 3)  # not constructed: that needs tensorboard installed
+    ((tag, text, step),) = sent
+    assert (tag, step) == ("completions", 3)
+    assert text.splitlines() == [
+        "| step | prompt | completion | reward | answer | truncated |", "|---|---|---|---|---|---|",
+        "| 3 | 1 + 1? | a \\| b<br>c | 1.0 | 2 | False |",
+    ]  # fmt: skip
