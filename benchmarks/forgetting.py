@@ -28,9 +28,10 @@ advantage: no baseline, a rejected sample adds nothing); `grpo`; `hpt`; with --m
 and `sept`. The measurement before training is made by the seed's first run and read by the others
 (`baseline_cache`).
 
-Time: the default 15 runs (5 methods x 3 seeds x 24 steps) took 84.6 minutes on the 2-core AMD
-EPYC with AVX512-BF16 (bf16 weights) on 2026-12-02, 4-6.5 minutes a run; an AVX2-only machine
-runs float32 several times slower (fewer --seeds, or --steps, to fit an hour there).
+Time: 5 methods x 3 seeds x 24 steps took 84.6 minutes on a 2-core AMD EPYC with AVX512-BF16
+(bf16 weights, 4-6.5 minutes a run, 2026-12-02); 4 methods x 3 seeds (sft, sft_english, self_sft,
+grpo) 87.6 minutes on a 2-core AMD EPYC with AVX2 only (float32, 4.8-9.3 minutes a run,
+2026-12-03). The default six methods take about 18 runs' time; choose --methods and --seeds to fit.
 
 Written to --out: `runs/<method>/seed<S>/` (output.log, metrics.csv, forgetting_history.json,
 the teacher's model, and result.json, written when the run has finished: --skip-existing reuses it

@@ -15,8 +15,8 @@ is scored here under:
 - `per_token`: the bare options ranked by mean log-likelihood per token, not summed (no penalty
   for longer options).
 A drop that holds under every framing is knowledge; one that vanishes in the framing the model was
-trained to answer in is form. The scoring is plain transformers (the tokenizer's chat template,
-the question as the user turn, the reply's tokens scored), not the library's probe code.
+trained to answer in is form. Each framing is scored as the study's probe scores (the question as
+the user turn through the chat template, each reply's tokens summed), so `bare` is the probe.
 
 Written to --out: `{"items": N, "models": {label: {framing: [right or wrong per item]}}}`, each
 label the folder's path relative to the current directory (or the `builtin:` source).
@@ -29,9 +29,6 @@ import json
 import os
 import sys
 from pathlib import Path
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,43 +49,42 @@ def framed(question: str, choices: list[str], framing: str) -> tuple[str, list[s
     return question, list(choices)  # bare, per_token
 
 
-@torch.no_grad()
-def reply_logprobs(model, tokenizer, user: str, replies: list[str]) -> tuple[list[float], list[int]]:
-    """Summed log-likelihood of each reply's tokens after the chat-templated question, and its length."""
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    rows = [prompt + tokenizer(reply, add_special_tokens=False)["input_ids"] for reply in replies]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens_BT = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    attention_BT = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    logp_BTV = torch.log_softmax(model(input_ids=tokens_BT, attention_mask=attention_BT).logits.float(), dim=-1)
-    sums, lengths = [], []
-    for b, row in enumerate(rows):
-        # Token t is predicted at position t - 1: the reply's tokens from len(prompt) on.
-        targets = torch.tensor(row[len(prompt) :])
-        positions = torch.arange(len(prompt) - 1, len(row) - 1)
-        sums.append(float(logp_BTV[b, positions, targets].sum()))
-        lengths.append(len(targets))
-    return sums, lengths
+def framed_items(items: list, framing: str) -> list:
+    """The items as `framing` asks the model them (per_token: the bare items, ranked otherwise)."""
+    from lit_posttrain.data.multiple_choice import MultipleChoiceItem
 
-
-def score_model(folder: str, items: list, framings: tuple[str, ...] = FRAMINGS) -> dict[str, list[bool]]:
-    """Each framing's per-item right or wrong for the model in `folder`."""
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    results: dict[str, list[bool]] = {f: [] for f in framings}
+    out = []
     for item in items:
-        for framing in framings:
-            user, replies = framed(item.question, list(item.choices), framing)
-            sums, lengths = reply_logprobs(model, tokenizer, user, replies)
-            scores = [s / n for s, n in zip(sums, lengths, strict=True)] if framing == "per_token" else sums
-            results[framing].append(max(range(len(scores)), key=scores.__getitem__) == item.answer)
+        question, replies = framed(item.question, list(item.choices), framing)
+        out.append(MultipleChoiceItem(question, tuple(replies), item.answer, item.source))
+    return out
+
+
+def score_model(source: str, items: list, framings: tuple[str, ...] = FRAMINGS) -> dict[str, list[bool]]:
+    """Each framing's per-item right or wrong for the model at `source`, scored as the study's
+    probe scores (the library's `score_choices`: the chat template, the question once per item)."""
+    from lit_posttrain.measurement import choice_rows, score_choices
+    from lit_posttrain.methods.sft import SFT
+
+    module = SFT(model=source, dtype="float32", lora=None)
+    module.configure_model()
+    module.policy.eval()
+    results: dict[str, list[bool]] = {}
+    for framing in framings:
+        asked = framed_items(items, "bare" if framing == "per_token" else framing)
+        scored = score_choices(module, asked, choice_rows(asked, module.tokenizer))
+        if framing == "per_token":
+            results[framing] = [
+                max(range(len(sums)), key=lambda c: sums[c] / tokens[c]) == item.answer
+                for item, sums, tokens in zip(items, scored["choice_logp"], scored["choice_tokens"], strict=True)
+            ]
+        else:
+            results[framing] = scored["per_example"]
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     from lit_posttrain.data.multiple_choice import load_multiple_choice
-    from lit_posttrain.models import resolve_model_source
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="saved model folders, or builtin:... sources")
@@ -96,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-items", type=int, default=None, help="the first N GK items (default: all 328)")
     parser.add_argument("--framings", nargs="+", choices=FRAMINGS, default=list(FRAMINGS))
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
     items = load_multiple_choice("builtin:general_knowledge", limit=args.max_items)
     saved = json.loads(args.out.read_text()) if args.out.is_file() else {"items": len(items), "models": {}}
     if saved["items"] != len(items):
@@ -106,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if label in saved["models"]:
             print(f"{label}: kept from {args.out}")
             continue
-        folder = resolve_model_source(source) if source.startswith(("builtin:", "tiny-random")) else source
-        scores = score_model(folder, items, tuple(args.framings))
+        scores = score_model(source, items, tuple(args.framings))
         saved["models"][label] = scores
         print(f"{label}: " + ", ".join(f"{f} {sum(v) / len(v):.3f}" for f, v in scores.items()), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,8 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
 @torch.no_grad()
 def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batch_size: int = 64) -> dict:
     """Pick each item's likeliest choice by summed log-likelihood of its tokens. Returns accuracy,
-    the mean per-token NLL of the right choices, and per item its correctness and that NLL.
+    the mean per-token NLL of the right choices, and per item its correctness and that NLL, and
+    each choice's summed log-likelihood and token count (to rank by another rule).
 
     `rows` are `choice_rows(items)`: one per choice, the item's question as the prompt. The question
     runs once per item and its key/value cache is shared by the item's choices, which are a few
@@ -146,14 +147,19 @@ def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batc
         )
         sums += logp_RT.sum(-1).tolist()
         counts += choice_attention_RC.sum(-1).tolist()
-    correct, nll = [], []
+    correct, nll, choice_logp, choice_tokens = [], [], [], []
     offset = 0
     for item in items:
         scores = sums[offset : offset + len(item.choices)]
         correct.append(max(range(len(scores)), key=scores.__getitem__) == item.answer)
         nll.append(-scores[item.answer] / max(counts[offset + item.answer], 1))
+        choice_logp.append(scores)
+        choice_tokens.append(counts[offset : offset + len(item.choices)])
         offset += len(item.choices)
-    return {"accuracy": sum(correct) / len(correct), "nll": sum(nll) / len(nll), "per_example": correct, "per_example_nll": nll}
+    return {
+        "accuracy": sum(correct) / len(correct), "nll": sum(nll) / len(nll), "per_example": correct, "per_example_nll": nll,
+        "choice_logp": choice_logp, "choice_tokens": choice_tokens,
+    }  # fmt: skip
 
 
 @torch.no_grad()

@@ -36,6 +36,9 @@ def behave(prompts, completions, **kwargs):
 def worker_pid(prompts, completions, **kwargs):
     return [float(os.getpid())]
 
+def pid_score(completion, answer):
+    return float(os.getpid())
+
 def rendezvous(prompts, completions, folder, **kwargs):
     """Mark this process as started, then wait until two processes have: two calls at once."""
     Path(folder[0], str(os.getpid())).touch()
@@ -104,13 +107,11 @@ def test_same_scores_as_the_thread_scorer(scorer_rewards):
         processes.close()
 
 
-def _pid_score(completion: str, answer: str) -> float:
-    return float(os.getpid())
-
-
-def test_math_verifier_scores_in_place_inside_a_worker():
+def test_math_verifier_scores_in_place_inside_a_worker(scorer_rewards):
     """A scoring worker is itself a bounded process: MathVerifier must not start a second one."""
-    verifier = MathVerifier(_score_fn=_pid_score)
+    import scorer_rewards as module  # a light module: the worker imports it to unpickle the function
+
+    verifier = MathVerifier(_score_fn=module.pid_score)
     scorer = ProcessScorer(workers=1)
     try:
         (pid,) = scorer.score([Verified(verifier)], items("1"))
