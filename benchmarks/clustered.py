@@ -19,7 +19,7 @@ counted as more evidence:
 What this treats as fixed: the seeds that were run. It generalises over items, not over training
 runs; `seed_spread` gives each seed's own difference, the run-to-run variation a reader needs
 beside it. Every function takes arrays of per-item outcomes: right/wrong as 0/1, or fractions where
-a checkpoint is interpolated (`at_accuracy`).
+a checkpoint is interpolated (`crossing`, `interpolate`).
 """
 
 from __future__ import annotations
@@ -136,11 +136,3 @@ def interpolate(x: float, values_K) -> np.ndarray:
     k = min(int(x), len(values_K) - 1)
     w = x - k
     return values_K[k] if w == 0 else (1 - w) * values_K[k] + w * values_K[k + 1]
-
-
-def at_accuracy(target: float, accuracy_K: list[float], items_KN) -> np.ndarray | None:
-    """Per-item outcomes where a run's task accuracy first reaches `target`, interpolated linearly
-    between the two checkpoints around it (fractional outcomes); None when it never does.
-    `accuracy_K[k]` is the task accuracy at checkpoint k and `items_KN[k]` its per-item outcomes."""
-    x = crossing(target, accuracy_K)
-    return None if x is None else interpolate(x, items_KN)

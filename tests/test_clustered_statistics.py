@@ -11,11 +11,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from clustered import (  # noqa: E402
-    at_accuracy,
     clustered_difference,
     crossing,
     detectable_difference,
     holm,
+    interpolate,
     item_bootstrap,
     item_differences,
     sign_flip_test,
@@ -91,8 +91,8 @@ def test_holm_hand_computed():
 def test_matched_accuracy_interpolates_between_the_checkpoints_around_it():
     items = [[0, 0], [1, 0], [1, 1]]
     # 0.3 lies 0.1/0.4 of the way from checkpoint 1 (0.2) to checkpoint 2 (0.6).
-    assert at_accuracy(0.3, [0.1, 0.2, 0.6], items) == pytest.approx([1.0, 0.25])
-    assert at_accuracy(0.05, [0.1, 0.2, 0.6], items) == pytest.approx([0.0, 0.0])  # already there at the start
-    assert at_accuracy(0.7, [0.1, 0.2, 0.6], items) is None
-    assert math.isclose(at_accuracy(0.6, [0.1, 0.2, 0.6], items)[1], 1.0)
+    assert interpolate(crossing(0.3, [0.1, 0.2, 0.6]), items) == pytest.approx([1.0, 0.25])
+    assert interpolate(crossing(0.05, [0.1, 0.2, 0.6]), items) == pytest.approx([0.0, 0.0])  # already there at the start
+    assert crossing(0.7, [0.1, 0.2, 0.6]) is None
+    assert math.isclose(interpolate(crossing(0.6, [0.1, 0.2, 0.6]), items)[1], 1.0)
     assert crossing(0.3, [0.1, 0.2, 0.6]) == pytest.approx(1.25) and crossing(0.6, [0.1, 0.2, 0.6]) == 2.0
