@@ -84,14 +84,17 @@ def question_row(item: MultipleChoiceItem, tokenizer, chat_template: bool | str 
 
 
 def choice_rows(
-    items: list[MultipleChoiceItem], tokenizer, chat_template: bool | str = True, template_kwargs: dict | None = None
-) -> list[Row]:
-    """One row per (item, choice): the question as a user turn, the choice as the reply to score."""
+    items: list[MultipleChoiceItem], tokenizer, chat_template: bool | str = True, template_kwargs: dict | None = None,
+    answer_form: str = "{choice}",
+) -> list[Row]:  # fmt: skip
+    """One row per (item, choice): the question as a user turn, the choice written in `answer_form`
+    ("{choice}": the bare text; "The answer is {choice}.") as the reply to score."""
     rows = []
     for item in items:
         question = question_row(item, tokenizer, chat_template, template_kwargs)
         for choice in item.choices:
-            rows.append(Row(question.example, question.prompt_ids, tokenizer(choice, add_special_tokens=False)["input_ids"]))
+            reply = answer_form.replace("{choice}", choice)
+            rows.append(Row(question.example, question.prompt_ids, tokenizer(reply, add_special_tokens=False)["input_ids"]))
     return rows
 
 
@@ -160,6 +163,27 @@ def score_choices(module, items: list[MultipleChoiceItem], rows: list[Row], batc
         "accuracy": sum(correct) / len(correct), "nll": sum(nll) / len(nll), "per_example": correct, "per_example_nll": nll,
         "choice_logp": choice_logp, "choice_tokens": choice_tokens,
     }  # fmt: skip
+
+
+def score_in_forms(module, items: list[MultipleChoiceItem], rows_by_form: dict[str, list[Row]], batch_size: int = 64) -> dict:
+    """Each item scored with its choices written in several answer forms (`rows_by_form`: form ->
+    `choice_rows(items, answer_form=...)`): every form's `score_choices` under `forms`, and the
+    choice likeliest in any of the forms, ranked by log-sum-exp of its forms' summed
+    log-likelihoods (the probability that the reply is that choice, written in one of them).
+    A model that moves its answers from one form to another (bare text to "Die Antwort ist ...")
+    keeps that sum where a probe of one form reads the move as lost knowledge; the forgetting
+    study's style control found exactly that (benchmarks/FORGETTING.md)."""
+    forms = {form: score_choices(module, items, rows, batch_size) for form, rows in rows_by_form.items()}
+    correct = [likeliest_in_any_form([scored["choice_logp"][i] for scored in forms.values()]) == item.answer for i, item in enumerate(items)]
+    return {"accuracy": sum(correct) / len(correct), "per_example": correct, "forms": forms}
+
+
+def likeliest_in_any_form(logp_by_form: list[list[float]]) -> int:
+    """The choice with the highest probability summed over the forms, `logp_by_form[f][c]` the
+    summed log-likelihood of choice c written in form f. A sum, not the best form's: two forms
+    that each give a choice a fair chance outweigh one form that is sure of another."""
+    logp_FC = torch.tensor(logp_by_form, dtype=torch.float64)
+    return int(logp_FC.logsumexp(0).argmax())
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ import csv
 import gc
 import itertools
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -18,7 +19,14 @@ from lit_posttrain.data.datamodule import pack_demonstrations
 from lit_posttrain.data.multiple_choice import MultipleChoiceItem, load_multiple_choice
 from lit_posttrain.data.task import DataError
 from lit_posttrain.logprobs import first_masked
-from lit_posttrain.measurement import choice_rows, common_prefix_length, item_batches, score_choices
+from lit_posttrain.measurement import (
+    choice_rows,
+    common_prefix_length,
+    item_batches,
+    likeliest_in_any_form,
+    score_choices,
+    score_in_forms,
+)
 from lit_posttrain.methods.sft import SFT
 from lit_posttrain.metrics import flips, pass_at_k
 from lit_posttrain.plots import main as plot_main
@@ -130,6 +138,92 @@ def test_choices_scored_against_a_shared_question_match_scoring_each_in_full(che
     assert shared["per_example"] == correct
     assert shared["nll"] == pytest.approx(sum(nll) / len(nll), rel=1e-5)
     assert shared["per_example_nll"] == pytest.approx(nll, rel=1e-5)
+
+
+def test_the_choice_likeliest_in_any_form_sums_the_forms_probabilities():
+    # Form A picks choice 0, form B choice 1: log(e^-1 + e^-5) = -0.982 beats log(e^-2 + e^-1.5) = -1.026.
+    assert likeliest_in_any_form([[-1.0, -2.0], [-5.0, -1.5]]) == 0
+    # The best single form's best (A's -1.0 for choice 0) loses to a sum: log(e^-1 + e^-9) = -1.000
+    # against log(e^-1.2 + e^-1.3) = -0.556. A max over forms would pick choice 0.
+    assert likeliest_in_any_form([[-1.0, -1.2], [-9.0, -1.3]]) == 1
+    assert likeliest_in_any_form([[-3.0, -1.0, -2.0]]) == 1  # one form: its own ranking
+
+
+def test_choices_scored_in_several_forms_match_each_reply_scored_in_full():
+    module = SFT(model="tiny-random-llama", dtype="float32")
+    module.configure_model()
+    module.policy.eval()
+    items = load_multiple_choice("builtin:general_knowledge", limit=6)
+    forms = {"bare": "{choice}", "sentence": "The answer is {choice}.", "german": "Die Antwort ist {choice}."}
+    rows = {form: choice_rows(items, module.tokenizer, answer_form=template) for form, template in forms.items()}
+    reply = f"The answer is {items[0].choices[1]}."
+    assert rows["sentence"][1].completion_ids == module.tokenizer(reply, add_special_tokens=False)["input_ids"]
+    assert [r.prompt_ids for r in rows["german"]] == [r.prompt_ids for r in rows["bare"]]  # the same questions
+    scored = score_in_forms(module, items, rows, batch_size=7)
+    # Every (question, reply) of every form run in full, then each choice's probability summed
+    # over the forms by hand.
+    sums_FB = []
+    for form in forms:
+        tokens_BT, attention_BT, mask_BT = pack_demonstrations(rows[form], module.tokenizer.pad_token_id)
+        with torch.no_grad():
+            sums_FB.append((module.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT)) * mask_BT).sum(-1).tolist())
+    expected, offset = [], 0
+    for item in items:
+        any_form = [math.log(sum(math.exp(sums_B[offset + c]) for sums_B in sums_FB)) for c in range(len(item.choices))]
+        expected.append(max(range(len(any_form)), key=any_form.__getitem__) == item.answer)
+        offset += len(item.choices)
+    assert scored["per_example"] == expected and scored["accuracy"] == pytest.approx(sum(expected) / len(items))
+    for form, sums_B in zip(forms, sums_FB, strict=True):
+        assert scored["forms"][form]["per_example"] == score_choices(module, items, rows[form])["per_example"]
+        assert [x for logp in scored["forms"][form]["choice_logp"] for x in logp] == pytest.approx(sums_B, rel=1e-5)
+
+
+def test_probes_in_answer_forms_log_each_form_and_their_sum(in_tmp):
+    """Each form's results are the plain scorer's on replies in that form; the headline accuracy,
+    and the flips, are the forms' sum."""
+    from lit_posttrain.callbacks.forgetting import _prompt_format
+
+    forms = {"bare": "{choice}", "sentence": "The answer is {choice}."}
+    cli = LitPostTrainCLI(
+        args=[
+            "fit", "--config", TINY_GRPO, "--trainer.max_steps", "1",
+            "--trainer.callbacks+", "lit_posttrain.callbacks.ForgettingProbes", "--trainer.callbacks.max_items", "12",
+            "--trainer.callbacks.kl_prompts", "0", "--trainer.callbacks.answer_forms", json.dumps(forms),
+        ]
+    )  # fmt: skip
+    (probes,) = [cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ForgettingProbes"]
+    assert probes.answer_forms == forms and [h["step"] for h in probes.history] == [0, 1]
+    gk, last = "forget/general_knowledge", probes.history[-1]
+    items = probes.sets["general_knowledge"]
+    chat, kwargs = _prompt_format(cli.trainer)
+    cli.model.policy.eval()
+    in_form = {form: score_choices(cli.model, items, choice_rows(items, cli.model.tokenizer, chat, kwargs, t)) for form, t in forms.items()}
+    for form in forms:  # the trained model, scored again outside the callback
+        assert last[f"{gk}/{form}/per_example"] == in_form[form]["per_example"]
+        assert last[f"{gk}/{form}/nll"] == pytest.approx(in_form[form]["nll"], rel=1e-5)
+    summed = [likeliest_in_any_form([in_form[f]["choice_logp"][i] for f in forms]) == item.answer for i, item in enumerate(items)]
+    assert last[f"{gk}/per_example"] == summed and last[f"{gk}/accuracy"] == pytest.approx(statistics.fmean(summed))
+    assert f"{gk}/nll" not in last  # a per-token NLL of a sum over forms of different lengths means nothing
+    changed = sum(a != b for a, b in zip(probes.history[0][f"{gk}/per_example"], summed, strict=True))
+    assert last[f"{gk}/right_to_wrong"] + last[f"{gk}/wrong_to_right"] == changed  # flips of the forms' sum
+    logged = {k for row in _logged(cli) for k, v in row.items() if v}
+    assert {f"{gk}/sentence/accuracy", f"{gk}/bare/nll", f"{gk}/accuracy"} <= logged
+
+
+@pytest.mark.parametrize(
+    ("forms", "message"),
+    [
+        ({}, "answer_forms is empty"),
+        ({"sentence": "The answer is {answer}."}, r"answer_forms\.sentence: .* has no \{choice\}"),
+        ({"a/b": "{choice}"}, "'a/b' cannot name a form"),
+        ({"nll": "{choice}"}, "'nll' cannot name a form"),
+    ],
+)
+def test_bad_answer_forms_are_refused_with_the_form_named(forms, message):
+    from lit_posttrain.callbacks import ForgettingProbes
+
+    with pytest.raises(ValueError, match=message):
+        ForgettingProbes(answer_forms=forms)
 
 
 def _logged(cli):
@@ -319,3 +413,4 @@ def test_the_kl_questions_are_spread_over_the_sets_topics():
     items = probes.sets["general_knowledge"]
     assert len(chosen) == 16 and chosen == items[:: len(items) // 16][:16]
     assert len({topics[items.index(item)] for item in chosen}) >= 6
+

@@ -2,6 +2,7 @@
 and its rankings (summed and per token) against replies scored in full with plain transformers."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -36,9 +37,9 @@ def in_full(model, tokenizer, user: str, replies: list[str]) -> tuple[list[float
 
 def test_rankings_match_replies_scored_in_full(tiny_model_dir, tmp_path, monkeypatch):
     items = load_multiple_choice("builtin:general_knowledge", limit=12)
-    scored = score_model("tiny-random-llama", items, ("bare", "per_token", "lettered"))
+    scored = score_model("tiny-random-llama", items, ("bare", "per_token", "lettered", "german", "any_form"))
     tokenizer, model = AutoTokenizer.from_pretrained(tiny_model_dir), AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    for framing, per_token in (("bare", False), ("per_token", True), ("lettered", False)):
+    for framing, per_token in (("bare", False), ("per_token", True), ("lettered", False), ("german", False)):
         expected = []
         for item in items:
             user, replies = framed(item.question, list(item.choices), "bare" if per_token else framing)
@@ -46,11 +47,20 @@ def test_rankings_match_replies_scored_in_full(tiny_model_dir, tmp_path, monkeyp
             scores = [s / n for s, n in zip(sums, lengths, strict=True)] if per_token else sums
             expected.append(max(range(len(scores)), key=scores.__getitem__) == item.answer)
         assert scored[framing] == expected, framing
+    any_form = []  # each option's probability summed over its three forms, by hand
+    for item in items:
+        sums_F = [in_full(model, tokenizer, item.question, framed(item.question, list(item.choices), form)[1])[0] for form in ("bare", "english", "german")]
+        summed = [math.log(sum(math.exp(sums[c]) for sums in sums_F)) for c in range(len(item.choices))]
+        any_form.append(max(range(len(summed)), key=summed.__getitem__) == item.answer)
+    assert scored["any_form"] == any_form
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "framings.json"
     assert main(["tiny-random-llama", "--out", str(out), "--max-items", "4", "--framings", "bare", "german"]) == 0
     saved = json.loads(out.read_text())
     assert saved["items"] == 4 and list(saved["models"]["tiny-random-llama"]) == ["bare", "german"]
     assert saved["models"]["tiny-random-llama"]["bare"] == scored["bare"][:4]
-    assert main(["tiny-random-llama", "--out", str(out), "--max-items", "4"]) == 0  # kept, not scored again
+    assert main(["tiny-random-llama", "--out", str(out), "--max-items", "4", "--framings", "german"]) == 0  # kept, not scored again
     assert json.loads(out.read_text()) == saved
+    assert main(["tiny-random-llama", "--out", str(out), "--max-items", "4", "--framings", "bare", "any_form"]) == 0  # one more framing
+    both = json.loads(out.read_text())["models"]["tiny-random-llama"]
+    assert list(both) == ["bare", "german", "any_form"] and both["bare"] == scored["bare"][:4] and both["any_form"] == scored["any_form"][:4]

@@ -13,7 +13,13 @@ from lit_posttrain.atomic import write_json_atomically
 from lit_posttrain.callbacks.cadence import EveryNSteps, digest
 from lit_posttrain.data.batches import Row
 from lit_posttrain.data.multiple_choice import load_multiple_choice
-from lit_posttrain.measurement import choice_rows, kl_to_reference, question_row, score_choices
+from lit_posttrain.measurement import (
+    choice_rows,
+    kl_to_reference,
+    question_row,
+    score_choices,
+    score_in_forms,
+)
 from lit_posttrain.metrics import flips
 from lit_posttrain.rollout import Rollout
 
@@ -29,7 +35,9 @@ class ForgettingProbes(EveryNSteps):
       starting model's continuations of the training task's first held-out prompts. The forward
       one is what "RL's Razor" (arXiv 2509.04259) found to predict forgetting;
     - `forget/<set>/accuracy` and `forget/<set>/nll` on each multiple-choice set, scored by option
-      log-likelihood (no generation);
+      log-likelihood (no generation); with `answer_forms`, `forget/<set>/accuracy` ranks each
+      option by its probability in any of the forms, and each form has its own
+      `forget/<set>/<form>/accuracy` and `nll`;
     - `forget/<set>/right_to_wrong` and `wrong_to_right`: items that flipped since the first probe;
     - `time/forget_<probe>_s`: what each probe costs, to choose a cadence by.
 
@@ -43,6 +51,7 @@ class ForgettingProbes(EveryNSteps):
         batch_size: sequences per forward pass.
         history_file: a JSON file rewritten after every probe with every measurement so far, each item's right or wrong and the right option's NLL included (for paired tests between checkpoints; written by global rank 0).
         baseline_cache: a JSON file that keeps the probes before training for later runs from the same start (see EveryNSteps); the KL's continuations are still sampled by each run's own starting model.
+        answer_forms: the forms an option is scored in as the reply, by name, `{choice}` standing for the option's text: e.g. `{bare: "{choice}", sentence: "The answer is {choice}."}`, the training data's own reply form among them (null: the bare text alone). Training that changes how the model phrases answers lowers a bare-text probe without lost knowledge; the forms' sum does not (benchmarks/FORGETTING.md, the style control). Each form costs one more scoring pass.
     """
 
     def __init__(
@@ -56,10 +65,13 @@ class ForgettingProbes(EveryNSteps):
         batch_size: int = 64,
         history_file: str | None = None,
         baseline_cache: str | None = None,
+        answer_forms: dict[str, str] | None = None,
     ) -> None:
         super().__init__(every_n_steps, baseline_cache)
         if min(kl_prompts, task_kl_prompts, kl_max_new_tokens) < 0:
             raise ValueError("ForgettingProbes kl_prompts, task_kl_prompts and kl_max_new_tokens must be non-negative")
+        _check_forms(answer_forms)
+        self.answer_forms = answer_forms
         self.kl_prompts, self.kl_max_new_tokens, self.task_kl_prompts = kl_prompts, kl_max_new_tokens, task_kl_prompts
         self.history_file = history_file
         self.max_items, self.batch_size = max_items, batch_size
@@ -68,7 +80,7 @@ class ForgettingProbes(EveryNSteps):
             _set_name(source): load_multiple_choice(source, limit=max_items)
             for source in (probe_sets if probe_sets is not None else ["builtin:general_knowledge"])
         }
-        self._rows: dict[str, list[Row]] = {}
+        self._rows: dict[str, dict[str, list[Row]]] = {}  # set -> answer form -> one row per (item, choice)
         self._kl_rollouts: dict[str, Rollout] = {}  # "kl" (probe questions), "task_kl" (the task's prompts)
         self._prepared = False
 
@@ -86,7 +98,11 @@ class ForgettingProbes(EveryNSteps):
             return
         self._prepared = True
         chat, kwargs = _prompt_format(trainer)
-        self._rows = {name: choice_rows(items, module.tokenizer, chat, kwargs) for name, items in self.sets.items()}
+        forms = self.answer_forms or {"": "{choice}"}
+        self._rows = {
+            name: {form: choice_rows(items, module.tokenizer, chat, kwargs, template) for form, template in forms.items()}
+            for name, items in self.sets.items()
+        }  # fmt: skip
         if self._kl_rollouts:  # restored from a checkpoint
             self._kl_rollouts = {name: r.to(module.device) for name, r in self._kl_rollouts.items()}
             return
@@ -126,16 +142,17 @@ class ForgettingProbes(EveryNSteps):
                 result[f"time/forget_{name}_s"] = time.perf_counter() - start
             for name, items in self.sets.items():
                 start = time.perf_counter()
-                scored = score_choices(module, items, self._rows[name], self.batch_size)
+                if self.answer_forms is None:
+                    scored = score_choices(module, items, self._rows[name][""], self.batch_size)
+                    result |= _choices_result(f"forget/{name}", scored)
+                else:
+                    scored = score_in_forms(module, items, self._rows[name], self.batch_size)
+                    result |= {f"forget/{name}/accuracy": scored["accuracy"], f"forget/{name}/per_example": scored["per_example"]}
+                    for form, in_form in scored["forms"].items():
+                        result |= _choices_result(f"forget/{name}/{form}", in_form)
                 first = self.history[0][f"forget/{name}/per_example"] if self.history else scored["per_example"]
-                result |= {
-                    f"forget/{name}/accuracy": scored["accuracy"],
-                    f"forget/{name}/nll": scored["nll"],
-                    **{f"forget/{name}/{k}": v for k, v in flips(first, scored["per_example"]).items()},
-                    f"time/forget_{name}_s": time.perf_counter() - start,
-                    f"forget/{name}/per_example": scored["per_example"],
-                    f"forget/{name}/per_example_nll": scored["per_example_nll"],
-                }
+                result |= {f"forget/{name}/{k}": v for k, v in flips(first, scored["per_example"]).items()}
+                result[f"time/forget_{name}_s"] = time.perf_counter() - start
         finally:
             module.policy.train(was_training)
         self.history.append(result)
@@ -158,7 +175,8 @@ class ForgettingProbes(EveryNSteps):
         sets = {name: digest([[item.question, list(item.choices), item.answer] for item in items]) for name, items in self.sets.items()}
         fingerprint = super().fingerprint(trainer, module) | {
             "sets": sets,
-            "settings": [chat, self.kl_prompts, self.kl_max_new_tokens, self.batch_size, *([kwargs] if kwargs else [])],
+            "settings": [chat, self.kl_prompts, self.kl_max_new_tokens, self.batch_size, *([kwargs] if kwargs else [])]
+            + ([self.answer_forms] if self.answer_forms else []),  # only then: older caches stay valid
             "kl_questions": digest([item.question for item in self._kl_items()]) if self.kl_prompts and self.sets else None,
         }
         if self.task_kl_prompts:  # only then: an older cache without task prompts stays valid
@@ -172,6 +190,25 @@ class ForgettingProbes(EveryNSteps):
             # Read, not measured: it cost this run nothing.
             self._log(trainer, {k: 0.0 if k.startswith("time/") else v for k, v in entry.items()})
         self._write_history(trainer)
+
+
+def _choices_result(prefix: str, scored: dict) -> dict:
+    return {
+        f"{prefix}/accuracy": scored["accuracy"], f"{prefix}/nll": scored["nll"],
+        f"{prefix}/per_example": scored["per_example"], f"{prefix}/per_example_nll": scored["per_example_nll"],
+    }  # fmt: skip
+
+
+def _check_forms(answer_forms: dict[str, str] | None) -> None:
+    if answer_forms is None:
+        return
+    if not answer_forms:
+        raise ValueError("ForgettingProbes answer_forms is empty: give at least one form, e.g. {bare: '{choice}'}, or null for the bare text alone")
+    for name, template in answer_forms.items():
+        if not name or "/" in name or name in ("accuracy", "nll", "per_example", "per_example_nll", "right_to_wrong", "wrong_to_right"):
+            raise ValueError(f"ForgettingProbes answer_forms: {name!r} cannot name a form (non-empty, no '/', not a metric's name)")
+        if "{choice}" not in template:
+            raise ValueError(f"ForgettingProbes answer_forms.{name}: {template!r} has no {{choice}} where the option's text goes")
 
 
 def _prompt_format(trainer: L.Trainer) -> tuple[bool | str, dict]:
