@@ -7,11 +7,13 @@ import json
 import math
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
+from lit_posttrain.callbacks.cadence import crossed_multiple
 from lit_posttrain.callbacks.evaluation import Evaluation
 from lit_posttrain.callbacks.memory import live_objects
 from lit_posttrain.cli import LitPostTrainCLI
@@ -414,3 +416,12 @@ def test_the_kl_questions_are_spread_over_the_sets_topics():
     assert len(chosen) == 16 and chosen == items[:: len(items) // 16][:16]
     assert len({topics[items.index(item)] for item in chosen}) >= 6
 
+
+def test_a_cadence_is_due_when_a_batch_crosses_a_multiple_of_it():
+    """Measuring, exporting and logging completions share one rule; a batch of several optimizer
+    steps (ppo_epochs x mini_batches) can cross a multiple without ending on it."""
+    at, before = (lambda step: SimpleNamespace(global_step=step)), (lambda step: SimpleNamespace(_steps_before_batch=step))
+    assert crossed_multiple(at(4), before(2), 3)  # steps 3 and 4 in one batch: 3 was crossed
+    assert not crossed_multiple(at(5), before(4), 3) and crossed_multiple(at(6), before(4), 3)
+    one_a_batch = SimpleNamespace()  # SFT: one optimizer step a batch
+    assert [s for s in range(0, 10) if crossed_multiple(at(s), one_a_batch, 3)] == [3, 6, 9]

@@ -18,6 +18,14 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def crossed_multiple(trainer: L.Trainer, module, every_n_steps: int) -> bool:
+    """Whether the batch just trained took the run past a multiple of `every_n_steps` optimizer
+    steps. A batch may take several (ppo_epochs x mini_batches), so a multiple can fall inside it."""
+    step = trainer.global_step
+    before = getattr(module, "_steps_before_batch", step - 1)
+    return step > 0 and step // every_n_steps != before // every_n_steps
+
+
 class EveryNSteps(L.Callback):
     """Calls `run` before the first optimizer step (the baseline), every `every_n_steps` optimizer
     steps, and after the last one; never twice at the same step.
@@ -101,7 +109,7 @@ class EveryNSteps(L.Callback):
             self._run_once(trainer, module)
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        if self.every_n_steps and crossed_multiple(trainer, module, self.every_n_steps):
             self._run_once(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
+from lit_posttrain.callbacks.cadence import crossed_multiple
 from lit_posttrain.groups import dense_groups
 from lit_posttrain.run_dir import run_dir
 
@@ -42,11 +43,9 @@ class LogCompletions(L.Callback):
             )
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        # A batch may take several optimizer steps (ppo_epochs x mini_batches): log once when it crosses a multiple.
-        before = getattr(module, "_steps_before_batch", step - 1)
-        if step // self.every_n_steps == before // self.every_n_steps:
+        if not crossed_multiple(trainer, module, self.every_n_steps):
             return
+        step = trainer.global_step
         folder = run_dir(trainer)  # a collective: every rank asks
         rollout = getattr(module, "last_rollout", None)
         if not trainer.is_global_zero or rollout is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_posttrain.callbacks.cadence import crossed_multiple
 from lit_posttrain.run_dir import run_dir
 
 
@@ -32,9 +33,9 @@ class ExportEveryNSteps(L.Callback):
         self.written: list[Path] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step == 0 or step % self.every_n_steps:
+        if not crossed_multiple(trainer, module, self.every_n_steps):
             return
+        step = trainer.global_step
         root = Path(self.folder) if self.folder else run_dir(trainer) / "hf_models"
         # Every rank calls it: a sharded policy's weights are gathered from all of them.
         path = module.export_hf(root / f"step_{step}")
