@@ -26,7 +26,8 @@ much of SFT's drop is the answers' foreign form; `self_sft`, SFT on the model's 
 answers that the verifier accepts, resampled every step (GRPO's config with the `Reward`
 advantage: no baseline, a rejected sample adds nothing); `grpo`; `hpt`; with --methods, `otr`
 and `sept`. The measurement before training is made by the seed's first run and read by the others
-(`baseline_cache`).
+(`baseline_cache`). `--frontier sft=1e-5,3e-5 grpo=1e-5` adds learning-rate arms (`sft@1e-05`:
+the method at that rate, measured every `--frontier-every` steps), run first within each seed.
 
 Time: 5 methods x 3 seeds x 24 steps took 84.6 minutes on a 2-core AMD EPYC with AVX512-BF16
 (bf16 weights, 4-6.5 minutes a run, 2026-12-02); 4 methods x 3 seeds (sft, sft_english, self_sft,
@@ -81,6 +82,8 @@ class Method:
     note: str = ""
     demonstration: str | None = None  # its own demonstrations' style (None: the study's --demonstration)
     offline: bool = False  # trains on the starting model's verified samples, drawn once per seed (offline self-SFT)
+    lr: float | None = None  # its own learning rate (None: the study's --lr): an arm of the learning-rate frontier
+    every: int | None = None  # its own measurement cadence (None: the study's --every)
 
 
 OFFLINE_SAMPLES = 8  # samples a training prompt for offline self-SFT, as many as the online form draws a step
@@ -105,6 +108,30 @@ METHODS = {  # in run order: a teacher before its student
     "otr": Method("configs/otr.yaml", default=False),
     "sept": Method("configs/sept.yaml", default=False),
 }
+
+
+def lr_arms(specs: list[str], every: int) -> dict[str, Method]:
+    """The learning-rate frontier's arms, `METHOD=LR[,LR...]` each: `sft=1e-5,3e-5` gives
+    `sft@1e-05` and `sft@3e-05`, the method at that rate, measured every `every` steps."""
+    arms = {}
+    for spec in specs:
+        method, _, rates = spec.partition("=")
+        if method not in METHODS or not rates:
+            raise ValueError(f"--frontier {spec!r}: expected METHOD=LR[,LR...] with METHOD one of {', '.join(METHODS)}")
+        if METHODS[method].teacher or METHODS[method].offline:
+            raise ValueError(f"--frontier {spec!r}: {method} depends on another run's model or samples; give it the study's --lr")
+        for rate in rates.split(","):
+            try:
+                lr = float(rate)
+            except ValueError:
+                raise ValueError(f"--frontier {spec!r}: {rate!r} is not a learning rate") from None
+            if not lr > 0:
+                raise ValueError(f"--frontier {spec!r}: learning rates must be positive, got {rate}")
+            base = METHODS[method]
+            note = f"{method} at learning rate {lr:g}, measured every {every} steps" + (f" ({base.note})" if base.note else "")
+            arms[f"{method}@{lr:g}"] = Method(base.config, base.extra_args, default=False, note=note, demonstration=base.demonstration, lr=lr, every=every)
+    return arms
+
 
 # The demonstrations' style: a reply the model never writes by itself (it answers in English, and
 # mostly wrong), as a much larger teacher's would be. With the bare answer ("{answer}") full
@@ -199,8 +226,9 @@ def task_config(demonstration: str, out: Path, name: str = "task") -> Path:
 
 
 def run_command(settings: Settings, method: str, task: Path, seed: int, run_dir: Path, teacher: Path | None, export: bool,
-                baselines: Path) -> list[str]:  # fmt: skip
-    spec = METHODS[method]
+                baselines: Path, methods: dict[str, Method] = METHODS) -> list[str]:  # fmt: skip
+    spec = methods[method]
+    lr, every = spec.lr or settings.lr, spec.every or settings.every
     engine = {"class_path": "lit_posttrain.rollout.HFEngine", "init_args": {"max_new_tokens": settings.max_new_tokens}}
     probes = ["builtin:general_knowledge"]
     command = [
@@ -208,7 +236,7 @@ def run_command(settings: Settings, method: str, task: Path, seed: int, run_dir:
         "--config", str(ROOT / spec.config), "--config", str(task),
         "--seed_everything", str(seed), "--data.seed", str(seed),
         "--model.init_args.model", settings.model, "--model.init_args.dtype", settings.dtype,
-        "--model.init_args.engine", json.dumps(engine), "--model.init_args.optim.lr", str(settings.lr),
+        "--model.init_args.engine", json.dumps(engine), "--model.init_args.optim.lr", str(lr),
         "--model.init_args.optim.warmup_steps", str(settings.warmup_steps),
         "--data.batch_size", str(settings.batch_size), "--trainer.max_steps", str(settings.steps),
         "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
@@ -216,10 +244,10 @@ def run_command(settings: Settings, method: str, task: Path, seed: int, run_dir:
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(run_dir),
         "--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", "",
         "--trainer.callbacks", "[]",
-        "--trainer.callbacks+", "lit_posttrain.callbacks.Evaluation", "--trainer.callbacks.every_n_steps", str(settings.every),
+        "--trainer.callbacks+", "lit_posttrain.callbacks.Evaluation", "--trainer.callbacks.every_n_steps", str(every),
         "--trainer.callbacks.max_examples", str(settings.eval_examples),
         "--trainer.callbacks.baseline_cache", str(baselines / "evaluation.json"),
-        "--trainer.callbacks+", "lit_posttrain.callbacks.ForgettingProbes", "--trainer.callbacks.every_n_steps", str(settings.every),
+        "--trainer.callbacks+", "lit_posttrain.callbacks.ForgettingProbes", "--trainer.callbacks.every_n_steps", str(every),
         "--trainer.callbacks.probe_sets", json.dumps(probes), "--trainer.callbacks.max_items", json.dumps(settings.probe_items),
         "--trainer.callbacks.kl_prompts", str(settings.kl_prompts), "--trainer.callbacks.task_kl_prompts", str(settings.task_kl_prompts),
         "--trainer.callbacks.history_file", str(run_dir / "forgetting_history.json"),
@@ -282,7 +310,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny random model, 4 steps, 1 seed: the test's settings")
     defaults = [name for name, spec in METHODS.items() if spec.default]
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=defaults, help=f"methods to run (default: {' '.join(defaults)})")
+    parser.add_argument("--methods", nargs="*", choices=list(METHODS), default=defaults, help=f"methods to run (default: {' '.join(defaults)})")
+    parser.add_argument("--frontier", nargs="+", default=[], metavar="METHOD=LR[,LR...]",
+                        help="learning-rate arms, run before --methods within each seed: e.g. sft=1e-5,3e-5 grpo=1e-5")  # fmt: skip
+    parser.add_argument("--frontier-every", type=int, default=4, help="the frontier arms' measurement cadence, in steps (default 4)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="output folder (default: runs/forgetting)")
     parser.add_argument("--skip-existing", action="store_true", help="reuse every finished run whose command is unchanged")
     parser.add_argument("--export-models", action="store_true",
@@ -297,6 +328,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
             kind = int if value is None else type(value)
             parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
     args = parser.parse_args(argv)
+    try:
+        args.arms = lr_arms(args.frontier, args.frontier_every)
+    except ValueError as error:
+        parser.error(str(error))
+    if not args.methods and not args.arms:
+        parser.error("nothing to run: give --methods, --frontier or both")
+    if args.frontier_every < 1:
+        parser.error(f"--frontier-every must be at least 1, got {args.frontier_every}")
     profile = PROFILES["smoke" if args.smoke else "full"]
     settings = Settings(**{name: getattr(args, name) if getattr(args, name) is not None else value for name, value in profile.items()})
     for method in args.methods:
@@ -321,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     task = task_config(settings.demonstration, out)
     # A method with demonstrations of its own style gets its own task file; nothing measured at
     # the start depends on demonstrations, so the start is the study task's (one baseline a seed).
-    tasks = {m: task_config(spec.demonstration, out, f"task_{m}") if spec.demonstration else task for m, spec in METHODS.items()}
-    methods = [m for m in METHODS if m in args.methods]
+    specs = METHODS | args.arms
+    tasks = {m: task_config(spec.demonstration, out, f"task_{m.split('@')[0]}") if spec.demonstration else task for m, spec in specs.items()}
+    methods = list(args.arms) + [m for m in METHODS if m in args.methods]
     teachers = {spec.teacher for spec in METHODS.values()}
     runs = []
     for seed in settings.seeds:  # seed by seed: an interrupted study has whole seeds done
@@ -330,11 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         baselines = out / "baselines" / f"seed{seed}" / digest([start, task.read_text()])
         for method in methods:
             run_dir = out / "runs" / method / f"seed{seed}"
-            teacher = METHODS[method].teacher
+            teacher = specs[method].teacher
             teacher_model = out / "runs" / teacher / f"seed{seed}" / "model" if teacher else None
             export = method in teachers or args.export_models
-            method_task = offline_task_config(settings, seed, out) if METHODS[method].offline else tasks[method]
-            command = run_command(settings, method, method_task, seed, run_dir, teacher_model, export, baselines)
+            method_task = offline_task_config(settings, seed, out) if specs[method].offline else tasks[method]
+            command = run_command(settings, method, method_task, seed, run_dir, teacher_model, export, baselines, specs)
             runs.append(Run("arithmetic", method, seed, run_dir, command))
     command_line = shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else [__file__, *argv])])
     print(f"{len(runs)} runs into {out}", flush=True)
@@ -347,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     missing = run_in_order(
-        runs, args.skip_existing, summarise_run, teacher_of=lambda method: METHODS[method].teacher,
+        runs, args.skip_existing, summarise_run, teacher_of=lambda method: specs[method].teacher,
         label=lambda run: f"{run.method} seed {run.seed}", measured=measured,
-        after_each=lambda: (write_items(runs, out / "items", settings, command_line, METHODS), write_report(runs, out, settings, command_line, METHODS)),
+        after_each=lambda: (write_items(runs, out / "items", settings, command_line, specs), write_report(runs, out, settings, command_line, specs)),
     )  # fmt: skip
     print(f"report: {out / 'report.md'}; per checkpoint: {out / 'checkpoints.csv'}; charts: frontier.png, curves.png, memory.png in {out}")
     print(f"per-item results, the report's whole input: {out / 'items'} (rebuild: benchmarks/forgetting_report.py {out / 'items'})")

@@ -150,6 +150,8 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict, proven
         f"{' '.join(map(str, settings.seeds))}; measured every {settings.every} steps: greedy accuracy on "
         f"{settings.eval_examples} held-out sums, {items} GK items, KL both ways on {settings.kl_prompts} GK questions "
         f"and {settings.task_kl_prompts} task prompts.",
+        *[f"- `{m}`: learning rate {getattr(methods[m], 'lr', None) or settings.lr:g}, measured every {getattr(methods[m], 'every', None) or settings.every} steps (an arm of the learning-rate frontier)."
+          for m in groups if getattr(methods[m], "lr", None)],  # fmt: skip
         f"- Machine: {provenance['machine']}",
         f"- Code: commit {provenance['code']}",
         "",
@@ -346,6 +348,29 @@ def mean_curve(group: list[Run], name: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
+def saved(fig, axes, path: Path) -> Path:
+    """`fig` with a grid and legend on each of `axes`, written to `path` and closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def end_bars(ax, group: list[Run], mean_accuracy: float, color: str) -> ClusteredDifference:
+    """At a method's end point: the seeds' task-accuracy range across, its 95% item-clustered GK
+    interval up and down."""
+    end = clustered([gk(run) for run in group], [gk(run, 0) for run in group])
+    ends = [run.result["curves"]["task_accuracy"][-1] for run in group]
+    ax.errorbar([mean_accuracy], [end.difference], yerr=[[end.difference - end.low], [end.high - end.difference]],
+                xerr=[[mean_accuracy - min(ends)], [max(ends) - mean_accuracy]], color=color, capsize=3, linewidth=1.2)  # fmt: skip
+    return end
+
+
 def write_charts(runs: list[Run], out: Path) -> list[Path]:
     """`frontier.png` (task gain against GK change; forward KL against GK change), `curves.png`
     (each measurement over the steps) and `memory.png`: every seed's own points or lines, the
@@ -371,10 +396,7 @@ def write_charts(runs: list[Run], out: Path) -> list[Path]:
         steps, accuracy = mean_curve(group, "task_accuracy")
         _, gk_mean = mean_curve(group, "gk_accuracy")
         left.plot(accuracy[1:], [g - gk_mean[0] for g in gk_mean[1:]], "-o", color=color, label=f"{method} (mean of {len(group)} seeds)", markersize=4)
-        end = clustered([gk(run) for run in group], [gk(run, 0) for run in group])
-        ends = [run.result["curves"]["task_accuracy"][-1] for run in group]
-        left.errorbar([accuracy[-1]], [end.difference], yerr=[[end.difference - end.low], [end.high - end.difference]],
-                      xerr=[[accuracy[-1] - min(ends)], [max(ends) - accuracy[-1]]], color=color, capsize=3, linewidth=1.2)  # fmt: skip
+        end = end_bars(left, group, accuracy[-1], color)
         left.annotate(f"step {steps[-1]}", (accuracy[-1], end.difference), fontsize=7, xytext=(4, 4), textcoords="offset points")
     # Every run starts from the same model: one marker, not one per method on top of each other.
     left.plot([statistics.fmean(starts)], [0.0], "k*", markersize=11, label="start (every run)")
@@ -386,13 +408,7 @@ def write_charts(runs: list[Run], out: Path) -> list[Path]:
     right.set(xlabel="KL(start || policy) on task prompts, nats/token", ylabel="GK accuracy change from the start",
               title="Forward KL against forgetting, every checkpoint of every seed")  # fmt: skip
     right.title.set_fontsize(9)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    frontier = out / "frontier.png"
-    fig.savefig(frontier, dpi=100)
-    plt.close(fig)
+    frontier = saved(fig, (left, right), out / "frontier.png")
 
     panels = [("task_accuracy", "held-out task accuracy"), ("gk_accuracy", f"GK accuracy ({len(gk(group[0]))} items)"),
               ("task_forward_kl", "KL(start || policy), task prompts"), ("probe_kl", "KL(policy || start), GK questions")]  # fmt: skip
@@ -429,12 +445,56 @@ def write_charts(runs: list[Run], out: Path) -> list[Path]:
     return [frontier, curves, memory]
 
 
+def learning_rate_of(method: str, methods: dict, settings) -> float:
+    """The arm's own learning rate (`sft@3e-05`), else the study's."""
+    return getattr(methods.get(method), "lr", None) or settings.lr
+
+
+def write_lr_frontier(runs: list[Run], out: Path, methods: dict, settings) -> Path | None:
+    """`lr_frontier.png`, the frontier "RL's Razor" draws: task accuracy against GK change at every
+    checkpoint of every run, one colour a method (its learning-rate arms together), one marker a
+    learning rate; each seed's checkpoints small, the mean over seeds joined, and at each arm's end
+    the seeds' task range and the 95% item-clustered GK interval. Drawn when some method was run
+    at more than one learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = by_method(runs)
+    families: dict[str, dict[float, list[Run]]] = {}
+    for method, group in groups.items():
+        families.setdefault(method.split("@")[0], {})[learning_rate_of(method, methods, settings)] = group
+    if all(len(arms) < 2 for arms in families.values()):
+        return None
+    markers = "osD^vP*X"
+    rates = sorted({lr for arms in families.values() for lr in arms})
+    fig, ax = plt.subplots(figsize=(9, 6.5))
+    for i, (family, arms) in enumerate(families.items()):
+        for lr, group in sorted(arms.items()):
+            style = {"color": f"C{i}", "marker": markers[rates.index(lr) % len(markers)]}
+            for run in group:
+                c = run.result["curves"]
+                ax.scatter(c["task_accuracy"][1:], [g - c["gk_accuracy"][0] for g in c["gk_accuracy"][1:]], s=12, alpha=0.3, **style)
+            _, accuracy = mean_curve(group, "task_accuracy")
+            _, gk_mean = mean_curve(group, "gk_accuracy")
+            ax.plot(accuracy, [g - gk_mean[0] for g in gk_mean], "-", markersize=6, linewidth=1, label=f"{family}, lr {lr:g} ({len(group)} seeds)", **style)
+            end_bars(ax, group, accuracy[-1], f"C{i}")
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set(xlabel="held-out task accuracy", ylabel="GK accuracy change from the start",
+           title="Learning-rate frontier: every checkpoint (small: each seed; joined: mean over seeds from the start;\n"
+                 "bars at each arm's end: seeds' task range, 95% item-clustered GK interval)")  # fmt: skip
+    ax.title.set_fontsize(9)
+    return saved(fig, (ax,), out / "lr_frontier.png")
+
+
 def write_report(runs: list[Run], out: Path, settings, command_line: str, methods: dict, provenance: dict | None = None) -> None:
     rows = checkpoint_rows(runs)
     if rows:
         write_csv(out / "checkpoints.csv", list(rows[0]), rows)
     write_atomically(out / "report.md", markdown(runs, settings, command_line, methods, provenance))
     write_charts(runs, out)
+    write_lr_frontier(runs, out, methods, settings)
 
 
 def write_items(runs: list[Run], items: Path, settings, command_line: str, methods: dict) -> None:
@@ -444,7 +504,7 @@ def write_items(runs: list[Run], items: Path, settings, command_line: str, metho
     and times)."""
     study = {
         "settings": vars(settings), "command_line": command_line, "provenance": {"machine": machine(), "code": git_revision()},
-        "methods": {name: {"config": m.config, "teacher": m.teacher, "note": m.note} for name, m in methods.items()},
+        "methods": {name: {"config": m.config, "teacher": m.teacher, "note": m.note, "lr": getattr(m, "lr", None), "every": getattr(m, "every", None)} for name, m in methods.items()},
     }  # fmt: skip
     items.mkdir(parents=True, exist_ok=True)
     write_atomically(items / "study.json", json.dumps(study, indent=1))
@@ -465,15 +525,38 @@ def read_items(items: Path) -> tuple[list[Run], SimpleNamespace, str, dict, dict
     return runs, SimpleNamespace(**study["settings"]), study["command_line"], methods, study["provenance"]
 
 
+def read_studies(folders: list[Path]) -> tuple[list[Run], SimpleNamespace, str, dict, dict]:
+    """Several studies' items as one: their runs and methods together (a method's seeds may come
+    from several, each run from one); the first study's settings, which every other must share
+    but for seeds and cadence."""
+    runs, settings, command_line, methods, provenance = read_items(folders[0])
+    lines, machines, codes = [command_line], [provenance["machine"]], [provenance["code"]]
+    for folder in folders[1:]:
+        more, other, line, more_methods, where = read_items(folder)
+        differ = {k for k, v in vars(other).items() if k not in ("seeds", "every") and getattr(settings, k, None) != v}
+        if differ:
+            raise SystemExit(f"{folder}: another study's settings ({', '.join(sorted(differ))} differ from {folders[0]}'s): not comparable in one report")
+        if shared := {(r.method, r.seed) for r in more} & {(r.method, r.seed) for r in runs}:
+            twice = ", ".join(f"{method} seed {seed}" for method, seed in sorted(shared))
+            raise SystemExit(f"{folder}: {twice} also in an earlier folder: one study per run")
+        runs, methods = runs + more, more_methods | methods
+        settings.seeds = sorted(set(settings.seeds) | set(other.seeds))
+        lines.append(line)
+        machines += [where["machine"]] if where["machine"] not in machines else []
+        codes.append(where["code"])
+    return runs, settings, " ; ".join(lines), methods, {"machine": " / ".join(machines), "code": ", ".join(codes)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild the forgetting study's report and charts from its per-item results alone.")
-    parser.add_argument("items", type=Path, help="the folder the study wrote (items/ of its --out; the committed one: benchmarks/forgetting_items)")
+    parser.add_argument("items", type=Path, nargs="+",
+                        help="the folders the study wrote (items/ of its --out; the committed ones: benchmarks/forgetting_items, benchmarks/forgetting_items_lr); several are reported together")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("forgetting_report"), help="where report.md, checkpoints.csv and the charts go")
     args = parser.parse_args(argv)
-    runs, settings, command_line, methods, provenance = read_items(args.items)
+    runs, settings, command_line, methods, provenance = read_studies(args.items)
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(runs, args.out, settings, command_line, methods, provenance)
-    print(f"{len(runs)} runs: {args.out / 'report.md'}, {args.out / 'checkpoints.csv'}, frontier.png, curves.png, memory.png in {args.out}")
+    print(f"{len(runs)} runs: {args.out / 'report.md'}, {args.out / 'checkpoints.csv'}, frontier.png, curves.png, memory.png (lr_frontier.png) in {args.out}")
 
 
 if __name__ == "__main__":

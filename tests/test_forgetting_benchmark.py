@@ -69,3 +69,22 @@ def test_smoke_study_measures_curves_and_writes_the_paired_report_and_resumes(tm
     report = (tmp_path / "report.md").read_text()  # the resumed study's (its command has --skip-existing)
     assert (rebuilt / "report.md").read_text().splitlines()[3:] == report.splitlines()[3:]  # all but the date it was written
     assert (rebuilt / "checkpoints.csv").read_text() == (tmp_path / "checkpoints.csv").read_text()
+
+
+def test_learning_rate_arms_take_their_own_rate_and_cadence(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import forgetting
+
+    args, settings = forgetting.parse_args(["--frontier", "grpo=1e-5,3e-5", "sft=3e-5", "--methods", "sft", "--frontier-every", "2"])
+    assert list(args.arms) == ["grpo@1e-05", "grpo@3e-05", "sft@3e-05"] and args.methods == ["sft"]
+    specs = forgetting.METHODS | args.arms
+    for method, lr, every in (("grpo@3e-05", "3e-05", "2"), ("sft", str(settings.lr), str(settings.every))):
+        command = forgetting.run_command(settings, method, Path("task.yaml"), 0, Path("run"), None, False, Path("b"), specs)
+        assert command[command.index("--model.init_args.optim.lr") + 1] == lr
+        assert [command[i + 1] for i, arg in enumerate(command) if arg == "--trainer.callbacks.every_n_steps"] == [every, every]
+        assert command[command.index("--config") + 1].endswith(specs[method].config)
+    for bad, message in ((["--frontier", "opd=1e-5"], "depends on another run's model"), (["--frontier", "sft=fast"], "'fast' is not a learning rate"),
+                         (["--frontier", "sft=0"], "must be positive"), (["--frontier", "dpo=1e-5"], "expected METHOD=LR"), (["--methods"], "nothing to run")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            forgetting.parse_args(bad)
+        assert message in capsys.readouterr().err

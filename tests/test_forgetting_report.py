@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from clustered import clustered_difference  # noqa: E402
 from compare_report import Run  # noqa: E402
-from forgetting_report import gk, markdown, matched_accuracy, read_items, write_items  # noqa: E402
+from forgetting_report import gk, main, markdown, matched_accuracy, read_items, read_studies, write_items  # noqa: E402
 
 ITEMS = 40
 SETTINGS = SimpleNamespace(model="m", dtype="float32", lora=False, lr=1e-4, warmup_steps=0, seeds=[0, 1], steps=8, batch_size=8,
@@ -60,3 +60,28 @@ def test_report_tests_clustered_and_corrected(tmp_path):
     assert [(r.method, r.seed) for r in runs] == [("sft", 0), ("sft", 1), ("grpo", 0), ("grpo", 1)]
     assert markdown(runs, settings, command, methods, provenance).splitlines()[3:] == \
         markdown(RUNS, SETTINGS, "cmd", METHODS, provenance).splitlines()[3:]  # fmt: skip
+
+
+def test_a_learning_rate_study_is_reported_with_the_first_and_draws_the_frontier(tmp_path):
+    write_items(RUNS, tmp_path / "first", SETTINGS, "cmd one", METHODS)
+    arm = SimpleNamespace(config="configs/sft.yaml", teacher=None, note="sft at learning rate 3e-05", lr=3e-5, every=4)
+    arms = [run("sft@3e-05", 0, [0.1, 0.2, 0.3], [0, 1, 2]), run("sft@3e-05", 2, [0.1, 0.2, 0.4], [0, 2, 3])]
+    write_items(arms, tmp_path / "second", SimpleNamespace(**vars(SETTINGS) | {"seeds": [0, 2]}), "cmd two", METHODS | {"sft@3e-05": arm})
+    runs, settings, command, methods, _ = read_studies([tmp_path / "first", tmp_path / "second"])
+    assert [(r.method, r.seed) for r in runs] == [(r.method, r.seed) for r in RUNS + arms]
+    assert settings.seeds == [0, 1, 2] and command == "cmd one ; cmd two" and methods["sft@3e-05"].lr == 3e-5
+    report = markdown(runs, settings, command, methods)
+    assert "- `sft@3e-05`: learning rate 3e-05, measured every 4 steps" in report and "| sft@3e-05 | 2 |" in report
+    main([str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(tmp_path / "report")])
+    assert (tmp_path / "report" / "lr_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    main([str(tmp_path / "first"), "--out", str(tmp_path / "one")])
+    assert not (tmp_path / "one" / "lr_frontier.png").exists()  # one learning rate a method: no frontier to draw
+    write_items(arms, tmp_path / "other", SimpleNamespace(**vars(SETTINGS) | {"steps": 16}), "cmd", METHODS | {"sft@3e-05": arm})
+    with pytest.raises(SystemExit, match=r"other: another study's settings \(steps differ"):
+        read_studies([tmp_path / "first", tmp_path / "other"])
+    with pytest.raises(SystemExit, match="grpo seed 0, grpo seed 1, sft seed 0, sft seed 1 also in an earlier folder"):
+        read_studies([tmp_path / "first", tmp_path / "first"])
+    # A later study may add seeds to a method: its runs join the method's.
+    write_items([run("sft", 5, [0.1, 0.3, 0.4], [0, 1, 1])], tmp_path / "seed5", SimpleNamespace(**vars(SETTINGS) | {"seeds": [5]}), "cmd", METHODS)
+    runs, settings, *_ = read_studies([tmp_path / "first", tmp_path / "seed5"])
+    assert sorted(r.seed for r in runs if r.method == "sft") == [0, 1, 5] and settings.seeds == [0, 1, 5]
