@@ -132,6 +132,32 @@ def memory_line(run: Run) -> str:
     return f"| {run.method} | {run.seed} | {values[0]:.2f} | {max(values):.2f} | {values[-1]:.2f} | {growth:+.3f} |"
 
 
+def matched_section(groups: dict[str, list[Run]], tests: list, which: str) -> list[str]:
+    """The report's section on GK change at matched task accuracy over `groups`, its tests appended to `tests`."""
+    level, matched, left_out = matched_accuracy(groups)
+    if level is None:
+        return ["", "## At matched task accuracy", "", "No run rose above its start: there is no accuracy to match the methods at."] if groups else []
+    lines = [
+        "",
+        f"## At matched task accuracy ({level:.3f}: {which})",
+        "",
+        "Each run where its task accuracy, interpolated linearly between checkpoints, first reaches it; its GK "
+        "items interpolated the same way (fractional outcomes)"
+        + (f"; left out, never above their start: {', '.join(left_out)}." if left_out else "."),
+        "",
+        "| method | step (per seed) | GK change [95% CI] | p | detectable |",
+        "|---|---|---|---|---|",
+    ]
+    for method, entries in matched.items():
+        by_seed = {run.seed: run for run in groups[method]}
+        runs_at = [(by_seed[seed], x) for seed, x in entries]
+        test = clustered([gk(run, x) for run, x in runs_at], [gk(run, 0) for run, _ in runs_at])
+        tests.append((f"{method}: GK change at matched task accuracy {level:.3f}", test))
+        steps = " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in runs_at)
+        lines.append(f"| {method} | {steps} | {test.cell()} | {test.p_value:.2g} | {test.detectable:.3f} |")
+    return lines
+
+
 def markdown(runs: list[Run], settings, command_line: str, methods: dict, provenance: dict | None = None) -> str:
     groups = by_method(runs)
     first = next(iter(done(runs)), None)
@@ -208,28 +234,10 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict, proven
             shown = [test.cell() if test else "-" for test in cells]
             lines.append(f"| {method} | {shown[0]} | {shown[1]} | {f'{cells[1].p_value:.2g}' if cells[1] else '-'} |")
 
-    level, matched, left_out = matched_accuracy(groups)
-    if level is None and groups:
-        lines += ["", "## At matched task accuracy", "", "No run rose above its start: there is no accuracy to match the methods at."]
-    if level is not None:
-        lines += [
-            "",
-            f"## At matched task accuracy ({level:.3f}: the highest that every run which improved reached)",
-            "",
-            "Each run where its task accuracy, interpolated linearly between checkpoints, first reaches it; its GK "
-            "items interpolated the same way (fractional outcomes)"
-            + (f"; left out, never above their start: {', '.join(left_out)}." if left_out else "."),
-            "",
-            "| method | step (per seed) | GK change [95% CI] | p | detectable |",
-            "|---|---|---|---|---|",
-        ]
-        for method, entries in matched.items():
-            by_seed = {run.seed: run for run in groups[method]}
-            runs_at = [(by_seed[seed], x) for seed, x in entries]
-            test = clustered([gk(run, x) for run, x in runs_at], [gk(run, 0) for run, _ in runs_at])
-            tests.append((f"{method}: GK change at matched task accuracy {level:.3f}", test))
-            steps = " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in runs_at)
-            lines.append(f"| {method} | {steps} | {test.cell()} | {test.p_value:.2g} | {test.detectable:.3f} |")
+    lines += matched_section(groups, tests, "the highest that every run which improved reached")
+    arms = {m: g for m, g in groups.items() if getattr(methods.get(m), "lr", None)}
+    if len(arms) > 1:  # the learning-rate arms learned far more than the study's weakest runs: matched higher
+        lines += matched_section(arms, tests, "learning-rate arms only: the highest that every arm's run which improved reached")
 
     if "sft" in groups:
         lines += ["", "## Each method against SFT at the end (seeds paired, same items)", "",
@@ -478,7 +486,7 @@ def write_lr_frontier(runs: list[Run], out: Path, methods: dict, settings) -> Pa
                 ax.scatter(c["task_accuracy"][1:], [g - c["gk_accuracy"][0] for g in c["gk_accuracy"][1:]], s=12, alpha=0.3, **style)
             _, accuracy = mean_curve(group, "task_accuracy")
             _, gk_mean = mean_curve(group, "gk_accuracy")
-            ax.plot(accuracy, [g - gk_mean[0] for g in gk_mean], "-", markersize=6, linewidth=1, label=f"{family}, lr {lr:g} ({len(group)} seeds)", **style)
+            ax.plot(accuracy, [g - gk_mean[0] for g in gk_mean], "-", markersize=6, linewidth=1, label=f"{family}, lr {lr:g} ({len(group)} seed{'s' if len(group) > 1 else ''})", **style)
             end_bars(ax, group, accuracy[-1], f"C{i}")
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.set(xlabel="held-out task accuracy", ylabel="GK accuracy change from the start",

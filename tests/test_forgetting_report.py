@@ -65,18 +65,22 @@ def test_report_tests_clustered_and_corrected(tmp_path):
 def test_a_learning_rate_study_is_reported_with_the_first_and_draws_the_frontier(tmp_path):
     write_items(RUNS, tmp_path / "first", SETTINGS, "cmd one", METHODS)
     arm = SimpleNamespace(config="configs/sft.yaml", teacher=None, note="sft at learning rate 3e-05", lr=3e-5, every=4)
-    arms = [run("sft@3e-05", 0, [0.1, 0.2, 0.3], [0, 1, 2]), run("sft@3e-05", 2, [0.1, 0.2, 0.4], [0, 2, 3])]
-    write_items(arms, tmp_path / "second", SimpleNamespace(**vars(SETTINGS) | {"seeds": [0, 2]}), "cmd two", METHODS | {"sft@3e-05": arm})
+    grpo_arm = SimpleNamespace(config="configs/grpo.yaml", teacher=None, note="", lr=1e-5, every=4)
+    arms = [run("sft@3e-05", 0, [0.1, 0.2, 0.3], [0, 1, 2]), run("sft@3e-05", 2, [0.1, 0.2, 0.4], [0, 2, 3]), run("grpo@1e-05", 0, [0.1, 0.5, 0.6], [0, 0, 1])]
+    arm_methods = METHODS | {"sft@3e-05": arm, "grpo@1e-05": grpo_arm}
+    write_items(arms, tmp_path / "second", SimpleNamespace(**vars(SETTINGS) | {"seeds": [0, 2]}), "cmd two", arm_methods)
     runs, settings, command, methods, _ = read_studies([tmp_path / "first", tmp_path / "second"])
     assert [(r.method, r.seed) for r in runs] == [(r.method, r.seed) for r in RUNS + arms]
     assert settings.seeds == [0, 1, 2] and command == "cmd one ; cmd two" and methods["sft@3e-05"].lr == 3e-5
     report = markdown(runs, settings, command, methods)
     assert "- `sft@3e-05`: learning rate 3e-05, measured every 4 steps" in report and "| sft@3e-05 | 2 |" in report
+    # The arms matched again among themselves, at the highest accuracy all of their runs reached (sft@3e-05 seed 0's 0.3).
+    assert "## At matched task accuracy (0.300: learning-rate arms only" in report
     main([str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(tmp_path / "report")])
     assert (tmp_path / "report" / "lr_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     main([str(tmp_path / "first"), "--out", str(tmp_path / "one")])
     assert not (tmp_path / "one" / "lr_frontier.png").exists()  # one learning rate a method: no frontier to draw
-    write_items(arms, tmp_path / "other", SimpleNamespace(**vars(SETTINGS) | {"steps": 16}), "cmd", METHODS | {"sft@3e-05": arm})
+    write_items(arms, tmp_path / "other", SimpleNamespace(**vars(SETTINGS) | {"steps": 16}), "cmd", arm_methods)
     with pytest.raises(SystemExit, match=r"other: another study's settings \(steps differ"):
         read_studies([tmp_path / "first", tmp_path / "other"])
     with pytest.raises(SystemExit, match="grpo seed 0, grpo seed 1, sft seed 0, sft seed 1 also in an earlier folder"):
