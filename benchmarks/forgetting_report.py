@@ -132,8 +132,10 @@ def memory_line(run: Run) -> str:
     return f"| {run.method} | {run.seed} | {values[0]:.2f} | {max(values):.2f} | {values[-1]:.2f} | {growth:+.3f} |"
 
 
-def matched_section(groups: dict[str, list[Run]], tests: list, which: str) -> list[str]:
-    """The report's section on GK change at matched task accuracy over `groups`, its tests appended to `tests`."""
+def matched_section(groups: dict[str, list[Run]], tests: list, which: str, against: str | None = None) -> list[str]:
+    """The report's section on GK change at matched task accuracy over `groups`, its tests appended
+    to `tests`; with `against` (a method-name prefix: "sft@"), every other method's GK at that
+    accuracy against each such method's, seeds paired."""
     level, matched, left_out = matched_accuracy(groups)
     if level is None:
         return ["", "## At matched task accuracy", "", "No run rose above its start: there is no accuracy to match the methods at."] if groups else []
@@ -148,13 +150,25 @@ def matched_section(groups: dict[str, list[Run]], tests: list, which: str) -> li
         "| method | step (per seed) | GK change [95% CI] | p | detectable |",
         "|---|---|---|---|---|",
     ]
+    at_level: dict[str, dict[int, np.ndarray]] = {}  # method -> seed -> GK items where it reached the level
     for method, entries in matched.items():
         by_seed = {run.seed: run for run in groups[method]}
         runs_at = [(by_seed[seed], x) for seed, x in entries]
+        at_level[method] = {run.seed: gk(run, x) for run, x in runs_at}
         test = clustered([gk(run, x) for run, x in runs_at], [gk(run, 0) for run, _ in runs_at])
         tests.append((f"{method}: GK change at matched task accuracy {level:.3f}", test))
         steps = " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in runs_at)
         lines.append(f"| {method} | {steps} | {test.cell()} | {test.p_value:.2g} | {test.detectable:.3f} |")
+    baselines = [m for m in at_level if against and m.startswith(against)]
+    pairs = [(m, b) for m in at_level if m not in baselines for b in baselines if set(at_level[m]) & set(at_level[b])]
+    if pairs:
+        lines += ["", f"Against each `{against}` arm at that accuracy (seeds paired, same items):", "",
+                  "| method | against | seeds | GK difference [95% CI] | p |", "|---|---|---|---|---|"]  # fmt: skip
+        for method, baseline in pairs:
+            seeds = sorted(set(at_level[method]) & set(at_level[baseline]))
+            test = clustered([at_level[method][s] for s in seeds], [at_level[baseline][s] for s in seeds])
+            tests.append((f"{method} against {baseline} at matched task accuracy {level:.3f}", test))
+            lines.append(f"| {method} | {baseline} | {' '.join(map(str, seeds))} | {test.cell()} | {test.p_value:.2g} |")
     return lines
 
 
@@ -237,7 +251,7 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict, proven
     lines += matched_section(groups, tests, "the highest that every run which improved reached")
     arms = {m: g for m, g in groups.items() if getattr(methods.get(m), "lr", None)}
     if len(arms) > 1:  # the learning-rate arms learned far more than the study's weakest runs: matched higher
-        lines += matched_section(arms, tests, "learning-rate arms only: the highest that every arm's run which improved reached")
+        lines += matched_section(arms, tests, "learning-rate arms only: the highest that every arm's run which improved reached", against="sft@")
 
     if "sft" in groups:
         lines += ["", "## Each method against SFT at the end (seeds paired, same items)", "",

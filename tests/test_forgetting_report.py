@@ -76,6 +76,10 @@ def test_a_learning_rate_study_is_reported_with_the_first_and_draws_the_frontier
     assert "- `sft@3e-05`: learning rate 3e-05, measured every 4 steps" in report and "| sft@3e-05 | 2 |" in report
     # The arms matched again among themselves, at the highest accuracy all of their runs reached (sft@3e-05 seed 0's 0.3).
     assert "## At matched task accuracy (0.300: learning-rate arms only" in report
+    # There sft@3e-05 seed 0 (checkpoint 2) has lost 2 of 40 items and grpo@1e-05 seed 0 (half-way
+    # to checkpoint 1) none: +0.050 for GRPO, the seed they share paired.
+    (line,) = [row for row in report.splitlines() if row.startswith("| grpo@1e-05 | sft@3e-05 | 0 |")]
+    assert "+0.050" in line
     main([str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(tmp_path / "report")])
     assert (tmp_path / "report" / "lr_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     main([str(tmp_path / "first"), "--out", str(tmp_path / "one")])
