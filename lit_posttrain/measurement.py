@@ -171,8 +171,10 @@ def score_in_forms(module, items: list[MultipleChoiceItem], rows_by_form: dict[s
     choice likeliest in any of the forms, ranked by log-sum-exp of its forms' summed
     log-likelihoods (the probability that the reply is that choice, written in one of them).
     A model that moves its answers from one form to another (bare text to "Die Antwort ist ...")
-    keeps that sum where a probe of one form reads the move as lost knowledge; the forgetting
-    study's style control found exactly that (benchmarks/FORGETTING.md)."""
+    keeps that sum where a probe of one form reads the move as lost knowledge (the forgetting
+    study's style control found exactly that: benchmarks/FORGETTING.md). The sum ranks in the
+    form the model favours, though, and forms rank differently even for the starting model: a
+    move to a better-ranking form raises it, so each form is returned to compare with its own start."""
     forms = {form: score_choices(module, items, rows, batch_size) for form, rows in rows_by_form.items()}
     correct = [likeliest_in_any_form([scored["choice_logp"][i] for scored in forms.values()]) == item.answer for i, item in enumerate(items)]
     return {"accuracy": sum(correct) / len(correct), "per_example": correct, "forms": forms}

@@ -51,7 +51,7 @@ class ForgettingProbes(EveryNSteps):
         batch_size: sequences per forward pass.
         history_file: a JSON file rewritten after every probe with every measurement so far, each item's right or wrong and the right option's NLL included (for paired tests between checkpoints; written by global rank 0).
         baseline_cache: a JSON file that keeps the probes before training for later runs from the same start (see EveryNSteps); the KL's continuations are still sampled by each run's own starting model.
-        answer_forms: the forms an option is scored in as the reply, by name, `{choice}` standing for the option's text: e.g. `{bare: "{choice}", sentence: "The answer is {choice}."}`, the training data's own reply form among them (null: the bare text alone). Training that changes how the model phrases answers lowers a bare-text probe without lost knowledge; the forms' sum does not (benchmarks/FORGETTING.md, the style control). Each form costs one more scoring pass.
+        answer_forms: the forms an option is scored in as the reply, by name, `{choice}` standing for the option's text: e.g. `{bare: "{choice}", sentence: "The answer is {choice}."}`, the training data's own reply form among them (null: the bare text alone). Training that changes how the model phrases answers lowers a bare-text probe without lost knowledge; the forms' sum does not read the move as a loss, but it ranks in the form the model favours, and forms rank differently even for the start: compare each form's accuracy with the start's same form (benchmarks/FORGETTING.md, studies 2 and 3). Each form costs one more scoring pass.
     """
 
     def __init__(
