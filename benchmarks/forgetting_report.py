@@ -190,7 +190,7 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict, proven
         f"{' '.join(map(str, settings.seeds))}; measured every {settings.every} steps: greedy accuracy on "
         f"{settings.eval_examples} held-out sums, {items} GK items, KL both ways on {settings.kl_prompts} GK questions "
         f"and {settings.task_kl_prompts} task prompts.",
-        *[f"- `{m}`: learning rate {getattr(methods[m], 'lr', None) or settings.lr:g}, measured every {getattr(methods[m], 'every', None) or settings.every} steps (an arm of the learning-rate frontier)."
+        *[f"- `{m}`: learning rate {learning_rate_of(m, methods, settings):g}, measured every {getattr(methods[m], 'every', None) or settings.every} steps (an arm of the learning-rate frontier)."
           for m in groups if getattr(methods[m], "lr", None)],  # fmt: skip
         f"- Machine: {provenance['machine']}",
         f"- Code: commit {provenance['code']}",
