@@ -52,7 +52,8 @@ def framed(question: str, choices: list[str], framing: str) -> tuple[str, list[s
 
 
 def framed_items(items: list, framing: str) -> list:
-    """The items as `framing` asks the model them (per_token: the bare items, ranked otherwise)."""
+    """The items as `framing` asks the model them, question and replies both (`score_model` needs it
+    for the lettered framing alone: the reply forms go through `choice_rows(answer_form=...)`)."""
     from lit_posttrain.data.multiple_choice import MultipleChoiceItem
 
     out = []
