@@ -26,8 +26,8 @@ def tiny_model_dir() -> str:
 # worker while the other idles. test_engine.py just before test_vllm_engine.py: the engine one
 # leaves started is the next one's when they share a worker.
 SLOW_FILES_FIRST = [
-    "test_resume.py", "test_distributed.py", "test_engine.py", "test_vllm_engine.py", "test_compare_benchmark.py",
-    "test_vllm_distributed.py", "test_forgetting_benchmark.py", "test_gpu_check.py",
+    "test_resume.py", "test_vllm_server.py", "test_distributed.py", "test_vllm_distributed.py", "test_engine.py",
+    "test_vllm_engine.py", "test_compare_benchmark.py", "test_forgetting_benchmark.py", "test_gpu_check.py",
 ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,11 @@ def every_method_runs(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize(("strategy", "method"), [(s, m) for s, methods in EVERY_METHOD.items() for m in methods])
+# Sharded, the methods run in the default run's comparison (SFT, GRPO) and in CI's long run all of them.
+@pytest.mark.parametrize(
+    ("strategy", "method"),
+    [pytest.param(s, m, marks=[pytest.mark.long] if s == "fsdp" else []) for s, methods in EVERY_METHOD.items() for m in methods],
+)
 def test_every_method_trains_on_two_processes(strategy, method, every_method_runs, tiny_model_dir):
     """Full fine-tuning with evaluation, forgetting probes and uneven shares: the run finishes (under
     FSDP a rank that skipped a forward pass would hang it), losses are finite, every weight moves.
@@ -152,6 +157,7 @@ def test_every_method_trains_on_two_processes(strategy, method, every_method_run
     assert all(not torch.equal(start[k], weights[k]) for k in start), "every weight trains in full fine-tuning"
 
 
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
 def test_sharded_run_killed_inside_a_checkpoint_write_resumes_exactly(tmp_path):
     """Killed inside the rewrite of `last.ckpt` at step 2 (every rank's shards written, Lightning's
     metadata file not), resumed from `last.ckpt` (still step 1's, a folder of shards) to step
@@ -194,3 +200,74 @@ def test_sharded_run_killed_inside_a_checkpoint_write_resumes_exactly(tmp_path):
     exported = export_checkpoint(tmp_path / "whole_checkpoints" / "last.ckpt", tmp_path / "exported")
     weights = load_file(exported / "model.safetensors")
     assert weights.keys() == whole.keys() and all(torch.equal(weights[k], whole[k]) for k in whole)
+
+
+# --- several nodes: two "nodes" of one process each, on this machine -----------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fit_on_nodes(root: Path, strategy: str, node_env) -> dict[str, tuple[dict, list[float]]]:
+    """Every config trained on two nodes of one process each (both on this machine, one workdir
+    as a shared filesystem), each node's process started by `node_env(rank, port)`'s command and
+    environment, the two at once; one launch for all configs, as `_fit_many`."""
+    root.mkdir(parents=True, exist_ok=True)
+    spec = [
+        [str(root / m), _args(root / m, config, *_train_args(8, 2, *STRATEGIES[strategy], *more), "--trainer.devices", "1", "--trainer.num_nodes", "2")]
+        for m, (config, more) in CONFIGS.items()
+    ]  # fmt: skip
+    (root / "runs.json").write_text(json.dumps(spec))
+    port, script = _free_port(), [str(ROOT / "tests" / "helpers" / "fit_many.py"), str(root / "runs.json")]
+    nodes = []
+    for rank in (0, 1):
+        command, env = node_env(rank, port, script)
+        log = (root / f"node{rank}.log").open("w")
+        nodes.append(subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=log, stderr=subprocess.STDOUT))
+    for rank, node in enumerate(nodes):
+        try:
+            node.wait(timeout=600)
+        finally:
+            if node.poll() is None:
+                for other in nodes:
+                    other.kill()
+        assert node.returncode == 0, f"node {rank}:\n" + (root / f"node{rank}.log").read_text()[-3000:]
+    return {m: _read_run(root / m) for m in CONFIGS}
+
+
+def _torchrun(rank: int, port: int, script: list[str]) -> tuple[list[str], dict]:
+    """torchrun's static rendezvous at node 0's address, as on two machines (`--node-rank`)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    return [*torchrun, "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port), *script], {}
+
+
+def _slurm(rank: int, port: int, script: list[str]) -> tuple[list[str], dict]:
+    """What `srun` sets for task `rank` of a 2-node job of one task a node (Lightning's
+    SLURMEnvironment reads these; MASTER_PORT as an sbatch script exports it)."""
+    env = {
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lit_posttrain", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "2", "SLURM_NODELIST": "127.0.0.1", "SLURM_PROCID": str(rank), "SLURM_LOCALID": "0",
+        "SLURM_NODEID": str(rank), "MASTER_PORT": str(port),
+    }  # fmt: skip
+    return [sys.executable, *script], env
+
+
+LAUNCHERS = {"torchrun": _torchrun, "slurm": _slurm}
+
+
+@pytest.mark.parametrize(
+    ("launcher", "strategy"),
+    [pytest.param(launcher, strategy, marks=pytest.mark.long) for launcher, strategy in [("torchrun", "ddp"), ("torchrun", "fsdp"), ("slurm", "ddp")]],
+)
+def test_two_nodes_match_one_process(launcher, strategy, runs, tmp_path):
+    """Two nodes of one process each give the weights and losses of one process on the same global
+    batch, launched as on a cluster: torchrun on each node, or SLURM's task variables."""
+    nodes = _fit_on_nodes(tmp_path, strategy, LAUNCHERS[launcher])
+    for method, (one, one_losses) in runs(1).items():
+        two, two_losses = nodes[method]
+        for name in one:
+            assert torch.allclose(one[name], two[name], atol=1e-5), (method, name)
+        assert two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-6), method

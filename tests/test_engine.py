@@ -177,6 +177,7 @@ def test_per_prompt_seeds_make_samples_independent_of_the_batch(engine_and_modul
     assert torch.allclose(together.logp_BT[3:6][together.mask_BT[3:6]], alone.logp_BT[alone.mask_BT], atol=atol)
 
 
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
 def test_a_batch_whose_prefill_exceeds_one_engine_step(engine_and_module):
     """8 prompts of 70 tokens x 8 seeded samples: 4,544 prompt tokens, more than vLLM schedules in
     one step (4,096), which split prefills across steps and crashed its CPU build's seeded sampler

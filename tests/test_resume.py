@@ -41,19 +41,48 @@ def _per_step(run_dir: Path, key: str) -> dict[int, float]:
     return values
 
 
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """tiny_grpo.yaml's run of `STEPS` steps, never stopped: what the interrupted ones must equal."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    whole = _run(folder, "whole", STEPS)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return folder
+
+
+def _uninterrupted_for(extra: list[str], tmp_path: Path, request) -> Path:
+    """The folder with the uninterrupted run (`whole`) for settings `extra`: the module's for the
+    default settings, else one run here."""
+    if not extra:
+        return request.getfixturevalue("uninterrupted")
+    whole = _run(tmp_path, "whole", STEPS, *extra)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return tmp_path
+
+
+def _assert_same_steps(expected_dir: Path, got_dir: Path) -> None:
+    for key in ("train/loss", "train/reward"):
+        expected, got = _per_step(expected_dir, key), _per_step(got_dir, key)
+        assert sorted(got) == sorted(expected) == list(range(STEPS)), key
+        for step in range(STEPS):
+            assert got[step] == pytest.approx(expected[step], abs=1e-6), (key, step)
+
+
 @pytest.mark.parametrize(
     ("kill_at", "extra"),
     [
         (3, []),  # mid-epoch: 64 prompts, 8 a step
         # epoch boundary (16 prompts: 2 steps an epoch), and reused rollouts that must survive the kill
-        (2, ["--data.task.init_args.num_train", "16", "--model.init_args.rollouts.every_n_steps", "3"]),
+        pytest.param(2, ["--data.task.init_args.num_train", "16", "--model.init_args.rollouts.every_n_steps", "3"], marks=pytest.mark.long),
     ],
     ids=["mid_epoch", "epoch_boundary_reused_rollouts"],
 )  # fmt: skip
-def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, kill_at, extra):
-    steps = 6
-    whole = _run(tmp_path, "whole", steps, *extra)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, kill_at, extra, request):
+    steps = STEPS
+    tmp_path = _uninterrupted_for(extra, tmp_path, request)
 
     killed = _run(tmp_path, "killed", steps, *extra, "--trainer.callbacks+", "crash.KillAtStep",
                   "--trainer.callbacks.step", str(kill_at))  # fmt: skip
@@ -65,17 +94,14 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, kill_at, ex
 
     resumed = _run(tmp_path, "killed", steps, *extra, "--ckpt_path", str(last))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for key in ("train/loss", "train/reward"):
-        expected, got = _per_step(tmp_path / "runs" / "whole", key), _per_step(tmp_path / "runs" / "killed", key)
-        assert sorted(got) == sorted(expected) == list(range(steps)), key
-        for step in range(steps):
-            assert got[step] == pytest.approx(expected[step], abs=1e-6), (key, step)
+    _assert_same_steps(tmp_path / "runs" / "whole", tmp_path / "runs" / "killed")
     a, b = load_file(tmp_path / "whole" / "model" / "model.safetensors"), load_file(tmp_path / "killed" / "model" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     kept = sorted(p.name for p in (tmp_path / "whole" / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in kept and len(kept) == 3, kept  # save_top_k: 2, plus last
 
 
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
 def test_a_lora_checkpoint_holds_the_adapters_not_the_base_and_resumes_exactly(tmp_path):
     """A LoRA run's checkpoint keeps the adapters and the optimizer's state; the frozen base is
     rebuilt from the model source on resume, and the resumed run ends as the uninterrupted one."""
@@ -121,6 +147,7 @@ def test_a_kill_in_the_middle_of_a_rollout_batch_resumes_exactly(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
 def test_a_kill_inside_a_checkpoint_write_resumes_from_the_one_before(tmp_path):
     """Killed while `last.ckpt` is being rewritten after step 3: it is still step 2's, whole, and
     the run resumed from it is the run that was never interrupted."""
@@ -156,6 +183,7 @@ def _untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in entry.items() if not k.startswith("time/")} for entry in history]
 
 
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
 def test_a_resumed_runs_measurements_equal_the_uninterrupted_runs(tmp_path):
     """Evaluation and ForgettingProbes every 2 steps, killed when step 3 starts, resumed. Before
     their state went into checkpoints, the resumed run measured again at step 3, sampled the KL's
@@ -185,18 +213,42 @@ def test_a_resumed_runs_measurements_equal_the_uninterrupted_runs(tmp_path):
             assert got[key] == (value if isinstance(value, list) else pytest.approx(value, abs=1e-6)), (got["step"], key)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    stopped = _run(tmp_path, "stopped", 6, "--trainer.callbacks+", "crash.KillAtStep", "--trainer.callbacks.step", "2",
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(uninterrupted):
+    folder = uninterrupted
+    stopped = _run(folder, "stopped", STEPS, "--trainer.callbacks+", "crash.KillAtStep", "--trainer.callbacks.step", "2",
                    "--trainer.callbacks.sig", str(int(signal.SIGTERM)))  # fmt: skip
-    saved = list((tmp_path / "runs" / "stopped").rglob("sigterm.ckpt"))
+    saved = list((folder / "runs" / "stopped").rglob("sigterm.ckpt"))
     assert len(saved) == 1, stopped.stderr[-3000:]
     # Lightning finishes the step in progress when the signal arrives, then stops.
     assert torch.load(saved[0], weights_only=True, map_location="cpu")["global_step"] == 3
-    resumed = _run(tmp_path, "stopped", 6, "--ckpt_path", str(saved[0]))
+    resumed = _run(folder, "stopped", STEPS, "--ckpt_path", str(saved[0]))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert sorted(_per_step(tmp_path / "runs" / "stopped", "train/loss")) == list(range(6))
+    _assert_same_steps(folder / "runs" / "whole", folder / "runs" / "stopped")
 
 
+@pytest.mark.parametrize(
+    ("fail_at", "extra"),
+    [(3, []), pytest.param(2, ["--data.task.init_args.num_train", "16"], marks=pytest.mark.long)],  # 16 prompts: 2 steps an epoch
+    ids=["mid_epoch", "first_step_of_an_epoch"],
+)
+def test_a_rollout_engine_that_stops_answering_stops_the_run_with_a_checkpoint_that_resumes_exactly(tmp_path, fail_at, extra, request):
+    """The engine fails at the start of a step (as VLLMServerEngine does when its server is gone):
+    the run stops saying why, with a checkpoint of the steps before it, and the resumed run takes
+    that step again from its start: the same losses and rewards as the run never stopped."""
+    folder = _uninterrupted_for(extra, tmp_path, request)
+    failed = _run(folder, "engine_failed", STEPS, *extra, "--trainer.callbacks+", "crash.EngineFailsAtStep",
+                  "--trainer.callbacks.step", str(fail_at))  # fmt: skip
+    assert failed.returncode != 0
+    assert "the server stopped answering" in failed.stderr and "the rollout engine stopped answering: checkpoint saved" in failed.stderr
+    (saved,) = (folder / "runs" / "engine_failed").rglob("engine_unavailable.ckpt")
+    assert torch.load(saved, weights_only=True, map_location="cpu")["global_step"] == fail_at
+    assert not (folder / "engine_failed" / "model").exists(), "a stopped run exports nothing"
+    resumed = _run(folder, "engine_failed", STEPS, *extra, "--ckpt_path", str(saved))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_steps(folder / "runs" / "whole", folder / "runs" / "engine_failed")
+
+
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
 def test_otr_resumes_exactly_too(tmp_path):
     # OTR draws its own random candidates every step: they are seeded by the run and the step.
     otr = ["--model.class_path", "lit_posttrain.methods.otr.OTR", "--model.init_args.k", "16"]

@@ -126,7 +126,7 @@ def test_merged_lora_weights_are_the_merged_models():
 
 # Adapters first: an engine that serves adapters is never kept, and the full-weights one is kept
 # for the CLI runs below.
-@pytest.mark.parametrize(("lora", "merge_lora"), [(LoRA(r=8), False), (None, None)], ids=["lora-adapters", "full"])
+@pytest.mark.parametrize(("lora", "merge_lora"), [pytest.param(LoRA(r=8), False, marks=pytest.mark.long), (None, None)], ids=["lora-adapters", "full"])
 def test_the_engine_samples_from_the_weights_of_the_last_optimizer_step(lora, merge_lora, tmp_path):
     """One SFT step on the built-in model (a gradient on every step, whatever the model samples),
     with the engine started before it by the step-0 evaluation: afterwards the engine's log-probs
@@ -187,6 +187,7 @@ SAMPLING_METHODS = {
 }
 
 
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
 @pytest.mark.parametrize("method", list(SAMPLING_METHODS))
 def test_every_sampling_method_and_callback_runs_on_vllm(method, tmp_path, monkeypatch):
     """OPD, SePT and HPT (GRPO: above) with vLLM for their rollouts, reused for 2 steps by
@@ -220,6 +221,7 @@ def test_every_sampling_method_and_callback_runs_on_vllm(method, tmp_path, monke
     assert expected <= logged, sorted(logged)
 
 
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
 def test_an_exported_checkpoint_is_a_folder_vllm_serves(tmp_path, monkeypatch):
     """`lit-posttrain export` of a LoRA SFT run's last checkpoint on the built-in model, merged:
     vLLM starts on the folder (its config, tokenizer and weight files, through vLLM's own loader)

@@ -1,5 +1,6 @@
 """Rollouts: the `Rollout` batch type, the `RolloutEngine` protocol and its engines. `VLLMEngine`
-lives in `lit_posttrain.rollout.vllm` and is imported only when selected."""
+(`lit_posttrain.rollout.vllm`) and `VLLMServerEngine` (`lit_posttrain.rollout.server`, a vLLM
+server in another process) are imported only when selected."""
 
 from lit_posttrain.rollout.engine import RolloutEngine
 from lit_posttrain.rollout.hf import HFEngine

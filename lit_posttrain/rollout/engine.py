@@ -9,7 +9,13 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from lit_posttrain.padding import left_pad
 from lit_posttrain.rollout.types import Rollout
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot sample or take weights (a server that stopped answering): the run stops
+    there, and `CheckpointOnSigterm` saves a checkpoint to resume from once it is back."""
 
 
 @runtime_checkable
@@ -57,6 +63,16 @@ def check_sampling_settings(engine: str, temperature: float, top_p: float, max_n
         raise ValueError(f"{engine} top_p must be in (0, 1], got {top_p}")
     if max_new_tokens < 1:
         raise ValueError(f"{engine} max_new_tokens must be at least 1, got {max_new_tokens}")
+
+
+def check_prompt_lengths(engine: str, prompt_ids: list[list[int]], max_new_tokens: int, max_model_len: int, fix: str) -> None:
+    """Refuse, before sampling, a prompt whose completion could run past the engine's `max_model_len`."""
+    for i, prompt in enumerate(prompt_ids):
+        if len(prompt) + max_new_tokens > max_model_len:
+            raise ValueError(
+                f"{engine}: prompt {i} has {len(prompt)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
+                f"max_model_len {max_model_len}: {fix} or shorten the prompt"
+            )
 
 
 def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Tensor:
@@ -110,3 +126,28 @@ def assemble_rollout(
         age_B=torch.zeros(prompt_BT.shape[0], dtype=torch.long, device=device),
         timing={"generate_s": generate_s},
     )
+
+
+def rollout_from_samples(
+    prompt_ids: list[list[int]],
+    n: int,
+    samples: list[tuple[list[int], list[float]]],
+    pad_id: int,
+    eos_ids: Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    temperature: float,
+    generate_s: float,
+) -> Rollout:
+    """A `Rollout` from an engine's token lists: for each prompt its `n` samples in order, each the
+    sampled token ids and their log-probs under the sampling distribution (a vLLM output, in
+    process or from a server)."""
+    width_new = max(1, max(len(tokens) for tokens, _ in samples))
+    completion_BT = torch.full((len(samples), width_new), pad_id, dtype=torch.long)
+    sampler_BT = torch.zeros((len(samples), width_new))
+    for b, (tokens, logprobs) in enumerate(samples):
+        if len(tokens) != len(logprobs):
+            raise ValueError(f"sample {b} has {len(tokens)} tokens and {len(logprobs)} log-probs")
+        completion_BT[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        sampler_BT[b, : len(tokens)] = torch.tensor(logprobs, dtype=torch.float32)
+    prompt_PT, prompt_attention_PT = left_pad(prompt_ids, pad_id)
+    return assemble_rollout(prompt_PT, prompt_attention_PT, n, completion_BT, sampler_BT, eos_ids, tokenizer, temperature, generate_s)

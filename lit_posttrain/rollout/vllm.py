@@ -35,9 +35,13 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.padding import left_pad
 from lit_posttrain.rollout import vllm_checks as checks
-from lit_posttrain.rollout.engine import assemble_rollout, check_sampling_settings, eos_token_ids
+from lit_posttrain.rollout.engine import (
+    check_prompt_lengths,
+    check_sampling_settings,
+    eos_token_ids,
+    rollout_from_samples,
+)
 from lit_posttrain.rollout.types import Rollout
 from lit_posttrain.weights import full_tensor, full_weights
 
@@ -250,12 +254,7 @@ class VLLMEngine:
             raise RuntimeError("VLLMEngine.generate called before setup(policy, tokenizer)")
         temperature = 1.0 if greedy else (self.temperature if temperature is None else temperature)
         max_new_tokens = max_new_tokens or self.max_new_tokens
-        for i, prompt in enumerate(prompt_ids):
-            if len(prompt) + max_new_tokens > self.max_model_len:
-                raise ValueError(
-                    f"VLLMEngine: prompt {i} has {len(prompt)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
-                    f"max_model_len {self.max_model_len}: raise the engine's max_model_len or shorten the prompt"
-                )
+        check_prompt_lengths("VLLMEngine", prompt_ids, max_new_tokens, self.max_model_len, "raise the engine's max_model_len")
         params = SamplingParams(
             n=n,
             temperature=0.0 if greedy else temperature,
@@ -277,18 +276,13 @@ class VLLMEngine:
                 [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params,
                 lora_request=self._lora_request, use_tqdm=False,
             )  # fmt: skip
-        completions = [c for out in outputs for c in out.outputs]
-        width_new = max(1, max(len(c.token_ids) for c in completions))
-        completion_BT = torch.full((len(completions), width_new), self.pad_id, dtype=torch.long)
-        sampler_BT = torch.zeros((len(completions), width_new))
-        for b, c in enumerate(completions):
-            completion_BT[b, : len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
-            sampler_BT[b, : len(c.token_ids)] = torch.tensor([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)])
-        prompt_PT, prompt_attention_PT = left_pad(prompt_ids, self.pad_id)
-        rollout = assemble_rollout(
-            prompt_PT, prompt_attention_PT, n, completion_BT, sampler_BT, self.eos_ids, self.tokenizer, temperature,
-            time.perf_counter() - start,
-        )  # fmt: skip
+        samples = [
+            (list(c.token_ids), [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)])
+            for out in outputs for c in out.outputs
+        ]  # fmt: skip
+        rollout = rollout_from_samples(
+            prompt_ids, n, samples, self.pad_id, self.eos_ids, self.tokenizer, temperature, time.perf_counter() - start
+        )
         return rollout.to(self.device)
 
 

@@ -57,3 +57,20 @@ class KillAtOptimizerStep(L.Callback):
     def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class EngineFailsAtStep(L.Callback):
+    """From step `step` on, the rollout engine raises `EngineUnavailable` when asked to sample, as
+    `VLLMServerEngine` does when its server stops answering."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            from lit_posttrain.rollout.engine import EngineUnavailable
+
+            def gone(*args, **kwargs):
+                raise EngineUnavailable("test: the server stopped answering")
+
+            module.engine.generate = gone

@@ -25,6 +25,9 @@ if __name__ == "__main__":
             # the next one: the previous run's store may still be listening on its port until
             # collected, and a rank that reaches it first would join a group that is gone.
             os.environ["MASTER_PORT"] = str(first_port + i)
+            # Under torchrun the first run's group used the launcher's own store (at the first
+            # port); a later one makes its own at its port, hosted by rank 0 as without torchrun.
+            os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
         os.makedirs(workdir, exist_ok=True)
         os.chdir(workdir)
         main(args)

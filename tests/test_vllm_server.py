@@ -1,0 +1,132 @@
+"""VLLMServerEngine against a real vLLM server in its own process (`python -m lit_posttrain.serve`
+on localhost, started once for the module: ~50 s): the engine conformance test, weights that
+follow training, GRPO through the CLI equal to the in-process engine step for step, and a server
+that is not there or stops answering."""
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_engine import (  # the conformance test, run here against the server  # noqa: F401
+    ATOL,
+    PROMPTS,
+    needs_vllm,
+    test_a_batch_whose_prefill_exceeds_one_engine_step,
+    test_completion_stops_at_the_first_eos,
+    test_determinism_under_a_seed_and_training_state_untouched,
+    test_greedy_is_the_argmax,
+    test_per_prompt_seeds_make_samples_independent_of_the_batch,
+    test_sampler_logp_equals_a_teacher_forced_forward_pass,
+    test_select_and_concat_round_trip,
+    test_shapes_groups_and_masks,
+    test_top_k_and_top_p_sample_only_from_the_kept_tokens,
+)
+
+from lit_posttrain import serve
+from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.rollout.engine import EngineUnavailable
+
+pytestmark = [needs_vllm, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN = "builtin:smollm2-135m-instruct"
+ATOL["VLLMServerEngine"] = ATOL["VLLMEngine"]  # the same kernels, in another process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    process = serve.start(BUILTIN, port, "--max-model-len", "256", log=tmp_path_factory.mktemp("server") / "server.log")
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def engine_and_module(server):
+    from lit_posttrain.rollout.server import VLLMServerEngine
+
+    module = PostTrainingModule(model=BUILTIN, dtype="float32")
+    module.configure_model()
+    engine = VLLMServerEngine(url=server, temperature=1.0, max_new_tokens=12)
+    engine.setup(module.policy, module.tokenizer)
+    yield engine, module
+    engine.close()
+
+
+def test_the_server_samples_from_the_weights_of_the_last_push(engine_and_module):
+    """Every weight moved, the tied embeddings and output head included (vLLM's in-place reload
+    updates a tied head only from its own name: a push that stored the shared tensor once left
+    the server's head at the old weights, 1.6 nats off)."""
+    engine, module = engine_and_module
+    before = {name: p.detach().clone() for name, p in module.policy.named_parameters()}
+    torch.manual_seed(0)
+    try:
+        with torch.no_grad():
+            for p in module.policy.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        engine.sync_weights(module.policy)
+        rollout = engine.generate(PROMPTS, n=4, seed=[1, 2, 3])
+        with torch.no_grad():
+            logp_BT = module.policy_logp(rollout.tokens_BT, rollout.attention_BT)
+    finally:
+        with torch.no_grad():
+            for name, p in module.policy.named_parameters():
+                p.copy_(before[name])
+        engine.sync_weights(module.policy)
+    assert torch.allclose(rollout.logp_BT[rollout.mask_BT], logp_BT[rollout.mask_BT], atol=ATOL["VLLMServerEngine"])
+    with torch.no_grad():
+        start_BT = module.policy_logp(rollout.tokens_BT, rollout.attention_BT)
+    assert (rollout.logp_BT - start_BT)[rollout.mask_BT].abs().max() > 20 * ATOL["VLLMServerEngine"], "not the old weights"
+    assert engine.syncs == 3  # at setup, the moved weights, the restored ones
+
+
+def test_no_server_at_the_address_is_said_at_setup():
+    from lit_posttrain.rollout.server import VLLMServerEngine
+
+    module = PostTrainingModule(model="tiny-random-llama", dtype="float32")
+    module.configure_model()
+    engine = VLLMServerEngine(url=f"http://127.0.0.1:{_free_port()}", timeout_s=5)
+    with pytest.raises(EngineUnavailable, match=r"no answer from the vLLM server at http://127\.0\.0\.1:\d+ .*lit_posttrain\.serve"):
+        engine.setup(module.policy, module.tokenizer)
+
+
+def _per_step(run: Path, key: str) -> dict[int, float]:
+    (metrics,) = run.glob("runs/lightning_logs/version_*/metrics.csv")
+    with open(metrics) as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
+def test_grpo_through_the_cli_equals_the_in_process_engine_step_for_step(server, tmp_path):
+    """The same seeds give the same samples in the server as in the trainer's own vLLM, and the
+    weights pushed after each step keep them equal: the same rewards and losses at every step."""
+    cli = str(Path(sys.executable).parent / "lit-posttrain")
+    common = [
+        "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.dtype", "float32",
+        "--trainer.max_steps", "3", "--trainer.callbacks", "[]", "--data.batch_size", "2", "--model.init_args.group_size", "4",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs",
+    ]  # fmt: skip
+    engines = {
+        "in_process": ["--config", str(ROOT / "configs" / "engines" / "vllm.yaml")],
+        "server": ["--config", str(ROOT / "configs" / "engines" / "vllm_server.yaml"), "--model.init_args.engine.init_args.url", server],
+    }
+    for name, extra in engines.items():
+        (tmp_path / name).mkdir()
+        result = subprocess.run([cli, *common, *extra], cwd=tmp_path / name, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("train/reward", "train/loss", "train/completion_length"):
+        expected, got = _per_step(tmp_path / "in_process", key), _per_step(tmp_path / "server", key)
+        assert sorted(got) == sorted(expected) == [0, 1, 2], key
+        assert all(got[s] == pytest.approx(expected[s], abs=1e-4) for s in range(3)), (key, got, expected)
