@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/server_step.py [--steps 3] [--warmup 1] [--out runs/server_step]
 
 Two settings, each run with both engines: `configs/grpo.yaml` as shipped (LoRA, 8 prompts x 8
-samples of arithmetic answers of ~4 tokens: the step is mostly training) and the same GRPO on
+samples of arithmetic answers of ~3 tokens after one-shot prompts of ~70) and the same GRPO on
 `lit_posttrain.data.running_sum.RunningSum` sums of 8 two-digit numbers worked a line at a time
-(answers of ~100 tokens, `max_new_tokens` 160: the step is mostly sampling). On a machine of N
+(answers of ~110 tokens, `max_new_tokens` 160). On a machine of N
 cores the in-process engine and the trainer take turns on all N threads; with the server, the
 server is pinned to the last core (`lit_posttrain.serve --cores`) and the trainer to the others,
 so each has fewer threads but neither waits for the other's start-up or memory. Nothing overlaps
@@ -29,16 +29,19 @@ from throughput import MODEL, ROOT, markdown_table, matmul_peak, non_embedding_p
 from lit_posttrain import serve
 
 SETTINGS = {
-    "training-bound (arithmetic, ~4-token answers)": [],
-    "sampling-bound (running sums, ~100-token answers)": [
+    "short answers (arithmetic, ~3 tokens)": [],
+    "long answers (running sums, ~110 tokens)": [
         "--data.task", "lit_posttrain.data.running_sum.RunningSum", "--data.task.init_args.terms", "8",
         "--data.task.init_args.digits", "2", "--data.task.init_args.num_eval", "8",
         "--model.init_args.engine.init_args.max_new_tokens", "160",
     ],
 }  # fmt: skip
 COLUMNS = [
-    "setting", "engine", "trainer_threads", "step_s", "generation_s", "loss_forward_s", "backward_step_s", "sync_s",
-    "completion_length", "generation_tokens_per_s", "peak_rss_process_gib",
+    ("setting", "setting", "{}"), ("engine", "engine", "{}"), ("trainer threads", "trainer_threads", "{}"),
+    ("step (s)", "step_s", "{:.2f}"), ("generation (s)", "generation_s", "{:.2f}"), ("loss forward (s)", "loss_forward_s", "{:.2f}"),
+    ("backward + step (s)", "backward_step_s", "{:.2f}"), ("weight push (s)", "sync_s", "{:.2f}"),
+    ("mean completion", "completion_length", "{:.1f}"), ("generation tokens/s", "generation_tokens_per_s", "{:.0f}"),
+    ("peak RSS trainer (GiB)", "peak_rss_process_gib", "{:.2f}"),
 ]  # fmt: skip
 
 
