@@ -1,7 +1,8 @@
 """VLLMServerEngine against a real vLLM server in its own process (`python -m lit_posttrain.serve`
 on localhost, started once for the module: ~50 s): the engine conformance test, weights that
-follow training, GRPO through the CLI equal to the in-process engine step for step, and a server
-that is not there or stops answering."""
+follow training, GRPO through the CLI equal to the in-process engine step for step, the serve
+command's flags, and a server that is not there (its other faults, against a stand-in server:
+tests/test_server_faults.py)."""
 
 import csv
 import os
@@ -130,3 +131,15 @@ def test_grpo_through_the_cli_equals_the_in_process_engine_step_for_step(server,
         expected, got = _per_step(tmp_path / "in_process", key), _per_step(tmp_path / "server", key)
         assert sorted(got) == sorted(expected) == [0, 1, 2], key
         assert all(got[s] == pytest.approx(expected[s], abs=1e-4) for s in range(3)), (key, got, expected)
+
+
+def test_the_serve_command_sets_what_the_engine_relies_on():
+    args = serve.parse_args([BUILTIN, "--port", "9", "--cores", "1", "--", "--max-num-seqs", "8"])
+    command, env = serve.server_command(args)
+    assert env == {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_OMP_THREADS_BIND": "1"}  # /collective_rpc; pinned to core 1
+    joined = " ".join(command)
+    for flag in ("--logprobs-mode processed_logprobs", "--no-enable-chunked-prefill", "--enable-prefix-caching", "--port 9", "--enforce-eager"):
+        assert flag in joined, flag
+    assert command[-2:] == ["--max-num-seqs", "8"], "what follows -- goes to vLLM as it is"
+    with pytest.raises(ValueError, match="head_dim 16"):  # vLLM's CPU attention cannot serve the tiny test model
+        serve.server_command(serve.parse_args(["tiny-random-llama"]))
