@@ -131,6 +131,9 @@ def test_grpo_through_the_cli_equals_the_in_process_engine_step_for_step(server,
         expected, got = _per_step(tmp_path / "in_process", key), _per_step(tmp_path / "server", key)
         assert sorted(got) == sorted(expected) == [0, 1, 2], key
         assert all(got[s] == pytest.approx(expected[s], abs=1e-4) for s in range(3)), (key, got, expected)
+    # After every optimizer step the server's log-probs of what it sampled are the trainer's.
+    gap = _per_step(tmp_path / "server", "train/sampler_abs_diff")
+    assert sorted(gap) == [0, 1, 2] and all(0 <= g < ATOL["VLLMServerEngine"] for g in gap.values()), gap
 
 
 def test_the_serve_command_sets_what_the_engine_relies_on():
