@@ -42,6 +42,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
+from lit_posttrain.rollout import vllm_checks as checks
 from lit_posttrain.rollout.engine import (
     EngineUnavailable,
     check_prompt_lengths,
@@ -121,7 +122,7 @@ class VLLMServerEngine:
                 f"VLLMServerEngine max_new_tokens {self.max_new_tokens} leaves no room for a prompt in the server's "
                 f"max_model_len {self.max_model_len}: start the server with a larger --max-model-len"
             )
-        check_same_shape(served.get("root", ""), base.config, self.url)
+        checks.check_same_shape(served.get("root", ""), base.config, self.url)
         self._push_root = Path(tempfile.mkdtemp(prefix="lit_posttrain-push-", dir=self.weights_dir or _default_push_dir(base)))
         self.sync_weights(policy)
 
@@ -274,20 +275,6 @@ class VLLMServerEngine:
                 f"is it running? {START_HINT}, and give its address as the engine's url"
             ) from err
         return json.loads(payload) if payload else {}
-
-
-def check_same_shape(served_folder: str, config, url: str) -> None:
-    """Refuse a server that serves another architecture than the policy's, where its folder is
-    readable here (a remote server's is not: its first weight push would fail instead)."""
-    path = Path(served_folder) / "config.json"
-    if not path.is_file():
-        return
-    served = json.loads(path.read_text())
-    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-    differ = {k: (served.get(k), getattr(config, k, None)) for k in keys if served.get(k) != getattr(config, k, None)}
-    if differ:
-        listed = ", ".join(f"{k} {theirs} (policy {ours})" for k, (theirs, ours) in differ.items())
-        raise ValueError(f"VLLMServerEngine: the server at {url} serves {served_folder}, another shape than the policy's: {listed}")
 
 
 def _default_push_dir(model: torch.nn.Module) -> str:

@@ -1,10 +1,12 @@
 """What `VLLMEngine` checks before it starts vLLM: that vLLM runs here, that it can serve the
-model (its folder, the LoRA rank), and how much memory its KV cache gets. Each refusal says what to change; all of it runs
+model (its folder, the LoRA rank), and how much memory its KV cache gets; and what
+`VLLMServerEngine` checks of a server (that it serves the policy's shape). Each refusal says what to change; all of it runs
 in `setup` before vLLM starts (11-16 s on the CPU), so that a bad setting fails at once. Imported
 only when the engine is selected (vLLM is an optional dependency)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -178,3 +180,17 @@ def check_settings(
         raise ValueError(f"VLLMEngine threads must be at least 1, got {threads}")
     if max_lora_rank is not None and max_lora_rank not in LORA_RANKS:
         raise ValueError(f"VLLMEngine max_lora_rank must be one of {LORA_RANKS}, got {max_lora_rank}")
+
+
+def check_same_shape(served_folder: str, config, url: str) -> None:
+    """`VLLMServerEngine`: refuse a server that serves another architecture than the policy's, where its folder is
+    readable here (a remote server's is not: its first weight push would fail instead)."""
+    path = Path(served_folder) / "config.json"
+    if not path.is_file():
+        return
+    served = json.loads(path.read_text())
+    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    differ = {k: (served.get(k), getattr(config, k, None)) for k in keys if served.get(k) != getattr(config, k, None)}
+    if differ:
+        listed = ", ".join(f"{k} {theirs} (policy {ours})" for k, (theirs, ours) in differ.items())
+        raise ValueError(f"VLLMServerEngine: the server at {url} serves {served_folder}, another shape than the policy's: {listed}")
