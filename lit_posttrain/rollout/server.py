@@ -51,6 +51,7 @@ from lit_posttrain.rollout.engine import (
     rollout_from_samples,
 )
 from lit_posttrain.rollout.types import Rollout
+from lit_posttrain.sharding import is_sharded
 from lit_posttrain.weights import full_weights
 
 log = logging.getLogger(__name__)
@@ -133,10 +134,13 @@ class VLLMServerEngine:
         """Make the server sample from `policy`'s current weights. Under DDP or FSDP every process
         calls it together; process 0 pushes and tells the others whether the push went through."""
         self.syncs += 1
-        weights = full_weights(policy)  # under FSDP2 a collective: every process gathers
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        pushes = not distributed or torch.distributed.get_rank() == 0
+        # Under FSDP2 gathering is a collective every process joins; under DDP the others would
+        # only merge LoRA weights they never send.
+        weights = full_weights(policy) if pushes or is_sharded(policy) else None
         error = None
-        if not distributed or torch.distributed.get_rank() == 0:
+        if pushes:
             try:
                 self._push(weights)
             except (EngineUnavailable, ServerRefused, OSError) as err:
