@@ -52,11 +52,16 @@ def _launch(command: list[str], cwd: Path) -> None:
 def _fit_many(root: Path, runs: dict[str, tuple[str, list[str]]]) -> dict[str, tuple[dict, list[float]]]:
     """Several runs (name: config and arguments, all with the same strategy and device count) in
     one launch of `tests/helpers/fit_many.py`: the processes start once for all of them."""
+    _launch([sys.executable, *_fit_many_script(root, runs)], root)
+    return {name: _read_run(root / name) for name in runs}
+
+
+def _fit_many_script(root: Path, runs: dict[str, tuple[str, list[str]]]) -> list[str]:
+    """`tests/helpers/fit_many.py` and its RUNS.json (written under `root`) for `runs`."""
     root.mkdir(parents=True, exist_ok=True)
     spec = [[str(root / name), _args(root / name, config, *extra)] for name, (config, extra) in runs.items()]
     (root / "runs.json").write_text(json.dumps(spec))
-    _launch([sys.executable, str(ROOT / "tests" / "helpers" / "fit_many.py"), str(root / "runs.json")], root)
-    return {name: _read_run(root / name) for name in runs}
+    return [str(ROOT / "tests" / "helpers" / "fit_many.py"), str(root / "runs.json")]
 
 
 def _train_args(global_batch: int, devices: int, *extra: str) -> list[str]:
@@ -213,20 +218,16 @@ def _free_port() -> int:
 
 def _fit_on_nodes(root: Path, strategy: str, node_env) -> dict[str, tuple[dict, list[float]]]:
     """Every config trained on two nodes of one process each (both on this machine, one workdir
-    as a shared filesystem), each node's process started by `node_env(rank, port)`'s command and
-    environment, the two at once; one launch for all configs, as `_fit_many`."""
-    root.mkdir(parents=True, exist_ok=True)
-    spec = [
-        [str(root / m), _args(root / m, config, *_train_args(8, 2, *STRATEGIES[strategy], *more), "--trainer.devices", "1", "--trainer.num_nodes", "2")]
-        for m, (config, more) in CONFIGS.items()
-    ]  # fmt: skip
-    (root / "runs.json").write_text(json.dumps(spec))
-    port, script = _free_port(), [str(ROOT / "tests" / "helpers" / "fit_many.py"), str(root / "runs.json")]
+    as a shared filesystem), each node's process started with the command and environment
+    `node_env(rank, port, script)` gives, the two at once; one launch for all configs, as `_fit_many`."""
+    nodes_args = ["--trainer.devices", "1", "--trainer.num_nodes", "2"]
+    runs = {m: (config, [*_train_args(8, 2, *STRATEGIES[strategy], *more), *nodes_args]) for m, (config, more) in CONFIGS.items()}
+    port, script = _free_port(), _fit_many_script(root, runs)
     nodes = []
     for rank in (0, 1):
         command, env = node_env(rank, port, script)
-        log = (root / f"node{rank}.log").open("w")
-        nodes.append(subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=log, stderr=subprocess.STDOUT))
+        with (root / f"node{rank}.log").open("w") as log:  # the child keeps its own copy of the descriptor
+            nodes.append(subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=log, stderr=subprocess.STDOUT))
     for rank, node in enumerate(nodes):
         try:
             node.wait(timeout=600)
