@@ -47,8 +47,12 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     """tiny_grpo.yaml's run of `STEPS` steps, never stopped: what the interrupted ones must equal."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    whole = _run(folder, "whole", STEPS)
+    return _whole(tmp_path_factory.mktemp("uninterrupted"))
+
+
+def _whole(folder: Path, *extra: str) -> Path:
+    """`folder`, with the uninterrupted run of `STEPS` steps (`whole`) under settings `extra` in it."""
+    whole = _run(folder, "whole", STEPS, *extra)
     assert whole.returncode == 0, whole.stderr[-3000:]
     return folder
 
@@ -56,11 +60,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 def _uninterrupted_for(extra: list[str], tmp_path: Path, request) -> Path:
     """The folder with the uninterrupted run (`whole`) for settings `extra`: the module's for the
     default settings, else one run here."""
-    if not extra:
-        return request.getfixturevalue("uninterrupted")
-    whole = _run(tmp_path, "whole", STEPS, *extra)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    return tmp_path
+    return _whole(tmp_path, *extra) if extra else request.getfixturevalue("uninterrupted")
 
 
 def _assert_same_steps(expected_dir: Path, got_dir: Path) -> None:

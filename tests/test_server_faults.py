@@ -66,6 +66,9 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(404)
 
 
+ENGINES: list[VLLMServerEngine] = []  # closed after each test: their push folders
+
+
 @pytest.fixture
 def stand_in():
     server = StandIn()
@@ -75,11 +78,8 @@ def stand_in():
     server.shutdown()
     server.server_close()
     for engine in ENGINES:
-        engine.close()  # their push folders
+        engine.close()
     ENGINES.clear()
-
-
-ENGINES: list[VLLMServerEngine] = []
 
 
 @pytest.fixture(scope="module")
