@@ -213,6 +213,9 @@ def summarise(run: Run, params: int, peak: float) -> dict[str, float | None]:
         "loss_forward_s": [s["time/loss_forward_s"] for s in steps],
         "backward_step_s": [s["time/backward_step_s"] for s in steps],
         "sync_s": [s.get("time/sync_s", 0.0) for s in steps],  # absent from runs logged before it was
+        # Waiting for samples drawn ahead (rollouts.max_staleness); their generation ran beside the
+        # training then, so `other_s` is not the step's remainder for such runs.
+        "wait_s": [s.get("time/wait_s", 0.0) for s in steps],
     }
     other = [s["step_s"] - sum(p[i] for p in phases.values()) for i, s in enumerate(steps)]
     medians = {name: median(values) for name, values in phases.items()}

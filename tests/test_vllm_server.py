@@ -146,3 +146,32 @@ def test_the_serve_command_sets_what_the_engine_relies_on():
     assert command[-2:] == ["--max-num-seqs", "8"], "what follows -- goes to vLLM as it is"
     with pytest.raises(ValueError, match="head_dim 16"):  # vLLM's CPU attention cannot serve the tiny test model
         serve.server_command(serve.parse_args(["tiny-random-llama"]))
+
+
+@pytest.mark.long
+def test_samples_drawn_ahead_are_the_same_from_the_server_as_in_process(server, tmp_path):
+    """`rollouts.max_staleness: 1` through the CLI: the in-process engine drawing in a worker thread
+    and the server give the same steps, each batch after the first trained on samples drawn by the
+    weights of the step before (`train/staleness` 1)."""
+    cli = str(Path(sys.executable).parent / "lit-posttrain")
+    common = [
+        "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.dtype", "float32",
+        "--trainer.max_steps", "3", "--trainer.callbacks", "[]", "--data.batch_size", "2", "--model.init_args.group_size", "4",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs",
+        "--model.init_args.rollouts.max_staleness", "1",
+    ]  # fmt: skip
+    engines = {
+        "in_process": ["--config", str(ROOT / "configs" / "engines" / "vllm.yaml")],
+        "server": ["--config", str(ROOT / "configs" / "engines" / "vllm_server.yaml"), "--model.init_args.engine.init_args.url", server],
+    }
+    for name, extra in engines.items():
+        (tmp_path / name).mkdir()
+        result = subprocess.run([cli, *common, *extra], cwd=tmp_path / name, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("train/reward", "train/loss", "train/completion_length", "train/sampler_abs_diff"):
+        expected, got = _per_step(tmp_path / "in_process", key), _per_step(tmp_path / "server", key)
+        assert sorted(got) == sorted(expected) == [0, 1, 2], key
+        assert all(got[s] == pytest.approx(expected[s], abs=1e-4) for s in range(3)), (key, got, expected)
+    for name in engines:
+        assert _per_step(tmp_path / name, "train/staleness") == {0: 0.0, 1: 1.0, 2: 1.0}, name

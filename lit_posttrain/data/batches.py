@@ -51,6 +51,8 @@ class Batches(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.epoch_fn = shuffle, seed, epoch_fn
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained on), set on resume
+        self._order: list[list[Row]] = []
+        self._order_of: int | None = None  # the epoch `_order` holds (`batch_at`)
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.world_size
@@ -62,6 +64,13 @@ class Batches(IterableDataset):
             random.Random(f"{self.seed}:{epoch}").shuffle(order)
         global_batch = self.batch_size * self.world_size
         return [[self.rows[i] for i in order[s : s + global_batch]] for s in range(0, len(order), global_batch)]
+
+    def batch_at(self, epoch: int, index: int) -> Batch | None:
+        """This process's batch `index` of `epoch`, as iteration will yield it (None past the
+        epoch's end): what a method drawing samples ahead of training reads."""
+        if self._order_of != epoch:  # one epoch's order kept, rebuilt when it moves on
+            self._order, self._order_of = self._global_batches(epoch), epoch
+        return Batch(self._order[index][self.rank :: self.world_size]) if 0 <= index < len(self._order) else None
 
     def __iter__(self) -> Iterator[Batch]:
         # A generator: this runs at the first next(), after Lightning restored a checkpoint, so a

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lit_posttrain.data.batches import Batches, ResumableLoader, Row
+from lit_posttrain.data.batches import Batch, Batches, ResumableLoader, Row
 from lit_posttrain.data.task import DataError, Example, Task
 from lit_posttrain.data.tokenize import render_prompts, tokenize_texts
 from lit_posttrain.models import cache_root
@@ -237,7 +237,15 @@ class TaskDataModule(L.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, self.batch_size, self.shuffle)
+        loader = self._loader(self.train_rows, self.batch_size, self.shuffle)
+        self._train_batches = loader.dataset
+        return loader
+
+    def train_batch_at(self, epoch: int, index: int) -> Batch | None:
+        """This process's training batch `index` of `epoch` (None past the epoch's end), the same
+        rows the loader yields there: samples drawn ahead of training (`RolloutSource.max_staleness`)
+        are drawn for them."""
+        return self._train_batches.batch_at(epoch, index)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_rows, self.eval_batch_size, False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import zlib
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import lightning as L
@@ -42,6 +43,9 @@ from lit_posttrain.rewards.guard import Scorer, ThreadScorer
 from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 from lit_posttrain.rollout.session import EngineSession
 from lit_posttrain.sharding import is_sharded, shard_policy
+
+# The step `run_seed` uses where it is not the trainer's (`seeded_as_step`), per thread.
+_seed_step: ContextVar[int | None] = ContextVar("lit_posttrain_seed_step", default=None)
 
 
 class PostTrainingModule(StepCostHooks, L.LightningModule):
@@ -224,8 +228,21 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
 
     def run_seed(self, *parts) -> int:
         """A seed from the run's seed, the step and `parts`: the same after a resume, on any rank."""
-        step = self._trainer.global_step if self._trainer is not None else 0
+        step = _seed_step.get()
+        if step is None:
+            step = self._trainer.global_step if self._trainer is not None else 0
         return zlib.crc32(repr((os.environ.get("PL_GLOBAL_SEED", "0"), step, *parts)).encode())
+
+    @staticmethod
+    @contextmanager
+    def seeded_as_step(step: int):
+        """`run_seed` in this thread as at optimizer step `step`: samples drawn ahead of training, in
+        a worker thread while the step moves on, are seeded by the step that started them."""
+        token = _seed_step.set(step)
+        try:
+            yield
+        finally:
+            _seed_step.reset(token)
 
     # --- optimisation -------------------------------------------------------------------------
 

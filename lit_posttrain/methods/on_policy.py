@@ -5,6 +5,9 @@ the cost of sampling in the logs, held-out accuracy as the validation metric."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import torch
 from torch import Tensor
 
@@ -45,7 +48,9 @@ class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
         # pi_old's forward pass, where a batch takes several optimizer steps.
         return ("prompts", "generated", *super().token_kinds, *(("pi_old",) if self.takes_pi_old_pass else ()))
 
-    time_phases = ("generate_s", "score_s", *PostTrainingModule.time_phases)
+    # `wait_s`: the step waiting for samples drawn ahead of training (`RolloutSource.max_staleness`),
+    # whose own generate_s and score_s then ran beside the training.
+    time_phases = ("generate_s", "score_s", "wait_s", *PostTrainingModule.time_phases)
 
     def __init__(
         self,
@@ -78,13 +83,75 @@ class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
 
     def rollouts_for(self, batch: Batch) -> Rollout:
         """This step's rollouts for `batch`, group g answering `batch.rows[g]`: sampled now with the
-        current weights, or reused, as `self.rollouts` decides. The sampling's tokens and time are
-        charged to this step."""
-        rollout = self.rollouts.rollouts(
-            batch.rows, self.trainer.global_step, self._sample_counted, self.tokenizer.pad_token_id, self._any_rank
-        )
+        current weights, reused, or drawn ahead, as `self.rollouts` decides. The sampling's tokens
+        and time are charged to this step."""
+        if self.rollouts.max_staleness:
+            rollout = self._drawn_ahead(batch)
+        else:
+            rollout = self.rollouts.rollouts(
+                batch.rows, self.trainer.global_step, self._sample_counted, self.tokenizer.pad_token_id, self._any_rank
+            )
         self.step_cost.mark("start")  # the loss forward starts here; sampling is timed as its own phases
         return rollout
+
+    def _drawn_ahead(self, batch: Batch) -> Rollout:
+        """The batch's samples drawn ahead (drawn now where none were: the run's first batch), after
+        which the next `max_staleness` batches not yet drawn are drawn in the background with the
+        current weights, while this batch trains."""
+        epoch_loop, step = self.trainer.fit_loop.epoch_loop, self.trainer.global_step
+        here = (self.trainer.current_epoch, epoch_loop.batch_idx)
+        rollout, waited = self.rollouts.ahead.take(here, batch.rows)
+        self.add_time("wait_s", waited)
+        rollout = self._count_sampled(batch.rows, rollout if rollout is not None else self._draw(batch.rows, step))
+        self.sampler.start(self.policy, self.tokenizer)  # here: the worker must not be the one starting the engine
+        for position, rows in self._batches_ahead(here, step):
+            if position not in self.rollouts.ahead:
+                self.rollouts.ahead.submit(position, rows, functools.partial(self._draw, step=step))
+        return rollout
+
+    def _batches_ahead(self, here: tuple[int, int], step: int) -> list[tuple[tuple[int, int], list[Row]]]:
+        """The positions and rows of the next `max_staleness` training batches after `here`, those
+        the run will reach (within max_steps and max_epochs)."""
+        trainer, (epoch, index) = self.trainer, here
+        per_epoch, ahead = trainer.num_training_batches, []
+        for j in range(1, self.rollouts.max_staleness + 1):
+            position = (epoch + (index + j) // per_epoch, (index + j) % per_epoch)
+            past_steps = 0 < trainer.max_steps <= step + j * self.optimizer_steps_per_batch
+            past_epochs = trainer.max_epochs not in (None, -1) and position[0] >= trainer.max_epochs
+            batch = None if past_steps or past_epochs else trainer.datamodule.train_batch_at(*position)
+            if batch is None:
+                break
+            ahead.append((position, batch.rows))
+        return ahead
+
+    def after_optimizer_step(self) -> None:
+        # The engine takes the new weights only once no draw is in flight: a draw never mixes two
+        # versions of the weights, and its samples are the version it was started with.
+        self.step_cost.mark("end")
+        self.add_time("wait_s", self.rollouts.ahead.settle())
+        super().after_optimizer_step()
+
+    def teardown(self, stage: str) -> None:
+        self.rollouts.ahead.close()  # before the engine closes
+        super().teardown(stage)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.rollouts.max_staleness:
+            self.check_drawing_ahead()
+
+    def check_drawing_ahead(self) -> None:
+        """Refuse at start-up what drawing samples beside training cannot do: an engine sampling
+        from the very weights being trained, a data module that cannot say its next batches."""
+        staleness = f"rollouts.max_staleness {self.rollouts.max_staleness} draws samples while the policy trains"
+        samples_from_copy = getattr(self.engine, "samples_from_copy", None)
+        if samples_from_copy is not None and not samples_from_copy(self.policy):
+            raise ValueError(
+                f"{staleness}, but {type(self.engine).__name__} samples from the policy itself here (full fine-tuning, "
+                "merged_copy false or a sharded policy): use VLLMEngine or VLLMServerEngine (or LoRA with HFEngine's merged copy)"
+            )
+        if not hasattr(self.trainer.datamodule, "train_batch_at"):
+            raise ValueError(f"{staleness}: its data module must say its next batches (train_batch_at, as TaskDataModule does)")
 
     def on_train_start(self) -> None:
         if self.rollouts.offline:  # charged to step 0
@@ -108,7 +175,18 @@ class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
         return self.sample(rows, n=self.group_size)
 
     def _sample_counted(self, rows: list[Row]) -> Rollout:
-        rollout = self.sample_rollouts(rows)
+        return self._count_sampled(rows, self._draw(rows, self.trainer.global_step))
+
+    def _draw(self, rows: list[Row], step: int) -> Rollout:
+        """`sample_rollouts(rows)` as at optimizer step `step` (its seeds), each row stamped with the
+        step whose weights drew it. Thread-safe where the engine samples from its own copy of the
+        weights: drawing ahead runs it in a worker thread."""
+        with self.seeded_as_step(step):
+            rollout = self.sample_rollouts(rows)
+        return dataclasses.replace(rollout, version_B=torch.full((len(rollout),), step, dtype=torch.long))
+
+    def _count_sampled(self, rows: list[Row], rollout: Rollout) -> Rollout:
+        """Charge a rollout's sampling, its tokens and time, to this step."""
         self.count_tokens("prompts", sum(len(row.prompt_ids) for row in rows))  # each prefilled once for its group
         self.count_tokens("generated", rollout.mask_BT.sum())
         self.add_time("generate_s", rollout.timing.get("generate_s", 0.0))
@@ -207,6 +285,7 @@ class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
         """Log the rollouts' statistics with the step's `metrics` (its tokens and time are logged
         by the base module when the step ends)."""
         trained_B = torch.ones(len(rollout), dtype=torch.bool) if trained_B is None else trained_B.cpu()
+        step = getattr(self, "_steps_before_batch", self.trainer.global_step)  # the batch's first optimizer step
         self.last_rollout = rollout  # for what shows the samples (callbacks.LogCompletions)
         lengths_B = rollout.completion_lengths_B.float()
         mask_BT = rollout.mask_BT.float()
@@ -220,6 +299,9 @@ class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
             "train/rows_trained": trained_B.float().mean(),
             **{f"train/{k}": v for k, v in metrics.items()},
         }
+        if rollout.version_B is not None:
+            # Optimizer steps from the weights that drew the rows to those this batch starts from.
+            values["train/staleness"] = (step - rollout.version_B.float()).mean()
         if rollout.reward_B is not None:
             values.update(reward_statistics(rollout))
             failures = self.sampler.scorer.failures
@@ -232,7 +314,6 @@ class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
         self.log("train/completion_length_min", lengths_B.min(), batch_size=len(rollout), sync_dist=True, reduce_fx="min")
         self.log("train/completion_length_max", lengths_B.max(), batch_size=len(rollout), sync_dist=True, reduce_fx="max")
         if self.global_rank == 0:
-            step = getattr(self, "_steps_before_batch", self.trainer.global_step)  # the batch's first optimizer step
             self.sampling_watch.update(step, rollout.truncated_B, rollout.reward_B, self.engine.max_new_tokens)
 
     # --- held-out accuracy --------------------------------------------------------------------

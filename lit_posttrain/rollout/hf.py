@@ -96,6 +96,11 @@ class HFEngine:
             self._copy_targets[name] = (layer, plain)
         self.sync_weights(policy)
 
+    def samples_from_copy(self, policy: torch.nn.Module) -> bool:
+        """Whether it samples from weights of its own (the merged LoRA copy) that optimizer steps
+        do not touch: what drawing samples beside training needs (`RolloutSource.max_staleness`)."""
+        return bool(lora_layers(policy)) and self.merged_copy and not is_sharded(policy)
+
     @torch.no_grad()
     def sync_weights(self, policy: torch.nn.Module) -> None:
         for layer, plain in self._copy_targets.values():

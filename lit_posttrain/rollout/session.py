@@ -25,7 +25,8 @@ class EngineSession:
         self.scorer = scorer
         self.started = False
 
-    def _start(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+    def start(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+        """The engine, set up for `policy` on first use."""
         if not self.started:
             self.engine.setup(policy, tokenizer)
             self.started = True
@@ -37,7 +38,7 @@ class EngineSession:
         **generate_kwargs,
     ) -> Rollout:  # fmt: skip
         """`n` completions per row, scored by `task` (not scored when it is None)."""
-        rollout = self._start(policy, tokenizer).generate([row.prompt_ids for row in rows], n, **generate_kwargs)
+        rollout = self.start(policy, tokenizer).generate([row.prompt_ids for row in rows], n, **generate_kwargs)
         if task is None:
             return rollout
         start = time.perf_counter()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from lit_posttrain.data.batches import Row
+from lit_posttrain.rollout.ahead import SamplesAhead
 from lit_posttrain.rollout.types import Rollout, concat_rollouts
 
 Sampler = Callable[[list[Row]], Rollout]
@@ -23,18 +24,36 @@ class RolloutSource:
     log-probs). `every_n_steps: 1` is strictly on-policy, the default; `null` samples every
     training prompt once, with the starting weights, before the first step: the offline ablation.
 
+    Or drawn ahead: with `max_staleness: k` (k >= 1), while the trainer trains on one batch, the
+    engine draws the samples of the next k batches in a background thread with the weights of that
+    moment (`rollout.ahead`), so sampling overlaps training; a batch trains on samples drawn k
+    batches earlier (k x ppo_epochs x mini_batches optimizer steps, `train/staleness`). The loss
+    treats them as fresh samples of a sampler that lags the trainer: pi_old is the trainer's own
+    log-probs and a sampler correction (`TruncatedIS` and the like) weighs each token by
+    pi_old / pi_sampler; `train/sampler_kl` measures the gap. `max_staleness: 0` samples each batch
+    when it is trained on, as without it.
+
     Args:
         every_n_steps: optimizer steps a prompt's rollouts stay in use; null: sampled once, before training.
         batch_size: prompts per generation call when sampling the whole training set (every_n_steps null).
+        max_staleness: rollout batches drawn ahead of training, overlapping sampling with training (0: none, on-policy).
     """
 
-    def __init__(self, every_n_steps: int | None = 1, batch_size: int = 32) -> None:
+    def __init__(self, every_n_steps: int | None = 1, batch_size: int = 32, max_staleness: int = 0) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"rollouts every_n_steps must be >= 1 or null (once), got {every_n_steps}")
         if batch_size < 1:
             raise ValueError(f"rollouts batch_size must be at least 1, got {batch_size}")
-        self.every_n_steps, self.batch_size = every_n_steps, batch_size
+        if max_staleness < 0:
+            raise ValueError(f"rollouts max_staleness must be >= 0, got {max_staleness}")
+        if max_staleness and every_n_steps != 1:
+            raise ValueError(
+                f"rollouts max_staleness {max_staleness} draws every batch's samples ahead of training; it cannot "
+                f"also reuse them (every_n_steps {every_n_steps}): set every_n_steps: 1 or max_staleness: 0"
+            )
+        self.every_n_steps, self.batch_size, self.max_staleness = every_n_steps, batch_size, max_staleness
         self._cache: dict[tuple[int, ...], tuple[Rollout, int]] = {}
+        self.ahead = SamplesAhead()
 
     @property
     def offline(self) -> bool:
@@ -81,7 +100,9 @@ class RolloutSource:
         return {
             "every_n_steps": self.every_n_steps,
             "cache": [(list(key), rollout.state_dict(), sampled_at) for key, (rollout, sampled_at) in self._cache.items()],
+            "ahead": self.ahead.state_dict(),  # drawn for batches not trained on yet
         }
 
     def load_state_dict(self, state: dict) -> None:
         self._cache = {tuple(key): (Rollout.from_state_dict(fields), sampled_at) for key, fields, sampled_at in state["cache"]}
+        self.ahead.load_state_dict(state.get("ahead", []))

@@ -25,6 +25,8 @@ class Rollout:
     row was sampled (0: sampled by the current weights). `old_logp_BT`, where a step takes several
     optimizer steps on one rollout batch, holds the trainer's log-probs before the first: pi_old.
     `reward_parts` holds each part's score per row where a task's reward has named parts.
+    `version_B` is the optimizer step whose weights drew each row: behind the step being trained
+    where samples are drawn ahead of training (`RolloutSource.max_staleness`).
     """
 
     tokens_BT: Tensor
@@ -41,6 +43,7 @@ class Rollout:
     timing: dict[str, float] = field(default_factory=dict)
     old_logp_BT: Tensor | None = None
     reward_parts: dict[str, Tensor] | None = None
+    version_B: Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens_BT.shape[0]
@@ -89,6 +92,7 @@ class Rollout:
                 timing={},  # the time spent producing them belongs to the whole batch
                 old_logp_BT=None if self.old_logp_BT is None else self.old_logp_BT[idx],
                 reward_parts=None if self.reward_parts is None else {k: v[idx] for k, v in self.reward_parts.items()},
+                version_B=None if self.version_B is None else self.version_B[idx],
             )
         )
 
@@ -141,6 +145,7 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
     has_rewards = all(r.reward_B is not None for r in rollouts)
     has_age = all(r.age_B is not None for r in rollouts)
     has_old = all(r.old_logp_BT is not None for r in rollouts)
+    has_version = all(r.version_B is not None for r in rollouts)
     has_parts = all(r.reward_parts is not None and r.reward_parts.keys() == rollouts[0].reward_parts.keys() for r in rollouts)
     return Rollout(
         tokens_BT=stack("tokens_BT", pad_id),
@@ -157,4 +162,5 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
         timing={k: sum(r.timing.get(k, 0.0) for r in rollouts) for k in rollouts[0].timing},
         old_logp_BT=stack("old_logp_BT", 0.0) if has_old else None,
         reward_parts={k: torch.cat([r.reward_parts[k] for r in rollouts]) for k in rollouts[0].reward_parts} if has_parts else None,
+        version_B=torch.cat([r.version_B for r in rollouts]) if has_version else None,
     )
