@@ -16,7 +16,8 @@ With max_staleness 0 the trainer waits for each batch's samples; with k >= 1 the
 drawn while this one trains (by a worker thread: for the in-process engine on the trainer's own
 cores, for the server on its core), so a step takes about max(generation, training) + push instead
 of their sum. Timed as benchmarks/throughput.py times every method (median step after the warm-up
-steps, a step being one rollout batch; the server's start-up is not in any step); `generation` is
+steps, a step being one rollout batch, and before the last k, which have nothing left to draw
+ahead; the server's start-up is not in any step); `generation` is
 the sampling's own time, beside the training when drawn ahead, and `wait` what the trainer waited
 for it. The peak memory is the trainer's process alone: the server's is its own.
 
@@ -26,6 +27,7 @@ Writes server_step.md and server_step.csv to --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -84,10 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     def timed(setting: str, engine: str, k: int, threads: int, overrides: list[str], name: str) -> None:
         # A step is one rollout batch: with several optimizer steps a batch, max_steps counts them all.
         epochs = int(overrides[overrides.index("--model.init_args.ppo_epochs") + 1]) if "--model.init_args.ppo_epochs" in overrides else 1
+        # The last k batches have nothing left to draw ahead (the run ends): k more are run, untimed.
         overrides = [*overrides, "--model.init_args.rollouts.max_staleness", str(k),
-                     "--trainer.max_steps", str((args.warmup + args.steps) * epochs)]  # fmt: skip
-        run = run_cli(f"{name}_k{k}", config, overrides, args.out, args.warmup, args.steps, threads)
-        summary = summarise(run, params, peak)
+                     "--trainer.max_steps", str((args.warmup + args.steps + k) * epochs)]  # fmt: skip
+        run = run_cli(f"{name}_k{k}", config, overrides, args.out, args.warmup, args.steps + k, threads)
+        summary = summarise(dataclasses.replace(run, steps=run.steps[: args.steps]), params, peak)
         training_s = summary["loss_forward_s"] + summary["backward_step_s"]
         rows.append({"setting": setting, "engine": engine, "max_staleness": k, "trainer_threads": threads, "training_s": training_s, **summary})
 

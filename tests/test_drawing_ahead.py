@@ -15,6 +15,7 @@ from lit_posttrain.data import Arithmetic, TaskDataModule
 from lit_posttrain.data.batches import Batches, Row
 from lit_posttrain.data.task import Example
 from lit_posttrain.methods.grpo import GRPO
+from lit_posttrain.methods.sept import SePT
 from lit_posttrain.models import LoRA
 from lit_posttrain.optim import Optim
 from lit_posttrain.rollout import HFEngine
@@ -197,3 +198,18 @@ def test_batch_at_is_what_iteration_yields_on_every_rank():
             seen = list(batches)
             assert [batches.batch_at(epoch, i) for i in range(len(seen))] == seen
             assert batches.batch_at(epoch, len(seen)) is None
+
+
+def test_sept_draws_ahead_at_the_temperature_of_the_step_that_drew(tmp_path):
+    """SePT's sampling temperature follows its schedule by step: a draw ahead takes the drawing
+    step's temperature, as it takes its weights and seeds."""
+    recorder = Recorder()
+    module = SePT(
+        model="tiny-random-llama", dtype="float32", lora=LoRA(r=4), group_size=2, start_temperature=0.4, ramp_fraction=1.0,
+        engine=HFEngine(max_new_tokens=4), rollouts=RolloutSource(max_staleness=1),
+    )  # fmt: skip
+    _fit(module, tmp_path, callbacks=[recorder])
+    assert [r.version_B.unique().tolist() for r in recorder.rollouts] == [[0], [0], [1], [2]]
+    temperatures = [module.sampling_temperature(r.version_B[0].item(), 4) for r in recorder.rollouts]
+    assert [r.temperature for r in recorder.rollouts] == pytest.approx(temperatures)
+    assert len(set(temperatures)) == 3

@@ -44,8 +44,8 @@ from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 from lit_posttrain.rollout.session import EngineSession
 from lit_posttrain.sharding import is_sharded, shard_policy
 
-# The step `run_seed` uses where it is not the trainer's (`seeded_as_step`), per thread.
-_seed_step: ContextVar[int | None] = ContextVar("lit_posttrain_seed_step", default=None)
+# The step sampling belongs to where it is not the trainer's (`seeded_as_step`), per thread.
+_sampling_step: ContextVar[int | None] = ContextVar("lit_posttrain_sampling_step", default=None)
 
 
 class PostTrainingModule(StepCostHooks, L.LightningModule):
@@ -228,21 +228,28 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
 
     def run_seed(self, *parts) -> int:
         """A seed from the run's seed, the step and `parts`: the same after a resume, on any rank."""
-        step = _seed_step.get()
+        return zlib.crc32(repr((os.environ.get("PL_GLOBAL_SEED", "0"), self.sampling_step, *parts)).encode())
+
+    @property
+    def sampling_step(self) -> int:
+        """The optimizer step that sampling in this thread belongs to (its seeds, a temperature
+        schedule): the trainer's, or the step that started a draw ahead of training (`seeded_as_step`)."""
+        step = _sampling_step.get()
         if step is None:
             step = self._trainer.global_step if self._trainer is not None else 0
-        return zlib.crc32(repr((os.environ.get("PL_GLOBAL_SEED", "0"), step, *parts)).encode())
+        return step
 
     @staticmethod
     @contextmanager
     def seeded_as_step(step: int):
-        """`run_seed` in this thread as at optimizer step `step`: samples drawn ahead of training, in
-        a worker thread while the step moves on, are seeded by the step that started them."""
-        token = _seed_step.set(step)
+        """Sampling in this thread as at optimizer step `step` (`sampling_step`): samples drawn ahead
+        of training, in a worker thread while the trainer's step moves on, belong to the step that
+        started them."""
+        token = _sampling_step.set(step)
         try:
             yield
         finally:
-            _seed_step.reset(token)
+            _sampling_step.reset(token)
 
     # --- optimisation -------------------------------------------------------------------------
 

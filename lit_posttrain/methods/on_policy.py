@@ -36,7 +36,7 @@ class OnPolicyModule(RolloutEpochs, MicroBatchedStep, PostTrainingModule):
 
     Args:
         group_size: completions sampled per prompt.
-        rollouts: when rollouts are sampled again and when reused (default: sampled every step, strictly on-policy); checkpointed with the module.
+        rollouts: when rollouts are sampled again, reused or drawn ahead of training (default: sampled every step, strictly on-policy); checkpointed with the module.
         truncation_warning: the share of a step's completions cut at max_new_tokens above which the run says so on the console, once (1.0: never).
     """
 

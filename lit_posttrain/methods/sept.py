@@ -73,7 +73,7 @@ class SePT(OnPolicyModule):
         return self.start_temperature + (self.end_temperature - self.start_temperature) * progress
 
     def sample_rollouts(self, rows: list[Row]) -> Rollout:
-        temperature = self.sampling_temperature(self.trainer.global_step, int(self.trainer.estimated_stepping_batches))
+        temperature = self.sampling_temperature(self.sampling_step, int(self.trainer.estimated_stepping_batches))
         return self.sample(rows, n=self.group_size, temperature=temperature, score=False)
 
     @property

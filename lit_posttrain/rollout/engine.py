@@ -32,6 +32,10 @@ class RolloutEngine(Protocol):
     `seed`: an int seeds the call; one int per prompt makes each prompt's samples independent of
     the rest of the batch, which keeps data-parallel runs and resumed runs identical to one
     uninterrupted process.
+    Drawing samples ahead of training (`RolloutSource.max_staleness`) calls `generate` from a worker
+    thread while the trainer trains, never at the same time as `sync_weights`; an engine that
+    samples the trained weights themselves says so with `samples_from_copy(policy) -> False`
+    (HFEngine without its merged LoRA copy) and is refused for it.
     """
 
     max_new_tokens: int

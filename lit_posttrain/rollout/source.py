@@ -1,6 +1,7 @@
-"""Where an on-policy step's rollouts come from: sampled now with the current weights, or reused
-from a cache, as the one cadence every on-policy method shares decides. The module owns its source
-(a constructor argument, `rollouts:`) and checkpoints it with itself."""
+"""Where an on-policy step's rollouts come from: sampled now with the current weights, reused
+from a cache, or drawn ahead of training by a worker thread, as the one cadence every on-policy
+method shares decides. The module owns its source (a constructor argument, `rollouts:`) and
+checkpoints it with itself."""
 
 from __future__ import annotations
 
