@@ -80,6 +80,10 @@ CONFIGS = {
     "grpo_ahead": ("tiny_grpo.yaml", ["--data.task.init_args.num_train", "32", "--model.init_args.rollouts.max_staleness", "1"]),
 }
 NOT_SHARDED = {"grpo_ahead"}
+# Weights agree to float32 noise, which Adam at lr 1e-2 grows step by step: measured 5.9e-6 for
+# grpo, 1.2e-5 for grpo_ahead (the same samples on one process and two, step by step; its later
+# batches train on other samples than grpo's, and after one step the gap is grpo's 5.2e-6).
+ATOL = {"grpo_ahead": 3e-5}
 
 
 def _configs(strategy: str | None) -> dict[str, tuple[str, list[str]]]:
@@ -112,7 +116,7 @@ def test_two_processes_match_one(method, strategy, runs, tiny_model_dir):
     start = load_file(Path(tiny_model_dir) / "model.safetensors")
     assert any(not torch.equal(one[k], start[k]) for k in one), "training moved the weights"
     for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5), name
+        assert torch.allclose(one[name], two[name], atol=ATOL.get(method, 1e-5)), name
     # Logged losses are global (the mean over ranks of each rank's share of the global mean).
     assert len(one_losses) == 3
     assert two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-6)
@@ -281,5 +285,5 @@ def test_two_nodes_match_one_process(launcher, strategy, runs, tmp_path):
     for method, (two, two_losses) in nodes.items():
         one, one_losses = runs(1)[method]
         for name in one:
-            assert torch.allclose(one[name], two[name], atol=1e-5), (method, name)
+            assert torch.allclose(one[name], two[name], atol=ATOL.get(method, 1e-5)), (method, name)
         assert two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-6), method
