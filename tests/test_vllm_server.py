@@ -108,31 +108,38 @@ def _per_step(run: Path, key: str) -> dict[int, float]:
         return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
 
-@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
-def test_grpo_through_the_cli_equals_the_in_process_engine_step_for_step(server, tmp_path):
-    """The same seeds give the same samples in the server as in the trainer's own vLLM, and the
-    weights pushed after each step keep them equal: the same rewards and losses at every step."""
+def _fit_with_both_engines(server: str, root: Path, *extra: str) -> dict[str, Path]:
+    """GRPO of configs/grpo.yaml for 3 steps through the CLI, with vLLM in the trainer's process and
+    with the server: the two runs' folders."""
     cli = str(Path(sys.executable).parent / "lit-posttrain")
     common = [
         "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.dtype", "float32",
         "--trainer.max_steps", "3", "--trainer.callbacks", "[]", "--data.batch_size", "2", "--model.init_args.group_size", "4",
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs", *extra,
     ]  # fmt: skip
     engines = {
         "in_process": ["--config", str(ROOT / "configs" / "engines" / "vllm.yaml")],
         "server": ["--config", str(ROOT / "configs" / "engines" / "vllm_server.yaml"), "--model.init_args.engine.init_args.url", server],
     }
-    for name, extra in engines.items():
-        (tmp_path / name).mkdir()
-        result = subprocess.run([cli, *common, *extra], cwd=tmp_path / name, capture_output=True, text=True, timeout=600,
+    for name, args in engines.items():
+        (root / name).mkdir()
+        result = subprocess.run([cli, *common, *args], cwd=root / name, capture_output=True, text=True, timeout=600,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+    return {name: root / name for name in engines}
+
+
+@pytest.mark.long  # CI's second run (pytest -m long); the default run stays under 10 minutes
+def test_grpo_through_the_cli_equals_the_in_process_engine_step_for_step(server, tmp_path):
+    """The same seeds give the same samples in the server as in the trainer's own vLLM, and the
+    weights pushed after each step keep them equal: the same rewards and losses at every step."""
+    runs = _fit_with_both_engines(server, tmp_path)
     for key in ("train/reward", "train/loss", "train/completion_length"):
-        expected, got = _per_step(tmp_path / "in_process", key), _per_step(tmp_path / "server", key)
+        expected, got = _per_step(runs["in_process"], key), _per_step(runs["server"], key)
         assert sorted(got) == sorted(expected) == [0, 1, 2], key
         assert all(got[s] == pytest.approx(expected[s], abs=1e-4) for s in range(3)), (key, got, expected)
     # After every optimizer step the server's log-probs of what it sampled are the trainer's.
-    gap = _per_step(tmp_path / "server", "train/sampler_abs_diff")
+    gap = _per_step(runs["server"], "train/sampler_abs_diff")
     assert sorted(gap) == [0, 1, 2] and all(0 <= g < ATOL["VLLMServerEngine"] for g in gap.values()), gap
 
 
@@ -153,25 +160,10 @@ def test_samples_drawn_ahead_are_the_same_from_the_server_as_in_process(server, 
     """`rollouts.max_staleness: 1` through the CLI: the in-process engine drawing in a worker thread
     and the server give the same steps, each batch after the first trained on samples drawn by the
     weights of the step before (`train/staleness` 1)."""
-    cli = str(Path(sys.executable).parent / "lit-posttrain")
-    common = [
-        "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.dtype", "float32",
-        "--trainer.max_steps", "3", "--trainer.callbacks", "[]", "--data.batch_size", "2", "--model.init_args.group_size", "4",
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs",
-        "--model.init_args.rollouts.max_staleness", "1",
-    ]  # fmt: skip
-    engines = {
-        "in_process": ["--config", str(ROOT / "configs" / "engines" / "vllm.yaml")],
-        "server": ["--config", str(ROOT / "configs" / "engines" / "vllm_server.yaml"), "--model.init_args.engine.init_args.url", server],
-    }
-    for name, extra in engines.items():
-        (tmp_path / name).mkdir()
-        result = subprocess.run([cli, *common, *extra], cwd=tmp_path / name, capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
+    runs = _fit_with_both_engines(server, tmp_path, "--model.init_args.rollouts.max_staleness", "1")
     for key in ("train/reward", "train/loss", "train/completion_length", "train/sampler_abs_diff"):
-        expected, got = _per_step(tmp_path / "in_process", key), _per_step(tmp_path / "server", key)
+        expected, got = _per_step(runs["in_process"], key), _per_step(runs["server"], key)
         assert sorted(got) == sorted(expected) == [0, 1, 2], key
         assert all(got[s] == pytest.approx(expected[s], abs=1e-4) for s in range(3)), (key, got, expected)
-    for name in engines:
-        assert _per_step(tmp_path / name, "train/staleness") == {0: 0.0, 1: 1.0, 2: 1.0}, name
+    for name, run in runs.items():
+        assert _per_step(run, "train/staleness") == {0: 0.0, 1: 1.0, 2: 1.0}, name
