@@ -27,7 +27,8 @@ answers that the verifier accepts, resampled every step (GRPO's config with the 
 advantage: no baseline, a rejected sample adds nothing); `grpo`; `hpt`; with --methods, `otr`
 and `sept`. The measurement before training is made by the seed's first run and read by the others
 (`baseline_cache`). `--frontier sft=1e-5,3e-5 grpo=1e-5` adds learning-rate arms (`sft@1e-05`:
-the method at that rate, measured every `--frontier-every` steps), run first within each seed.
+the method at that rate, measured every `--frontier-every` steps), run first within each seed after
+any teacher: `--frontier opd=1e-5 --methods sft` distils at 1e-5 from the `sft` model trained at `--lr`.
 
 Time: 5 methods x 3 seeds x 24 steps took 84.6 minutes on a 2-core AMD EPYC with AVX512-BF16
 (bf16 weights, 4-6.5 minutes a run, 2026-12-02); 4 methods x 3 seeds (sft, sft_english, self_sft,
@@ -118,8 +119,8 @@ def lr_arms(specs: list[str], every: int) -> dict[str, Method]:
         method, _, rates = spec.partition("=")
         if method not in METHODS or not rates:
             raise ValueError(f"--frontier {spec!r}: expected METHOD=LR[,LR...] with METHOD one of {', '.join(METHODS)}")
-        if METHODS[method].teacher or METHODS[method].offline:
-            raise ValueError(f"--frontier {spec!r}: {method} depends on another run's model or samples; give it the study's --lr")
+        if METHODS[method].offline:
+            raise ValueError(f"--frontier {spec!r}: {method} trains on samples drawn once for the study's --lr; give it that rate")
         for rate in rates.split(","):
             try:
                 lr = float(rate)
@@ -129,7 +130,9 @@ def lr_arms(specs: list[str], every: int) -> dict[str, Method]:
                 raise ValueError(f"--frontier {spec!r}: learning rates must be positive, got {rate}")
             base = METHODS[method]
             note = f"{method} at learning rate {lr:g}, measured every {every} steps" + (f" ({base.note})" if base.note else "")
-            arms[f"{method}@{lr:g}"] = Method(base.config, base.extra_args, default=False, note=note, demonstration=base.demonstration, lr=lr, every=every)
+            arms[f"{method}@{lr:g}"] = Method(
+                base.config, base.extra_args, teacher=base.teacher, default=False, note=note, demonstration=base.demonstration, lr=lr, every=every
+            )  # fmt: skip
     return arms
 
 
@@ -312,7 +315,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     defaults = [name for name, spec in METHODS.items() if spec.default]
     parser.add_argument("--methods", nargs="*", choices=list(METHODS), default=defaults, help=f"methods to run (default: {' '.join(defaults)})")
     parser.add_argument("--frontier", nargs="+", default=[], metavar="METHOD=LR[,LR...]",
-                        help="learning-rate arms, run before --methods within each seed: e.g. sft=1e-5,3e-5 grpo=1e-5")  # fmt: skip
+                        help="learning-rate arms, run before --methods within each seed (after a teacher among them): e.g. sft=1e-5,3e-5 grpo=1e-5")  # fmt: skip
     parser.add_argument("--frontier-every", type=int, default=4, help="the frontier arms' measurement cadence, in steps (default 4)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="output folder (default: runs/forgetting)")
     parser.add_argument("--skip-existing", action="store_true", help="reuse every finished run whose command is unchanged")
@@ -338,11 +341,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         parser.error(f"--frontier-every must be at least 1, got {args.frontier_every}")
     profile = PROFILES["smoke" if args.smoke else "full"]
     settings = Settings(**{name: getattr(args, name) if getattr(args, name) is not None else value for name, value in profile.items()})
-    for method in args.methods:
-        teacher = METHODS[method].teacher
-        if teacher and teacher not in args.methods:
-            parser.error(f"{method}'s teacher is the {teacher} model of the same seed: add {teacher} to --methods "
-                         "(with --skip-existing a finished one is reused)")  # fmt: skip
+    for method, spec in (METHODS | args.arms).items():
+        if (method in args.methods or method in args.arms) and spec.teacher and spec.teacher not in args.methods:
+            parser.error(f"{method}'s teacher is the {spec.teacher} model of the same seed (at the study's --lr): add {spec.teacher} "
+                         "to --methods (with --skip-existing a finished one is reused)")  # fmt: skip
     counts = {k: v for k, v in vars(settings).items() if type(v) is int and k not in ("kl_prompts", "warmup_steps")}
     too_small = {k: v for k, v in counts.items() if v < 1}
     if too_small or settings.kl_prompts < 0 or settings.warmup_steps < 0 or settings.lr <= 0:
@@ -362,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     # the start depends on demonstrations, so the start is the study task's (one baseline a seed).
     specs = METHODS | args.arms
     tasks = {m: task_config(spec.demonstration, out, f"task_{m.split('@')[0]}") if spec.demonstration else task for m, spec in specs.items()}
-    methods = list(args.arms) + [m for m in METHODS if m in args.methods]
     teachers = {spec.teacher for spec in METHODS.values()}
+    # Teachers first (a distilling arm needs its teacher's model), then the frontier's arms.
+    methods = [m for m in METHODS if m in args.methods and m in teachers] + list(args.arms)
+    methods += [m for m in METHODS if m in args.methods and m not in teachers]
     runs = []
     for seed in settings.seeds:  # seed by seed: an interrupted study has whole seeds done
         start = {k: v for k, v in vars(settings).items() if k not in ("seeds", "steps", "batch_size", "lr", "warmup_steps", "every", "lora", "demonstration")}

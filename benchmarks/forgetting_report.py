@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,11 @@ from clustered import ClusteredDifference, clustered_difference, crossing, holm,
 from compare_report import Run, cell, git_revision, machine, write_atomically, write_csv
 from paired import PairedDifference, paired_difference
 
+FRAMING_ORDER = ("bare", "english", "german", "any_form", "per_token", "lettered")  # benchmarks/framings.py's
+FRAMING_LABELS = {
+    "bare": "bare text (the probe)", "english": '"The answer is X."', "german": '"Die Antwort ist X."',
+    "any_form": "the three forms' summed probability", "per_token": "bare, per token", "lettered": "lettered A-D",
+}  # fmt: skip
 KLS = (  # (curve, what it is), the candidates for predicting the GK drop
     ("task_forward_kl", "KL(start || policy) on task prompts (RL's Razor)"),
     ("task_kl", "KL(policy || start) on task prompts"),
@@ -172,7 +178,65 @@ def matched_section(groups: dict[str, list[Run]], tests: list, which: str, again
     return lines
 
 
-def markdown(runs: list[Run], settings, command_line: str, methods: dict, provenance: dict | None = None) -> str:
+MODEL_PATH = re.compile(r"runs/(?P<method>[^/]+)/seed(?P<seed>\d+)/model/?$")
+
+
+def framed_runs(framings: dict) -> tuple[dict | None, dict[tuple[str, int], dict]]:
+    """`framings.json`'s models (benchmarks/framings.py) as the start's framings and, by (method,
+    seed), each final model's: a study's exported model lies at `.../runs/<method>/seed<S>/model`."""
+    start, by_run = None, {}
+    for label, scored in framings.get("models", {}).items():
+        if label.startswith("builtin:"):
+            start = scored
+        elif found := MODEL_PATH.search(label):
+            by_run.setdefault((found["method"], int(found["seed"])), scored)
+    return start, by_run
+
+
+def framings_section(groups: dict[str, list[Run]], framings: dict) -> list[str]:
+    """The style control's re-scoring of the final models (benchmarks/framings.py), each framing
+    against the start's same framing, the seeds that were scored clustered as everywhere else; its
+    own family of tests, Holm-corrected within it."""
+    start, by_run = framed_runs(framings)
+    if start is None or not by_run:
+        return []
+    names = [f for f in FRAMING_ORDER if f in start]
+    rows, tests = [], []
+    for method, group in groups.items():
+        scored = [by_run[(method, run.seed)] for run in group if (method, run.seed) in by_run]
+        seeds = [run.seed for run in group if (method, run.seed) in by_run]
+        if not scored:
+            continue
+        cells = []
+        for name in names:
+            if not all(name in s for s in scored):
+                cells.append("-")
+                continue
+            test = clustered([np.asarray(s[name], dtype=float) for s in scored], [np.asarray(start[name], dtype=float)] * len(scored))
+            tests.append(test)
+            cells.append(f"{test.difference:+.3f} (p {test.p_value:.2g}, Holm {{holm{len(tests) - 1}}})")
+        task = [run.result["curves"]["task_accuracy"][-1] for run in group if run.seed in seeds]
+        rows.append(f"| {method} | {' '.join(map(str, seeds))} | {cell(task, 2)} | " + " | ".join(cells) + " |")
+    adjusted = holm([test.p_value for test in tests])
+    rows = [row.format(**{f"holm{i}": f"{p:.2g}" for i, p in enumerate(adjusted)}) for row in rows]
+    return [
+        "",
+        "## The answers' form: final models scored under other framings",
+        "",
+        "Each final model that `benchmarks/framings.py` scored (`framings.json` beside the items) on the GK items, "
+        "with each option written as another reply: each framing's change against the start's same framing, "
+        "the seeds scored clustered by item (p from random sign flips of the items, as above). These tests are their own family, Holm-"
+        "corrected among themselves. A drop that holds in every framing is lost knowledge; one that vanishes in "
+        "the form the model was trained to answer in is the answers' form.",
+        "",
+        "| method | seeds scored | task accuracy, end | " + " | ".join(FRAMING_LABELS[f] for f in names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+        "| start | | | " + " | ".join(f"{np.mean(start[f]):.3f}" for f in names) + " |",
+        *rows,
+    ]
+
+
+def markdown(runs: list[Run], settings, command_line: str, methods: dict, provenance: dict | None = None, framings: dict | None = None) -> str:
     groups = by_method(runs)
     first = next(iter(done(runs)), None)
     items = len(first.result["gk_items"][0]) if first else 0
@@ -289,6 +353,8 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict, proven
             test = clustered([gk(run) for run, _ in pairs], [gk(t) for _, t in pairs])
             tests.append((f"{method} student against its {teacher} teacher, GK at the end", test))
             lines.append(f"| all, clustered | | | {test.cell()}, p {test.p_value:.2g} | |")
+
+    lines += framings_section(groups, framings or {})
 
     rows = [row for row in checkpoint_rows(runs) if row["step"] > 0]
     if len(rows) >= 3:
@@ -510,11 +576,12 @@ def write_lr_frontier(runs: list[Run], out: Path, methods: dict, settings) -> Pa
     return saved(fig, (ax,), out / "lr_frontier.png")
 
 
-def write_report(runs: list[Run], out: Path, settings, command_line: str, methods: dict, provenance: dict | None = None) -> None:
+def write_report(runs: list[Run], out: Path, settings, command_line: str, methods: dict, provenance: dict | None = None,
+                 framings: dict | None = None) -> None:  # fmt: skip
     rows = checkpoint_rows(runs)
     if rows:
         write_csv(out / "checkpoints.csv", list(rows[0]), rows)
-    write_atomically(out / "report.md", markdown(runs, settings, command_line, methods, provenance))
+    write_atomically(out / "report.md", markdown(runs, settings, command_line, methods, provenance, framings))
     write_charts(runs, out)
     write_lr_frontier(runs, out, methods, settings)
 
@@ -569,6 +636,19 @@ def read_studies(folders: list[Path]) -> tuple[list[Run], SimpleNamespace, str, 
     return runs, settings, " ; ".join(lines), methods, {"machine": " / ".join(machines), "code": ", ".join(codes)}
 
 
+def read_framings(folders: list[Path]) -> dict:
+    """Every folder's `framings.json` (benchmarks/framings.py) as one: its models together."""
+    merged: dict = {"models": {}}
+    for folder in folders:
+        path = folder / "framings.json"
+        if path.is_file():
+            scored = json.loads(path.read_text())
+            if merged.setdefault("items", scored["items"]) != scored["items"]:
+                raise SystemExit(f"{path}: scores over {scored['items']} items, the others over {merged['items']}")
+            merged["models"] |= scored["models"]
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild the forgetting study's report and charts from its per-item results alone.")
     parser.add_argument("items", type=Path, nargs="+",
@@ -577,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs, settings, command_line, methods, provenance = read_studies(args.items)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_report(runs, args.out, settings, command_line, methods, provenance)
+    write_report(runs, args.out, settings, command_line, methods, provenance, read_framings(args.items))
     print(f"{len(runs)} runs: {args.out / 'report.md'}, {args.out / 'checkpoints.csv'}, frontier.png, curves.png, memory.png (lr_frontier.png) in {args.out}")
 
 

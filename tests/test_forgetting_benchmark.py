@@ -83,7 +83,10 @@ def test_learning_rate_arms_take_their_own_rate_and_cadence(capsys):
         assert command[command.index("--model.init_args.optim.lr") + 1] == lr
         assert [command[i + 1] for i, arg in enumerate(command) if arg == "--trainer.callbacks.every_n_steps"] == [every, every]
         assert command[command.index("--config") + 1].endswith(specs[method].config)
-    for bad, message in ((["--frontier", "opd=1e-5"], "depends on another run's model"), (["--frontier", "sft=fast"], "'fast' is not a learning rate"),
+    args, _ = forgetting.parse_args(["--frontier", "opd=1e-5", "--methods", "sft"])
+    assert args.arms["opd@1e-05"].teacher == "sft" and args.arms["opd@1e-05"].lr == 1e-5
+    for bad, message in ((["--frontier", "opd=1e-5", "--methods", "grpo"], "opd@1e-05's teacher is the sft model"), (["--frontier", "offline_self_sft=1e-5"], "drawn once"),
+                         (["--frontier", "sft=fast"], "'fast' is not a learning rate"),
                          (["--frontier", "sft=0"], "must be positive"), (["--frontier", "dpo=1e-5"], "expected METHOD=LR"), (["--methods"], "nothing to run")):  # fmt: skip
         with pytest.raises(SystemExit):
             forgetting.parse_args(bad)

@@ -2,6 +2,7 @@
 interpolated between checkpoints (a crossing exactly at a checkpoint included), the corrected
 family of tests, and a rebuild from the per-item folder alone."""
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,3 +94,27 @@ def test_a_learning_rate_study_is_reported_with_the_first_and_draws_the_frontier
     write_items([run("sft", 5, [0.1, 0.3, 0.4], [0, 1, 1])], tmp_path / "seed5", SimpleNamespace(**vars(SETTINGS) | {"seeds": [5]}), "cmd", METHODS)
     runs, settings, *_ = read_studies([tmp_path / "first", tmp_path / "seed5"])
     assert sorted(r.seed for r in runs if r.method == "sft") == [0, 1, 5] and settings.seeds == [0, 1, 5]
+
+
+def test_framings_are_reported_against_the_start_in_the_same_framing(tmp_path):
+    # The start right on the even items when bare, on the even items but 0 and 2 in German; sft seed
+    # 0 loses 8 of them bare and gains 4 odd ones in German; seed 1 alike but loses 6. grpo seed 0
+    # scored, unchanged.
+    german = [x and i > 2 for i, x in enumerate(START)]
+
+    def framed(lost: int, gained: int) -> dict:
+        return {"bare": [x and not (i // 2 < lost) for i, x in enumerate(START)], "german": [x or i in range(1, 2 * gained, 2) for i, x in enumerate(german)]}
+
+    scored = {"builtin:start": {"bare": START, "german": german}, "runs/a/runs/sft/seed0/model": framed(8, 4),
+              "/abs/runs/b/runs/sft/seed1/model": framed(6, 4), "runs/a/runs/grpo/seed0/model": framed(0, 0)}  # fmt: skip
+    write_items(RUNS, tmp_path / "items", SETTINGS, "cmd", METHODS)
+    (tmp_path / "items" / "framings.json").write_text(json.dumps({"items": ITEMS, "models": scored}))
+    main([str(tmp_path / "items"), "--out", str(tmp_path / "report")])
+    report = (tmp_path / "report" / "report.md").read_text()
+    table = report[report.index("## The answers' form") :].split("\n\n")[2].splitlines()
+    assert table[2] == "| start | | | 0.500 | 0.450 |"
+    sft, grpo = table[3].split(" | "), table[4].split(" | ")
+    assert sft[:3] == ["| sft", "0 1", "0.55 ± 0.07"] and grpo[:2] == ["| grpo", "0"]
+    # sft: bare -(8 + 6) / 2 / 40 = -0.175, German +4 / 40 = +0.100, both seeds alike; grpo: no change, p 1.
+    assert sft[3].startswith("-0.175 (p ") and sft[4].startswith("+0.100 (p ") and grpo[3] == "+0.000 (p 1, Holm 1)"
+    assert "4 tests" not in report  # its own family: the claims' count is unchanged
