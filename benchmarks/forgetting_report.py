@@ -138,10 +138,9 @@ def memory_line(run: Run) -> str:
     return f"| {run.method} | {run.seed} | {values[0]:.2f} | {max(values):.2f} | {values[-1]:.2f} | {growth:+.3f} |"
 
 
-def matched_section(groups: dict[str, list[Run]], tests: list, which: str, against: str | None = None) -> list[str]:
+def matched_section(groups: dict[str, list[Run]], tests: list, which: str) -> list[str]:
     """The report's section on GK change at matched task accuracy over `groups`, its tests appended
-    to `tests`; with `against` (a method-name prefix: "sft@"), every other method's GK at that
-    accuracy against each such method's, seeds paired."""
+    to `tests`."""
     level, matched, left_out = matched_accuracy(groups)
     if level is None:
         return ["", "## At matched task accuracy", "", "No run rose above its start: there is no accuracy to match the methods at."] if groups else []
@@ -156,26 +155,56 @@ def matched_section(groups: dict[str, list[Run]], tests: list, which: str, again
         "| method | step (per seed) | GK change [95% CI] | p | detectable |",
         "|---|---|---|---|---|",
     ]
-    at_level: dict[str, dict[int, np.ndarray]] = {}  # method -> seed -> GK items where it reached the level
     for method, entries in matched.items():
         by_seed = {run.seed: run for run in groups[method]}
         runs_at = [(by_seed[seed], x) for seed, x in entries]
-        at_level[method] = {run.seed: gk(run, x) for run, x in runs_at}
         test = clustered([gk(run, x) for run, x in runs_at], [gk(run, 0) for run, _ in runs_at])
         tests.append((f"{method}: GK change at matched task accuracy {level:.3f}", test))
         steps = " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in runs_at)
         lines.append(f"| {method} | {steps} | {test.cell()} | {test.p_value:.2g} | {test.detectable:.3f} |")
-    baselines = [m for m in at_level if against and m.startswith(against)]
-    pairs = [(m, b) for m in at_level if m not in baselines for b in baselines if set(at_level[m]) & set(at_level[b])]
-    if pairs:
-        lines += ["", f"Against each `{against}` arm at that accuracy (seeds paired, same items):", "",
-                  "| method | against | seeds | GK difference [95% CI] | p |", "|---|---|---|---|---|"]  # fmt: skip
-        for method, baseline in pairs:
-            seeds = sorted(set(at_level[method]) & set(at_level[baseline]))
-            test = clustered([at_level[method][s] for s in seeds], [at_level[baseline][s] for s in seeds])
-            tests.append((f"{method} against {baseline} at matched task accuracy {level:.3f}", test))
-            lines.append(f"| {method} | {baseline} | {' '.join(map(str, seeds))} | {test.cell()} | {test.p_value:.2g} |")
     return lines
+
+
+def pairwise_matched_section(arms: dict[str, list[Run]], tests: list, against: str) -> list[str]:
+    """Every learning-rate arm against every `against` arm (a method-name prefix: "sft@") at the
+    highest task accuracy that the runs of both with a seed in common reached, seeds paired: one
+    level per pair, so that an arm that learned little lowers no other pair's level. The
+    differences join `tests`."""
+    baselines = [m for m in arms if m.startswith(against)]
+    rows = []
+    for method in [m for m in arms if m not in baselines]:
+        for baseline in baselines:
+            runs = {m: {run.seed: run for run in arms[m]} for m in (method, baseline)}
+            seeds = sorted(set(runs[method]) & set(runs[baseline]))
+            pair = [runs[m][s] for m in (method, baseline) for s in seeds]
+            accuracy = [run.result["curves"]["task_accuracy"] for run in pair]
+            if not seeds or any(max(a[1:], default=0.0) <= a[0] for a in accuracy):
+                continue  # a run that never rose above its start has no accuracy to be matched at
+            level = min(max(a[1:]) for a in accuracy)
+            at = {m: [(runs[m][s], crossing(level, runs[m][s].result["curves"]["task_accuracy"])) for s in seeds] for m in (method, baseline)}
+            own = {m: clustered([gk(run, x) for run, x in at[m]], [gk(run, 0) for run, _ in at[m]]) for m in at}
+            test = clustered([gk(run, x) for run, x in at[method]], [gk(run, x) for run, x in at[baseline]])
+            tests.append((f"{method} against {baseline} at matched task accuracy {level:.3f}", test))
+            steps = {m: " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in at[m]) for m in at}
+            rows.append(
+                f"| {method} | {baseline} | {' '.join(map(str, seeds))} | {level:.3f} | {steps[method]} / {steps[baseline]} | "
+                f"{own[method].cell()} | {own[baseline].cell()} | {test.cell()} | {test.p_value:.2g} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        f"## Learning-rate arms against the `{against}` arms at matched task accuracy",
+        "",
+        "Each pair at the highest task accuracy that every run of both with a seed in common reached (its own level: "
+        "an arm that learned little lowers no other pair's), each run where its accuracy, interpolated between "
+        "checkpoints, first reaches it; GK items interpolated the same way; seeds paired, the item the unit.",
+        "",
+        "| arm | against | seeds | task accuracy matched | step (per seed): arm / against | arm's GK change [95% CI] | "
+        "its GK change | GK difference [95% CI] | p |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 MODEL_PATH = re.compile(r"runs/(?P<method>[^/]+)/seed(?P<seed>\d+)/model/?$")
@@ -314,8 +343,7 @@ def markdown(runs: list[Run], settings, command_line: str, methods: dict, proven
 
     lines += matched_section(groups, tests, "the highest that every run which improved reached")
     arms = {m: g for m, g in groups.items() if getattr(methods.get(m), "lr", None)}
-    if len(arms) > 1:  # the learning-rate arms learned far more than the study's weakest runs: matched higher
-        lines += matched_section(arms, tests, "learning-rate arms only: the highest that every arm's run which improved reached", against="sft@")
+    lines += pairwise_matched_section(arms, tests, against="sft@")
 
     if "sft" in groups:
         lines += ["", "## Each method against SFT at the end (seeds paired, same items)", "",

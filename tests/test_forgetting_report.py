@@ -75,12 +75,16 @@ def test_a_learning_rate_study_is_reported_with_the_first_and_draws_the_frontier
     assert settings.seeds == [0, 1, 2] and command == "cmd one ; cmd two" and methods["sft@3e-05"].lr == 3e-5
     report = markdown(runs, settings, command, methods)
     assert "- `sft@3e-05`: learning rate 3e-05, measured every 4 steps" in report and "| sft@3e-05 | 2 |" in report
-    # The arms matched again among themselves, at the highest accuracy all of their runs reached (sft@3e-05 seed 0's 0.3).
-    assert "## At matched task accuracy (0.300: learning-rate arms only" in report
-    # There sft@3e-05 seed 0 (checkpoint 2) has lost 2 of 40 items and grpo@1e-05 seed 0 (half-way
-    # to checkpoint 1) none: +0.050 for GRPO, the seed they share paired.
-    (line,) = [row for row in report.splitlines() if row.startswith("| grpo@1e-05 | sft@3e-05 | 0 |")]
-    assert "+0.050" in line
+    # The arm against the SFT arm at the highest accuracy the runs of both with a seed in common
+    # reached: sft@3e-05 seed 0's 0.3 (seed 2 has no grpo@1e-05 partner). There sft@3e-05 seed 0
+    # (checkpoint 2, step 8) has lost 2 of 40 items and grpo@1e-05 seed 0 (half-way to checkpoint 1: step 2) none:
+    # +0.050 for GRPO, the seed they share paired.
+    (line,) = [row for row in report.splitlines() if row.startswith("| grpo@1e-05 | sft@3e-05 | 0 | 0.300 | 2.0 / 8.0 |")]
+    assert "| +0.000 [+0.000, +0.000] | -0.050 [" in line and "| +0.050 [" in line
+    # An arm that learned little is matched at its own level and lowers no other pair's.
+    weak = run("opd@1e-05", 0, [0.1, 0.12, 0.2], [0, 0, 0])
+    report = markdown([*runs, weak], settings, command, methods | {"opd@1e-05": SimpleNamespace(**vars(grpo_arm) | {"teacher": "sft"})})
+    assert line in report.splitlines() and "| opd@1e-05 | sft@3e-05 | 0 | 0.200 | 8.0 / 4.0 |" in report
     main([str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(tmp_path / "report")])
     assert (tmp_path / "report" / "lr_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     main([str(tmp_path / "first"), "--out", str(tmp_path / "one")])
