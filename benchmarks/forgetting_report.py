@@ -464,13 +464,14 @@ def mean_curve(group: list[Run], name: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def saved(fig, axes, path: Path) -> Path:
-    """`fig` with a grid and legend on each of `axes`, written to `path` and closed."""
+def saved(fig, axes, path: Path, legend_outside: bool = False) -> Path:
+    """`fig` with a grid and legend on each of `axes` (right of the panel with `legend_outside`,
+    where points fill every corner), written to `path` and closed."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if legend_outside else {}))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -585,7 +586,7 @@ def write_lr_frontier(runs: list[Run], out: Path, methods: dict, settings) -> Pa
         return None
     markers = "osD^vP*X"
     rates = sorted({lr for arms in families.values() for lr in arms})
-    fig, ax = plt.subplots(figsize=(9, 6.5))
+    fig, ax = plt.subplots(figsize=(11.5, 6.5))
     for i, (family, arms) in enumerate(families.items()):
         for lr, group in sorted(arms.items()):
             style = {"color": f"C{i}", "marker": markers[rates.index(lr) % len(markers)]}
@@ -601,7 +602,7 @@ def write_lr_frontier(runs: list[Run], out: Path, methods: dict, settings) -> Pa
            title="Learning-rate frontier: every checkpoint (small: each seed; joined: mean over seeds from the start;\n"
                  "bars at each arm's end: seeds' task range, 95% item-clustered GK interval)")  # fmt: skip
     ax.title.set_fontsize(9)
-    return saved(fig, (ax,), out / "lr_frontier.png")
+    return saved(fig, (ax,), out / "lr_frontier.png", legend_outside=True)
 
 
 def write_report(runs: list[Run], out: Path, settings, command_line: str, methods: dict, provenance: dict | None = None,
@@ -664,8 +665,21 @@ def read_studies(folders: list[Path]) -> tuple[list[Run], SimpleNamespace, str, 
     return runs, settings, " ; ".join(lines), methods, {"machine": " / ".join(machines), "code": ", ".join(codes)}
 
 
+def study_folders(folders: list[Path]) -> list[Path]:
+    """The study folders given, a folder without `study.json` standing for the ones inside it
+    (benchmarks/forgetting_items_study4/: one per command of that study)."""
+    found = []
+    for folder in folders:
+        inside = [folder] if (folder / "study.json").is_file() else sorted(p.parent for p in folder.glob("*/study.json"))
+        if not inside:
+            raise SystemExit(f"{folder}: no study.json in it or in a folder inside it: not a forgetting study's items")
+        found += inside
+    return found
+
+
 def read_framings(folders: list[Path]) -> dict:
-    """Every folder's `framings.json` (benchmarks/framings.py) as one: its models together."""
+    """Every folder's `framings.json` (benchmarks/framings.py) as one: its models together (a
+    folder of studies may hold one for the models of all of them)."""
     merged: dict = {"models": {}}
     for folder in folders:
         path = folder / "framings.json"
@@ -680,12 +694,13 @@ def read_framings(folders: list[Path]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild the forgetting study's report and charts from its per-item results alone.")
     parser.add_argument("items", type=Path, nargs="+",
-                        help="the folders the study wrote (items/ of its --out; the committed ones: benchmarks/forgetting_items, benchmarks/forgetting_items_lr); several are reported together")  # fmt: skip
+                        help="the folders the study wrote (items/ of its --out), or folders of them; several are reported together (the committed ones: benchmarks/forgetting_items, _lr, _lr_seed1, _study4)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("forgetting_report"), help="where report.md, checkpoints.csv and the charts go")
     args = parser.parse_args(argv)
-    runs, settings, command_line, methods, provenance = read_studies(args.items)
+    studies = study_folders(args.items)
+    runs, settings, command_line, methods, provenance = read_studies(studies)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_report(runs, args.out, settings, command_line, methods, provenance, read_framings(args.items))
+    write_report(runs, args.out, settings, command_line, methods, provenance, read_framings(list(dict.fromkeys(args.items + studies))))
     print(f"{len(runs)} runs: {args.out / 'report.md'}, {args.out / 'checkpoints.csv'}, frontier.png, curves.png, memory.png (lr_frontier.png) in {args.out}")
 
 

@@ -13,7 +13,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from clustered import clustered_difference  # noqa: E402
 from compare_report import Run  # noqa: E402
-from forgetting_report import gk, main, markdown, matched_accuracy, read_items, read_studies, write_items  # noqa: E402
+from forgetting_report import (  # noqa: E402
+    gk,
+    main,
+    markdown,
+    matched_accuracy,
+    read_items,
+    read_studies,
+    study_folders,
+    write_items,
+)
 
 ITEMS = 40
 SETTINGS = SimpleNamespace(model="m", dtype="float32", lora=False, lr=1e-4, warmup_steps=0, seeds=[0, 1], steps=8, batch_size=8,
@@ -98,6 +107,12 @@ def test_a_learning_rate_study_is_reported_with_the_first_and_draws_the_frontier
     write_items([run("sft", 5, [0.1, 0.3, 0.4], [0, 1, 1])], tmp_path / "seed5", SimpleNamespace(**vars(SETTINGS) | {"seeds": [5]}), "cmd", METHODS)
     runs, settings, *_ = read_studies([tmp_path / "first", tmp_path / "seed5"])
     assert sorted(r.seed for r in runs if r.method == "sft") == [0, 1, 5] and settings.seeds == [0, 1, 5]
+    # A folder of study folders stands for them; a folder that is neither is refused.
+    (tmp_path / "later").mkdir()
+    (tmp_path / "seed5").rename(tmp_path / "later" / "seed5")
+    assert study_folders([tmp_path / "first", tmp_path / "later"]) == [tmp_path / "first", tmp_path / "later" / "seed5"]
+    with pytest.raises(SystemExit, match="no study.json"):
+        study_folders([tmp_path / "report"])
 
 
 def test_framings_are_reported_against_the_start_in_the_same_framing(tmp_path):
@@ -111,9 +126,10 @@ def test_framings_are_reported_against_the_start_in_the_same_framing(tmp_path):
 
     scored = {"builtin:start": {"bare": START, "german": german}, "runs/a/runs/sft/seed0/model": framed(8, 4),
               "/abs/runs/b/runs/sft/seed1/model": framed(6, 4), "runs/a/runs/grpo/seed0/model": framed(0, 0)}  # fmt: skip
-    write_items(RUNS, tmp_path / "items", SETTINGS, "cmd", METHODS)
-    (tmp_path / "items" / "framings.json").write_text(json.dumps({"items": ITEMS, "models": scored}))
-    main([str(tmp_path / "items"), "--out", str(tmp_path / "report")])
+    # The scores beside a folder of studies, as benchmarks/forgetting_items_study4 keeps them.
+    write_items(RUNS, tmp_path / "study" / "items", SETTINGS, "cmd", METHODS)
+    (tmp_path / "study" / "framings.json").write_text(json.dumps({"items": ITEMS, "models": scored}))
+    main([str(tmp_path / "study"), "--out", str(tmp_path / "report")])
     report = (tmp_path / "report" / "report.md").read_text()
     table = report[report.index("## The answers' form") :].split("\n\n")[2].splitlines()
     assert table[2] == "| start | | | 0.500 | 0.450 |"
