@@ -230,24 +230,25 @@ def framings_section(groups: dict[str, list[Run]], framings: dict) -> list[str]:
     if start is None or not by_run:
         return []
     names = [f for f in FRAMING_ORDER if f in start]
-    rows, tests = [], []
+    scored_rows = []  # (method, seeds scored, their task accuracies, per framing its test or None)
     for method, group in groups.items():
-        scored = [by_run[(method, run.seed)] for run in group if (method, run.seed) in by_run]
-        seeds = [run.seed for run in group if (method, run.seed) in by_run]
-        if not scored:
+        runs = [run for run in group if (method, run.seed) in by_run]
+        if not runs:
             continue
-        cells = []
-        for name in names:
-            if not all(name in s for s in scored):
-                cells.append("-")
-                continue
-            test = clustered([np.asarray(s[name], dtype=float) for s in scored], [np.asarray(start[name], dtype=float)] * len(scored))
-            tests.append(test)
-            cells.append(f"{test.difference:+.3f} (p {test.p_value:.2g}, Holm {{holm{len(tests) - 1}}})")
-        task = [run.result["curves"]["task_accuracy"][-1] for run in group if run.seed in seeds]
-        rows.append(f"| {method} | {' '.join(map(str, seeds))} | {cell(task, 2)} | " + " | ".join(cells) + " |")
-    adjusted = holm([test.p_value for test in tests])
-    rows = [row.format(**{f"holm{i}": f"{p:.2g}" for i, p in enumerate(adjusted)}) for row in rows]
+        scored = [by_run[(method, run.seed)] for run in runs]
+        tests = [
+            clustered([np.asarray(s[name], dtype=float) for s in scored], [np.asarray(start[name], dtype=float)] * len(scored))
+            if all(name in s for s in scored) else None
+            for name in names
+        ]  # fmt: skip
+        scored_rows.append((method, [run.seed for run in runs], [run.result["curves"]["task_accuracy"][-1] for run in runs], tests))
+    adjusted = iter(holm([test.p_value for *_, tests in scored_rows for test in tests if test is not None]))
+    rows = [
+        f"| {method} | {' '.join(map(str, seeds))} | {cell(task, 2)} | "
+        + " | ".join("-" if test is None else f"{test.difference:+.3f} (p {test.p_value:.2g}, Holm {next(adjusted):.2g})" for test in tests)
+        + " |"
+        for method, seeds, task, tests in scored_rows
+    ]
     return [
         "",
         "## The answers' form: final models scored under other framings",
