@@ -108,6 +108,18 @@ def correlation(xs: list[float], ys: list[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
+def rose(run: Run) -> bool:
+    """Whether the run's task accuracy rose above its start at some checkpoint: one that never did
+    has no accuracy to be matched at."""
+    accuracy = run.result["curves"]["task_accuracy"]
+    return max(accuracy[1:], default=0.0) > accuracy[0]
+
+
+def crossing_steps(runs_at: list[tuple[Run, float]]) -> str:
+    """The training steps, one per run, of its fractional checkpoints."""
+    return " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in runs_at)
+
+
 def matched_accuracy(groups: dict[str, list[Run]]) -> tuple[float | None, dict[str, list[tuple[int, float]]], list[str]]:
     """The highest task accuracy that every run which improved on its start reached at some
     checkpoint; per method, each such run's (seed, fractional checkpoint) where its accuracy,
@@ -116,8 +128,7 @@ def matched_accuracy(groups: dict[str, list[Run]]) -> tuple[float | None, dict[s
     improved, left_out = [], []
     for method, runs in groups.items():
         for run in runs:
-            accuracy = run.result["curves"]["task_accuracy"]
-            (improved if max(accuracy[1:], default=0.0) > accuracy[0] else left_out).append((method, run))
+            (improved if rose(run) else left_out).append((method, run))
     if not improved:
         return None, {}, [f"{method} seed {run.seed}" for method, run in left_out]
     level = min(max(run.result["curves"]["task_accuracy"][1:]) for _, run in improved)
@@ -160,8 +171,7 @@ def matched_section(groups: dict[str, list[Run]], tests: list, which: str) -> li
         runs_at = [(by_seed[seed], x) for seed, x in entries]
         test = clustered([gk(run, x) for run, x in runs_at], [gk(run, 0) for run, _ in runs_at])
         tests.append((f"{method}: GK change at matched task accuracy {level:.3f}", test))
-        steps = " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in runs_at)
-        lines.append(f"| {method} | {steps} | {test.cell()} | {test.p_value:.2g} | {test.detectable:.3f} |")
+        lines.append(f"| {method} | {crossing_steps(runs_at)} | {test.cell()} | {test.p_value:.2g} | {test.detectable:.3f} |")
     return lines
 
 
@@ -177,15 +187,14 @@ def pairwise_matched_section(arms: dict[str, list[Run]], tests: list, against: s
             runs = {m: {run.seed: run for run in arms[m]} for m in (method, baseline)}
             seeds = sorted(set(runs[method]) & set(runs[baseline]))
             pair = [runs[m][s] for m in (method, baseline) for s in seeds]
-            accuracy = [run.result["curves"]["task_accuracy"] for run in pair]
-            if not seeds or any(max(a[1:], default=0.0) <= a[0] for a in accuracy):
-                continue  # a run that never rose above its start has no accuracy to be matched at
-            level = min(max(a[1:]) for a in accuracy)
+            if not seeds or not all(map(rose, pair)):
+                continue
+            level = min(max(run.result["curves"]["task_accuracy"][1:]) for run in pair)
             at = {m: [(runs[m][s], crossing(level, runs[m][s].result["curves"]["task_accuracy"])) for s in seeds] for m in (method, baseline)}
             own = {m: clustered([gk(run, x) for run, x in at[m]], [gk(run, 0) for run, _ in at[m]]) for m in at}
             test = clustered([gk(run, x) for run, x in at[method]], [gk(run, x) for run, x in at[baseline]])
             tests.append((f"{method} against {baseline} at matched task accuracy {level:.3f}", test))
-            steps = {m: " ".join(f"{float(interpolate(x, run.result['curves']['step'])):.1f}" for run, x in at[m]) for m in at}
+            steps = {m: crossing_steps(at[m]) for m in at}
             rows.append(
                 f"| {method} | {baseline} | {' '.join(map(str, seeds))} | {level:.3f} | {steps[method]} / {steps[baseline]} | "
                 f"{own[method].cell()} | {own[baseline].cell()} | {test.cell()} | {test.p_value:.2g} |"
