@@ -704,7 +704,7 @@ def read_framings(folders: list[Path]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild the forgetting study's report and charts from its per-item results alone.")
     parser.add_argument("items", type=Path, nargs="+",
-                        help="the folders the study wrote (items/ of its --out), or folders of them; several are reported together (the committed ones: benchmarks/forgetting_items, _lr, _lr_seed1, _study4)")  # fmt: skip
+                        help="the folders the study wrote (items/ of its --out), or folders of them; several are reported together (the committed ones: benchmarks/forgetting_items, _lr, _lr_seed1, _study4, _study5)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("forgetting_report"), help="where report.md, checkpoints.csv and the charts go")
     args = parser.parse_args(argv)
     studies = study_folders(args.items)
