@@ -2,6 +2,7 @@
 template path, in batches, cached on disk for the next run, and done by the first process of a
 machine while the others wait and then read its cache."""
 
+import sys
 from types import SimpleNamespace
 from unittest import mock
 
@@ -9,6 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from lit_posttrain.data import datamodule as datamodule_module
+from lit_posttrain.data import tokenize as tokenize_module
 from lit_posttrain.data.arithmetic import Arithmetic
 from lit_posttrain.data.datamodule import TaskDataModule, tokenize_prompt
 from lit_posttrain.data.task import Example
@@ -76,3 +78,16 @@ def test_the_first_process_of_a_machine_tokenizes_while_the_others_wait(local_ra
     data.setup("fit")
     assert events == (["tokenize", "tokenize", "barrier"] if local_rank == 0 else ["barrier", "tokenize", "tokenize"])
     assert len(data.train_rows) == 8 and len(list((tmp_path / "tokenized").glob("*.arrow"))) == 2
+
+
+def test_without_datasets_the_ids_are_the_same_and_nothing_is_cached(monkeypatch, tmp_path):
+    """A GPU image with only torch, lightning, transformers and peft (scripts/gpu_check.sh) has no
+    `datasets`: the tokenizer takes the same batches itself, over more than one batch here."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("tiny-random-llama"))
+    examples = EXAMPLES * 5
+    prompts, demonstrations = render_prompts(tokenizer, examples), [e.demonstration for e in examples]
+    expected = tokenize_texts(tokenizer, prompts, demonstrations, False, tmp_path / "with")
+    monkeypatch.setattr(tokenize_module, "BATCH", 4)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    assert tokenize_texts(tokenizer, prompts, demonstrations, False, tmp_path / "without") == expected
+    assert not (tmp_path / "without").exists()

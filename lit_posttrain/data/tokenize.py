@@ -1,7 +1,9 @@
 """Examples to token ids with `datasets`, as TRL and verl tokenize: every prompt rendered through
 the chat template, then the prompts and demonstrations tokenized in batches by the fast tokenizer
 (`Dataset.map(batched=True)`), the result cached on disk under a fingerprint of everything that
-decides the tokens, so that a second run (or a second process of this one) reads it instead."""
+decides the tokens, so that a second run (or a second process of this one) reads it instead.
+Where `datasets` is not installed (a GPU image that has only torch, lightning, transformers and
+peft), the same batches go through the tokenizer directly, with the same ids and no cache."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_posttrain.data.task import Example
 
 PROGRESS_FROM = 20_000  # rows from which tokenizing shows a progress bar
+BATCH = 1000  # texts a tokenizer call takes
 
 
 def render_prompts(
@@ -46,9 +49,8 @@ def tokenize_texts(
     """The prompts' and demonstrations' token ids (a demonstration's followed by EOS; None where an
     example has none), tokenized by `Dataset.map` in batches; cached in `cache_dir` (None: not
     cached). A rendered chat prompt carries its special tokens already; a plain one takes the
-    tokenizer's (`plain`), as `tokenizer(text)` would add them."""
-    from datasets import Dataset
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+    tokenizer's (`plain`), as `tokenizer(text)` would add them.
+    """
 
     def encode(batch: dict) -> dict:
         return {
@@ -58,6 +60,17 @@ def tokenize_texts(
 
     if not prompts:  # an empty split: no table to map
         return [], []
+    try:
+        from datasets import Dataset
+        from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+    except ImportError:  # the same batches through the tokenizer, without the cache and the bar
+        batches = [
+            encode({"prompt": prompts[start : start + BATCH], "demonstration": demonstrations[start : start + BATCH]})
+            for start in range(0, len(prompts), BATCH)
+        ]
+        prompt_ids = [ids for batch in batches for ids in batch["prompt_ids"]]
+        completion_ids = [ids for batch in batches for ids in batch["completion_ids"]]
+        return prompt_ids, with_eos(tokenizer, demonstrations, completion_ids)
     table = Dataset.from_dict({"prompt": prompts, "demonstration": demonstrations})
     # Ours, not one datasets would compute by pickling the tokenizer inside `encode` (slower).
     digest = fingerprint(tokenizer, prompts, demonstrations, plain)
@@ -70,14 +83,20 @@ def tokenize_texts(
         disable_progress_bar()
     try:
         tokenized = table.map(
-            encode, batched=True, batch_size=1000, cache_file_name=cache_file, load_from_cache_file=True,
+            encode, batched=True, batch_size=BATCH, cache_file_name=cache_file, load_from_cache_file=True,
             remove_columns=["prompt", "demonstration"], new_fingerprint=digest, desc="tokenizing",
         ).to_dict()  # fmt: skip
     finally:
         if shown:
             enable_progress_bar()
-    completion_ids = [
+    return tokenized["prompt_ids"], with_eos(tokenizer, demonstrations, tokenized["completion_ids"])
+
+
+def with_eos(
+    tokenizer: PreTrainedTokenizerBase, demonstrations: list[str | None], completion_ids: list[list[int]]
+) -> list[list[int] | None]:
+    """Each demonstration's ids followed by EOS; None where the example has no demonstration."""
+    return [
         None if demonstration is None else [*ids, tokenizer.eos_token_id]
-        for demonstration, ids in zip(demonstrations, tokenized["completion_ids"], strict=True)
+        for demonstration, ids in zip(demonstrations, completion_ids, strict=True)
     ]
-    return tokenized["prompt_ids"], completion_ids

@@ -185,7 +185,9 @@ class OnPolicyModule(StepRollouts, RolloutEpochs, MicroBatchedStep, PostTraining
             values["train/verifier_errors"] = torch.tensor(float(failures.errors))
             values["train/verifier_timeouts"] = torch.tensor(float(failures.timeouts))
             self.log("reward", values["train/reward"], prog_bar=True, batch_size=len(rollout), logger=False)
-        # sync_dist: every logged number is the mean over all processes, not rank 0's share.
+        # sync_dist: every logged number is the mean over all processes, not rank 0's share; the
+        # reduction runs on the trainer's device (NCCL reduces no CPU tensor).
+        values = {k: torch.as_tensor(v, device=self.device) for k, v in values.items()}
         self.log_dict(values, batch_size=len(rollout), sync_dist=True)
         # The shortest and longest over every process, not a mean of each one's.
         self.log("train/completion_length_min", lengths_B.min(), batch_size=len(rollout), sync_dist=True, reduce_fx="min")

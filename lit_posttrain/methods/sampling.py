@@ -38,6 +38,8 @@ class StepRollouts:
             rollout = self.rollouts.rollouts(
                 batch.rows, self.trainer.global_step, self._sample_counted, self.tokenizer.pad_token_id, self._any_rank
             )
+        # On the trainer's device whatever drew them: a source of the user's may hand CPU tensors.
+        rollout = rollout.to(self.device)
         self.step_cost.mark("start")  # the loss forward starts here; sampling is timed as its own phases
         return rollout
 
