@@ -24,14 +24,28 @@ HEAD_CHUNK_BYTES = 64 * 2**20
 
 def plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     """The model's output head where the logits are exactly `hidden @ W.T (+ b)`, else None: a head
-    wrapped by peft or FSDP2 (its weight a shard), or a model that rescales or caps its logits
-    after the head, takes the full-logits path instead."""
+    wrapped by peft, or a model that rescales or caps its logits after the head, takes the
+    full-logits path instead.
+
+    Under FSDP2 the head is the root unit's and its weight a shard (a DTensor) until the model's
+    forward gathers it; the root keeps its weights gathered from its forward through its backward
+    (FSDP2 does not reshard the root after the forward), so the head is used after the forward
+    that made its hidden states, as every caller here does (`_gathered` checks it)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     config = getattr(model, "config", None)
     rescaled = any(getattr(config, name, None) not in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale"))
-    if type(head) is not torch.nn.Linear or rescaled or isinstance(head.weight, DTensor):
+    if type(head) is not torch.nn.Linear or rescaled:
         return None
     return head
+
+
+def _gathered(weight: Tensor) -> Tensor:
+    if isinstance(weight, DTensor):
+        raise RuntimeError(
+            "the output head's weight is an FSDP2 shard: run the head after the model's forward, "
+            "which gathers it (plain_head says when)"
+        )
+    return weight
 
 
 def logit_width(states_NX: Tensor, head: torch.nn.Linear | None) -> int:
@@ -48,7 +62,7 @@ def head_logp(hidden_SH: Tensor, head: torch.nn.Linear, target_S: Tensor, temper
     chunks of positions. `S` is any leading shape (rows x positions), the same for both."""
     hidden_NH, target_N = hidden_SH.reshape(-1, hidden_SH.shape[-1]), target_S.reshape(-1)
     chunk = _positions_a_chunk(head.weight.shape[0])
-    logp_N = _ChunkedHeadLogp.apply(hidden_NH, head.weight, head.bias, target_N, temperature, chunk)
+    logp_N = _ChunkedHeadLogp.apply(hidden_NH, _gathered(head.weight), head.bias, target_N, temperature, chunk)
     return logp_N.view(target_S.shape)
 
 
@@ -124,6 +138,9 @@ def map_logits_in_chunks(states_NX: Tensor, head: torch.nn.Linear | None, fn, *e
     again in the backward (activation checkpointing per chunk)."""
     width = vocab or logit_width(states_NX, head)
     chunk = _positions_a_chunk(width)
+
+    if head is not None:
+        _gathered(head.weight)
 
     def one_chunk(states_CX: Tensor, *extra_C: Tensor) -> Tensor:
         return fn((states_CX if head is None else head(states_CX))[:, :width].float(), *extra_C)

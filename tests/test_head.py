@@ -178,3 +178,69 @@ def completion_logits(model, rollout):
     position_BT = (rollout.attention_BT.cumsum(-1) - 1).clamp(min=0)
     logits_BTV = model(input_ids=rollout.tokens_BT, attention_mask=rollout.attention_BT, position_ids=position_BT).logits
     return logits_BTV[:, :-1][rollout.mask_BT[:, 1:]]
+
+
+@pytest.fixture
+def one_process_mesh():
+    """A process group of one (gloo) and its device mesh: FSDP2 in this process."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_fsdp2_the_head_runs_in_chunks_with_the_full_paths_values_and_gradients(monkeypatch, one_process_mesh):
+    """A sharded policy's head is the root unit's, its weight a DTensor until the forward gathers
+    it: it still runs in chunks (not a micro-batch's whole logits, as before 2026-12-04), and the
+    sharded weights' gradients equal the unsharded model's full-logits ones, tied head included."""
+    import copy
+
+    from torch.distributed.tensor import DTensor
+
+    from lit_posttrain.sharding import shard_policy
+
+    monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", 4 * 99 * 5)  # 5 positions a chunk (vocabulary 99)
+    calls = []
+    real_apply = head_module._ChunkedHeadLogp.apply
+    monkeypatch.setattr(head_module._ChunkedHeadLogp, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    torch.manual_seed(1)
+    model = load_model(resolve_model_source("tiny-random-llama"), torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    assert model.config.tie_word_embeddings
+    sharded = copy.deepcopy(model)
+    shard_policy(sharded, one_process_mesh, lora=False)
+    assert isinstance(sharded.lm_head.weight, DTensor) and plain_head(sharded) is sharded.lm_head
+    engine = HFEngine(max_new_tokens=6, temperature=0.8)
+    engine.setup(model, _tokenizer())
+    rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33], [5, 40]], n=3, seed=0)
+    tokens_BT, attention_BT, mask_BT = rollout.tokens_BT, rollout.attention_BT, rollout.mask_BT
+    weights_BT = torch.randn(tokens_BT.shape)
+    full_BT = _full_logp(model, tokens_BT, attention_BT, 0.8)
+    (full_BT * mask_BT * weights_BT).sum().backward()
+    expected = {name: p.grad for name, p in model.named_parameters()}
+    for logp_of in (
+        lambda: token_logp(sharded, tokens_BT, attention_BT, 0.8, rollout.prompt_width),
+        lambda: shared_prompt_logp(sharded, tokens_BT, attention_BT, rollout.group_B, rollout.prompt_width, 0.8),
+    ):
+        sharded.zero_grad(set_to_none=True)
+        logp_BT = logp_of()
+        assert torch.allclose(logp_BT * mask_BT, full_BT * mask_BT, atol=1e-5)
+        (logp_BT * mask_BT * weights_BT).sum().backward()  # FSDP2's hooks reduce the gathered gradients
+        for name, p in sharded.named_parameters():
+            got, want = p.grad.full_tensor(), expected[name]
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max().clamp(min=1), name
+    assert len(calls) == 2  # each path ran the head in chunks
+    assert isinstance(sharded.lm_head.weight, DTensor)  # the backward resharded the root
+    with pytest.raises(RuntimeError, match="an FSDP2 shard: run the head after the model's forward"):
+        head_logp(torch.randn(4, model.config.hidden_size), sharded.lm_head, torch.zeros(4, dtype=torch.long))
