@@ -21,6 +21,8 @@ optimizer step); SFT trains on `--prompts` x `--group` demonstrations of `length
   plus attention's 6 x layers x width x context / 2. The peak (`--peak-tflops`) is by default the
   GPU's bf16 dense peak, 989 TFLOP/s for an H100/H200 SXM, on a GPU; on the CPU the best of
   2048^3 GEMMs in the compute dtype measured on the same threads before the runs (throughput.py's).
+  On a GPU `mfu_measured` divides by the bf16 8192^3 matmul rate measured there before the runs
+  (791-798 TFLOP/s on an H200, 2026-12-04).
 - Peak memory: on a GPU `torch.cuda.max_memory_allocated` (rank 0); on the CPU the peak RSS of
   rank 0's process (each FSDP2 process holds its shard and its own activations).
 """
@@ -164,6 +166,12 @@ def main() -> None:
         args.peak_tflops = 989.0 if args.accelerator == "gpu" else cpu_peak(args) / 1e12
     peak = args.peak_tflops * 1e12
     print(f"MFU against a peak of {args.peak_tflops:.3f} TFLOP/s ({'per GPU' if args.accelerator == 'gpu' else 'the machine'})", flush=True)
+    measured = None  # a GPU's datasheet peak is not what its matmuls reach: measure that too
+    if args.accelerator == "gpu":
+        from throughput import matmul_peak
+
+        measured = matmul_peak(torch.bfloat16, size=8192, device="cuda")
+        print(f"bf16 8192^3 matmul measured here: {measured / 1e12:.0f} TFLOP/s (mfu_measured divides by it)", flush=True)
     failed = 0
     for shape in args.shapes:
         for method in args.methods:
@@ -179,7 +187,10 @@ def main() -> None:
                             continue
                         # A GPU's peak is per device; the CPU's measured peak is the machine's, shared by its processes.
                         machine_peak = peak * (args.devices if args.accelerator == "gpu" else 1)
-                        result["mfu"] = round(result.pop("model_flops") / result["step_s"] / machine_peak, 4)
+                        flops = result.pop("model_flops") / result["step_s"]
+                        result["mfu"] = round(flops / machine_peak, 4)
+                        if measured is not None:
+                            result["mfu_measured"] = round(flops / (measured * args.devices), 4)
                         print(json.dumps(result), flush=True)
     sys.exit(1 if failed else 0)
 

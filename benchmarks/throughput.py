@@ -110,22 +110,25 @@ class StepTimer(L.Callback):
 # --- the machine and the model --------------------------------------------------------------------
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 0.5) -> float:
-    """Sustained GEMM throughput in FLOP/s in `dtype`: the best of three runs of about `seconds`
-    each (sized from one timed product: bf16 without hardware support is ~100x slower)."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    a @ b
-    start = time.perf_counter()
-    a @ b
-    repeats = max(1, round(seconds / (time.perf_counter() - start)))
-    best = 0.0
-    for _ in range(3):
+def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 0.5, device: str = "cpu") -> float:
+    """Sustained GEMM throughput in FLOP/s in `dtype` on `device`: the best of three runs of about
+    `seconds` each (sized from one timed product: bf16 without hardware support is ~100x slower)."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+
+    def timed(repeats: int) -> float:
+        if device != "cpu":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
-        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
-    return best
+        if device != "cpu":
+            torch.cuda.synchronize()  # the products are queued: wait for them
+        return time.perf_counter() - start
+
+    timed(1)
+    repeats = max(1, round(seconds / timed(1)))
+    return max(2 * size**3 * repeats / timed(repeats) for _ in range(3))
 
 
 def non_embedding_params(folder: str) -> int:

@@ -25,6 +25,7 @@ def test_the_gpu_check_runs_every_setting_on_the_cpu():
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert "probe: one GRPO step of tiny-random-llama" in done.stdout  # the fail-fast step ran first, and passed
     assert "MFU against a peak of 1.000 TFLOP/s" in done.stdout
     settings = {(r["method"], r["tuning"]) for r in results}
     assert settings == {("grpo", "full"), ("grpo", "lora"), ("sft", "full"), ("sft", "lora")}
