@@ -5,9 +5,11 @@ memory.
 A forward that asks the model for its logits keeps rows x positions x vocabulary of them (49k wide
 for the built-in model) and, for the backward, a float32 copy: at 8 x 8 completions of 1,024
 tokens that alone is 13 GB. Here the head runs on a chunk of positions at a time, forward and
-again in the backward (Liger's fused linear cross-entropy does the same), so at most one chunk's
-float32 logits exist: `HEAD_CHUNK_BYTES`. Where every position fits in one chunk (short answers)
-its softmax is kept for the backward instead, so the head runs once, as before. The result and its
+again in the backward (Liger's fused linear cross-entropy bounds it the same way), so at most one
+chunk's float32 logits exist: `HEAD_CHUNK_BYTES`. Where every position fits in one chunk (short
+answers) its softmax is kept for the backward instead, so the head runs once, as before. A frozen
+head (LoRA) needs no weight gradient: the hidden states' is made in the forward, chunk by chunk,
+and the backward runs no head. The result and its
 gradients equal the full-logits path's (tested in float32 to 1e-5); in bf16 the logits are rounded
 as the model's head rounds them, then divided by the temperature in float32.
 """
@@ -61,8 +63,13 @@ def head_logp(hidden_SH: Tensor, head: torch.nn.Linear, target_S: Tensor, temper
     """`log softmax(head(hidden) / temperature)[target]` at every position, float32, the head run on
     chunks of positions. `S` is any leading shape (rows x positions), the same for both."""
     hidden_NH, target_N = hidden_SH.reshape(-1, hidden_SH.shape[-1]), target_S.reshape(-1)
-    chunk = _positions_a_chunk(head.weight.shape[0])
-    logp_N = _ChunkedHeadLogp.apply(hidden_NH, _gathered(head.weight), head.bias, target_N, temperature, chunk)
+    weight_VH, bias_V = _gathered(head.weight), head.bias
+    chunk = _positions_a_chunk(weight_VH.shape[0])
+    # A frozen head (LoRA) needs only the hidden states' gradient, and that is a per-position
+    # vector times the upstream gradient: made in the forward, the backward runs no head at all.
+    frozen = not weight_VH.requires_grad and (bias_V is None or not bias_V.requires_grad)
+    ahead = frozen and torch.is_grad_enabled() and hidden_NH.requires_grad
+    logp_N = _ChunkedHeadLogp.apply(hidden_NH, weight_VH, bias_V, target_N, temperature, chunk, ahead)
     return logp_N.view(target_S.shape)
 
 
@@ -73,19 +80,29 @@ def _logits(hidden_CH: Tensor, weight_VH: Tensor, bias_V: Tensor | None, tempera
 
 class _ChunkedHeadLogp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden_NH, weight_VH, bias_V, target_N, temperature, chunk):
+    def forward(ctx, hidden_NH, weight_VH, bias_V, target_N, temperature, chunk, ahead):
         logp_N = torch.empty(hidden_NH.shape[0], dtype=torch.float32, device=hidden_NH.device)
-        ctx.probs_NV = None
+        ctx.probs_NV = ctx.direction_NH = None
+        if ahead:  # d logp_n / d hidden_n, for a frozen head: the backward only scales it
+            ctx.direction_NH = torch.empty_like(hidden_NH)
         for start in range(0, len(logp_N), chunk):
-            logits_CV = _logits(hidden_NH[start : start + chunk], weight_VH, bias_V, temperature)
-            picked_C = logits_CV.gather(-1, target_N[start : start + chunk, None]).squeeze(-1)
+            stop = start + chunk
+            logits_CV = _logits(hidden_NH[start:stop], weight_VH, bias_V, temperature)
+            picked_C = logits_CV.gather(-1, target_N[start:stop, None]).squeeze(-1)
             logsumexp_C = torch.logsumexp(logits_CV, -1)
-            logp_N[start : start + chunk] = picked_C - logsumexp_C
-            if len(logp_N) <= chunk:
+            logp_N[start:stop] = picked_C - logsumexp_C
+            if ahead:
+                # (onehot(target) - softmax) / T, through the head: the gradient for an upstream 1.
+                direction_CV = (logits_CV - logsumexp_C[:, None]).exp_().neg_()
+                direction_CV.scatter_add_(-1, target_N[start:stop, None], direction_CV.new_ones(len(direction_CV), 1))
+                direction_CV = (direction_CV / temperature).to(hidden_NH.dtype)
+                ctx.direction_NH[start:stop] = (direction_CV @ weight_VH).to(hidden_NH.dtype)
+            elif len(logp_N) <= chunk:
                 # Everything in one chunk (short completions): keep its softmax, within the
                 # budget, rather than run the head again in the backward.
                 ctx.probs_NV = (logits_CV - logsumexp_C[:, None]).exp_()
-        ctx.save_for_backward(hidden_NH, weight_VH, bias_V, target_N)
+        if not ahead:
+            ctx.save_for_backward(hidden_NH, weight_VH, bias_V, target_N)
         ctx.temperature, ctx.chunk = temperature, chunk
         # Under mixed precision the backward runs its matmuls (the head made again included) with
         # the forward's autocast, as autograd does for the model's own layers.
@@ -95,12 +112,15 @@ class _ChunkedHeadLogp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_N):
-        device = ctx.saved_tensors[0].device.type
+        device = grad_N.device.type
         with torch.autocast(device, dtype=ctx.autocast, enabled=ctx.autocast is not None):
             return _ChunkedHeadLogp._backward(ctx, grad_N)
 
     @staticmethod
     def _backward(ctx, grad_N):
+        if ctx.direction_NH is not None:
+            grad_hidden_NH = (grad_N[:, None] * ctx.direction_NH).to(ctx.direction_NH.dtype)
+            return grad_hidden_NH, None, None, None, None, None, None
         hidden_NH, weight_VH, bias_V, target_N = ctx.saved_tensors
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_hidden_NH = torch.empty_like(hidden_NH) if needs_hidden else None
@@ -126,7 +146,7 @@ class _ChunkedHeadLogp(torch.autograd.Function):
                 grad_bias_V += grad_CV.float().sum(0)
         grad_weight_VH = grad_weight_VH.to(weight_VH.dtype) if needs_weight else None
         grad_bias_V = grad_bias_V.to(bias_V.dtype) if needs_bias else None
-        return grad_hidden_NH, grad_weight_VH, grad_bias_V, None, None, None
+        return grad_hidden_NH, grad_weight_VH, grad_bias_V, None, None, None, None
 
 
 def map_logits_in_chunks(states_NX: Tensor, head: torch.nn.Linear | None, fn, *extra_N: Tensor, vocab: int | None = None) -> Tensor:

@@ -14,10 +14,12 @@ from lit_posttrain.rollout import HFEngine
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("positions_a_chunk", [3, 100], ids=["chunks_recomputed", "one_chunk_kept"])
-def test_chunked_head_equals_the_full_log_softmax(monkeypatch, bias, temperature, positions_a_chunk):
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained_head", "frozen_head"])
+def test_chunked_head_equals_the_full_log_softmax(monkeypatch, bias, temperature, positions_a_chunk, frozen):
+    """A frozen head (LoRA's) makes the hidden states' gradient in the forward: the same values."""
     monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", positions_a_chunk * 4 * 7)  # a 7-token vocabulary
     torch.manual_seed(0)
-    linear = torch.nn.Linear(5, 7, bias=bias)
+    linear = torch.nn.Linear(5, 7, bias=bias).requires_grad_(not frozen)
     hidden_NH = torch.randn(10, 5, requires_grad=True)
     target_N = torch.randint(0, 7, (10,))
     weights_N = torch.randn(10)  # an arbitrary upstream gradient
@@ -26,8 +28,12 @@ def test_chunked_head_equals_the_full_log_softmax(monkeypatch, bias, temperature
     full_N = torch.log_softmax(linear(hidden_NH) / temperature, -1).gather(-1, target_N[:, None]).squeeze(-1)
     assert logp_N.shape == (10,) and logp_N.dtype == torch.float32
     assert torch.allclose(logp_N, full_N, atol=1e-6)
-    params = [hidden_NH, *linear.parameters()]
+    params = [hidden_NH] if frozen else [hidden_NH, *linear.parameters()]
+    heads_run, real_logits = [], head_module._logits
+    monkeypatch.setattr(head_module, "_logits", lambda *a: heads_run.append(1) or real_logits(*a))
     grads = torch.autograd.grad((logp_N * weights_N).sum(), params, retain_graph=True)
+    # The head runs again in the backward only for a trained head over several chunks.
+    assert len(heads_run) == (4 if positions_a_chunk == 3 and not frozen else 0)
     again = torch.autograd.grad((logp_N * weights_N).sum(), params)  # a second backward recomputes
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, again, strict=True))
     expected = torch.autograd.grad((full_N * weights_N).sum(), params)

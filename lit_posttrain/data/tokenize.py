@@ -47,10 +47,10 @@ def tokenize_texts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], demonstrations: list[str | None], plain: bool, cache_dir: Path | None
 ) -> tuple[list[list[int]], list[list[int] | None]]:
     """The prompts' and demonstrations' token ids (a demonstration's followed by EOS; None where an
-    example has none), tokenized by `Dataset.map` in batches; cached in `cache_dir` (None: not
-    cached). A rendered chat prompt carries its special tokens already; a plain one takes the
-    tokenizer's (`plain`), as `tokenizer(text)` would add them.
-    """
+    example has none), tokenized by `Dataset.map` in batches (by the tokenizer itself where
+    `datasets` is not installed); cached in `cache_dir` (None: not cached). A rendered chat prompt
+    carries its special tokens already; a plain one takes the tokenizer's (`plain`), as
+    `tokenizer(text)` would add them."""
 
     def encode(batch: dict) -> dict:
         return {
