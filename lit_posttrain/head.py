@@ -9,9 +9,9 @@ again in the backward (Liger's fused linear cross-entropy bounds it the same way
 chunk's float32 logits exist: `HEAD_CHUNK_BYTES`. Where every position fits in one chunk (short
 answers) its softmax is kept for the backward instead, so the head runs once, as before. A frozen
 head (LoRA) needs no weight gradient: the hidden states' is made in the forward, chunk by chunk,
-and the backward runs no head. The result and its
-gradients equal the full-logits path's (tested in float32 to 1e-5); in bf16 the logits are rounded
-as the model's head rounds them, then divided by the temperature in float32.
+and the backward runs no head. The result and its gradients equal the full-logits path's (tested
+in float32 to 1e-5); in bf16 the logits are rounded as the model's head rounds them, then divided
+by the temperature in float32.
 """
 
 from __future__ import annotations
