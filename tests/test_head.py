@@ -56,14 +56,29 @@ def _full_logp(model, tokens_BT, attention_BT, temperature):
     return torch.nn.functional.pad(logp_BT, (1, 0))
 
 
-@pytest.mark.parametrize("lora", [None, LoRA(r=4)])
-def test_token_and_shared_prompt_logp_equal_the_full_logits_path(monkeypatch, lora):
-    monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", 4 * 99 * 5)  # 5 positions a chunk (vocabulary 99)
+def _moved_tiny_model() -> torch.nn.Module:
+    """The tiny model with every weight moved away from its random start, so that lm_head matters."""
     torch.manual_seed(1)
     model = load_model(resolve_model_source("tiny-random-llama"), torch.float32)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))  # away from the random start, so that lm_head matters
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def _sampled(model: torch.nn.Module):
+    """Three completions of each of three prompts, sampled from `model` at temperature 0.8, and an
+    arbitrary upstream gradient for their log-probs."""
+    engine = HFEngine(max_new_tokens=6, temperature=0.8)
+    engine.setup(model, _tokenizer())
+    rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33], [5, 40]], n=3, seed=0)
+    return rollout, torch.randn(rollout.tokens_BT.shape)
+
+
+@pytest.mark.parametrize("lora", [None, LoRA(r=4)])
+def test_token_and_shared_prompt_logp_equal_the_full_logits_path(monkeypatch, lora):
+    monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", 4 * 99 * 5)  # 5 positions a chunk (vocabulary 99)
+    model = _moved_tiny_model()
     model = apply_lora(model, lora) if lora is not None else model
     if lora is not None:
         with torch.no_grad():
@@ -72,11 +87,8 @@ def test_token_and_shared_prompt_logp_equal_the_full_logits_path(monkeypatch, lo
                     p.normal_(std=0.3)
     assert plain_head(model) is not None
     trainable = [p for p in model.parameters() if p.requires_grad]
-    engine = HFEngine(max_new_tokens=6, temperature=0.8)
-    engine.setup(model, _tokenizer())
-    rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33], [5, 40]], n=3, seed=0)
+    rollout, weights_BT = _sampled(model)
     tokens_BT, attention_BT, mask_BT = rollout.tokens_BT, rollout.attention_BT, rollout.mask_BT
-    weights_BT = torch.randn(tokens_BT.shape)
 
     full_BT = _full_logp(model, tokens_BT, attention_BT, 0.8)
     expected = torch.autograd.grad((full_BT * mask_BT * weights_BT).sum(), trainable)
@@ -218,20 +230,13 @@ def test_under_fsdp2_the_head_runs_in_chunks_with_the_full_paths_values_and_grad
     calls = []
     real_apply = head_module._ChunkedHeadLogp.apply
     monkeypatch.setattr(head_module._ChunkedHeadLogp, "apply", lambda *a: calls.append(1) or real_apply(*a))
-    torch.manual_seed(1)
-    model = load_model(resolve_model_source("tiny-random-llama"), torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    model = _moved_tiny_model()
     assert model.config.tie_word_embeddings
     sharded = copy.deepcopy(model)
     shard_policy(sharded, one_process_mesh, lora=False)
     assert isinstance(sharded.lm_head.weight, DTensor) and plain_head(sharded) is sharded.lm_head
-    engine = HFEngine(max_new_tokens=6, temperature=0.8)
-    engine.setup(model, _tokenizer())
-    rollout = engine.generate([[5, 20, 21], [5, 30, 31, 32, 33], [5, 40]], n=3, seed=0)
+    rollout, weights_BT = _sampled(model)
     tokens_BT, attention_BT, mask_BT = rollout.tokens_BT, rollout.attention_BT, rollout.mask_BT
-    weights_BT = torch.randn(tokens_BT.shape)
     full_BT = _full_logp(model, tokens_BT, attention_BT, 0.8)
     (full_BT * mask_BT * weights_BT).sum().backward()
     expected = {name: p.grad for name, p in model.named_parameters()}
