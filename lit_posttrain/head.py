@@ -78,6 +78,14 @@ def _logits(hidden_CH: Tensor, weight_VH: Tensor, bias_V: Tensor | None, tempera
     return logits_CV.float() / temperature
 
 
+def _logit_grad(probs_CV: Tensor, target_C: Tensor, grad_C: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
+    """d (grad . logp[target]) / d head output: grad x (onehot(target) - softmax), through the
+    division by T, in `dtype`; `probs_CV` is overwritten."""
+    grad_CV = probs_CV.mul_(-grad_C[:, None])
+    grad_CV.scatter_add_(-1, target_C[:, None], grad_C[:, None].float())
+    return (grad_CV / temperature).to(dtype)
+
+
 class _ChunkedHeadLogp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, bias_V, target_N, temperature, chunk, ahead):
@@ -91,16 +99,17 @@ class _ChunkedHeadLogp(torch.autograd.Function):
             picked_C = logits_CV.gather(-1, target_N[start:stop, None]).squeeze(-1)
             logsumexp_C = torch.logsumexp(logits_CV, -1)
             logp_N[start:stop] = picked_C - logsumexp_C
-            if ahead:
-                # (onehot(target) - softmax) / T, through the head: the gradient for an upstream 1.
-                direction_CV = (logits_CV - logsumexp_C[:, None]).exp_().neg_()
-                direction_CV.scatter_add_(-1, target_N[start:stop, None], direction_CV.new_ones(len(direction_CV), 1))
-                direction_CV = (direction_CV / temperature).to(hidden_NH.dtype)
+            if not ahead and len(logp_N) > chunk:
+                continue  # the backward makes this chunk's softmax again
+            probs_CV = (logits_CV - logsumexp_C[:, None]).exp_()
+            if ahead:  # the gradient for an upstream 1, through the head
+                ones_C = probs_CV.new_ones(len(probs_CV))
+                direction_CV = _logit_grad(probs_CV, target_N[start:stop], ones_C, temperature, hidden_NH.dtype)
                 ctx.direction_NH[start:stop] = (direction_CV @ weight_VH).to(hidden_NH.dtype)
-            elif len(logp_N) <= chunk:
+            else:
                 # Everything in one chunk (short completions): keep its softmax, within the
                 # budget, rather than run the head again in the backward.
-                ctx.probs_NV = (logits_CV - logsumexp_C[:, None]).exp_()
+                ctx.probs_NV = probs_CV
         if not ahead:
             ctx.save_for_backward(hidden_NH, weight_VH, bias_V, target_N)
         ctx.temperature, ctx.chunk = temperature, chunk
@@ -130,14 +139,11 @@ class _ChunkedHeadLogp(torch.autograd.Function):
         for start in range(0, hidden_NH.shape[0], ctx.chunk):
             stop = start + ctx.chunk
             hidden_CH, grad_C = hidden_NH[start:stop], grad_N[start:stop]
-            # d logp[target] / d logits = onehot(target) - softmax, through the division by T.
             if ctx.probs_NV is not None:
                 probs_CV, ctx.probs_NV = ctx.probs_NV, None
             else:
                 probs_CV = torch.softmax(_logits(hidden_CH, weight_VH, bias_V, ctx.temperature), -1)
-            grad_CV = probs_CV.mul_(-grad_C[:, None])
-            grad_CV.scatter_add_(-1, target_N[start:stop, None], grad_C[:, None].float())
-            grad_CV = (grad_CV / ctx.temperature).to(hidden_NH.dtype)
+            grad_CV = _logit_grad(probs_CV, target_N[start:stop], grad_C, ctx.temperature, hidden_NH.dtype)
             if needs_hidden:
                 grad_hidden_NH[start:stop] = (grad_CV @ weight_VH).to(hidden_NH.dtype)
             if needs_weight:
