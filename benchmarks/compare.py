@@ -111,7 +111,7 @@ PROFILES = {
 
 OPTIONS = {  # what each budget setting means, for --help
     "model": "starting model source (README, 'Choosing the model')",
-    "dtype": "weight dtype; auto: bfloat16 where the hardware runs it natively, else float32",
+    "dtype": "weight dtype; auto: bfloat16 where the hardware runs it natively (training in bf16-mixed there, float32 masters for full fine-tuning), else float32; float32: float32 throughout (precision 32-true)",
     "seeds": "one run of every method per seed; the seed also sets the data order",
     "steps": "optimizer steps per run",
     "batch_size": "prompts per optimizer step",
@@ -159,6 +159,8 @@ def run_command(
         "--config", str(ROOT / spec.config), "--config", str(task_config),
         "--seed_everything", str(seed), "--data.seed", str(seed),
         "--model.init_args.model", settings.model, "--model.init_args.dtype", settings.dtype,
+        # float32 weights train in float32: no autocast, whatever the CPU's default precision.
+        *(["--trainer.precision", "32-true"] if settings.dtype == "float32" else []),
         # One generation limit for every method, in training and in evaluation alike.
         "--model.init_args.engine", json.dumps(engine),
         # A student needs its teacher as a full model; the others keep only their small adapters.

@@ -154,7 +154,7 @@ PROFILES = {
 }
 OPTIONS = {
     "model": "starting model source (README, 'Choosing the model')",
-    "dtype": "weight dtype; auto: bfloat16 where the hardware runs it natively, else float32",
+    "dtype": "weight dtype; auto: bfloat16 where the hardware runs it natively (training in bf16-mixed there, float32 masters for full fine-tuning), else float32; float32: float32 throughout (precision 32-true)",
     "lora": "train LoRA r16 adapters instead of every weight",
     "lr": "the learning rate of every method",
     "warmup_steps": "linear warm-up steps of every method (the configs differ: SFT's has 5, the others none)",
@@ -239,6 +239,8 @@ def run_command(settings: Settings, method: str, task: Path, seed: int, run_dir:
         "--config", str(ROOT / spec.config), "--config", str(task),
         "--seed_everything", str(seed), "--data.seed", str(seed),
         "--model.init_args.model", settings.model, "--model.init_args.dtype", settings.dtype,
+        # float32 weights train in float32: no autocast, whatever the CPU's default precision.
+        *(["--trainer.precision", "32-true"] if settings.dtype == "float32" else []),
         "--model.init_args.engine", json.dumps(engine), "--model.init_args.optim.lr", str(lr),
         "--model.init_args.optim.warmup_steps", str(settings.warmup_steps),
         "--data.batch_size", str(settings.batch_size), "--trainer.max_steps", str(settings.steps),

@@ -56,7 +56,7 @@ def one(args: argparse.Namespace) -> dict:
     source = args.shape if args.shape.startswith("tiny") else f"random:{args.shape}"
     rows = args.prompts * args.group
     common = dict(
-        model=source, lora=LoRA() if args.tuning == "lora" else None, dtype=args.dtype,
+        model=source, lora=LoRA() if args.tuning == "lora" else None, dtype=args.dtype, attn_implementation=args.attn,
         micro_batching=MicroBatching(max_tokens=args.micro_tokens),
     )  # fmt: skip
     if args.method == "grpo":
@@ -88,7 +88,7 @@ def one(args: argparse.Namespace) -> dict:
     return {
         "shape": args.shape, "method": args.method, "tuning": args.tuning, "strategy": args.strategy,
         "devices": args.devices, "precision": args.precision, "weights": str(module.weight_dtype).removeprefix("torch."),
-        "completion_tokens": args.length, "rows": rows, "micro_tokens": args.micro_tokens,
+        "completion_tokens": args.length, "rows": rows, "micro_tokens": args.micro_tokens, "attn": args.attn or "default",
         "params_m": round(sum(p.numel() for p in module.policy.parameters()) / 1e6, 2),  # a DTensor counts its whole
         "step_s": round(step_s, 3), "tokens_per_s": round(trained / step_s, 1), "model_flops": flops,
         "peak_gib": round(timer.peak_gib, 2), "rank": trainer.global_rank,
@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--micro-tokens", type=int, default=4096)
+    parser.add_argument("--attn", default=None, help="transformers' attention kernel (sdpa, eager, ...; default: its choice, sdpa)")
     parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps, after one warm-up")
     parser.add_argument("--peak-tflops", type=float, help="the peak MFU divides by (default: 989 on a GPU, H100/H200 SXM bf16 dense; measured on the CPU)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)

@@ -1,7 +1,7 @@
 """Throughput of every method through the real CLI: tokens/s, step time by phase, peak memory, MFU.
 
     .venv/bin/python benchmarks/throughput.py [--methods sft grpo opd otr sept hpt] [--steps 8]
-        [--warmup 1] [--threads N] [--out runs/throughput]
+        [--warmup 1] [--threads N] [--out runs/throughput] [--extra --trainer.precision bf16-mixed]
     .venv/bin/python benchmarks/throughput.py --scaling [--lengths 8 16 32 64] [--group-sizes 2 4 8 16]
 
 Each method runs its shipped config (configs/<method>.yaml; `quickstart` is the quickstart's HPT) as
@@ -261,7 +261,7 @@ def method_runs(args) -> list[tuple[dict, Run]]:
     """Each method's shipped config, labelled by the method."""
     runs = []
     for method in args.methods:
-        overrides = ["--model.init_args.teacher", MODEL] if method == "opd" else []
+        overrides = (["--model.init_args.teacher", MODEL] if method == "opd" else []) + args.extra
         run = run_cli(method, ROOT / "configs" / f"{method}.yaml", overrides, args.out, args.warmup, args.steps, args.threads)
         runs.append(({"method": method}, run))
     return runs
@@ -284,7 +284,7 @@ def scaling_runs(args) -> list[tuple[dict, Run]]:
     runs = []
     for sweep, setting, overrides in sweeps:
         name = f"grpo_{sweep.replace(' ', '_')}_{setting}"
-        run = run_cli(name, ROOT / "configs" / "grpo.yaml", every_row + overrides, args.out, args.warmup, args.steps, args.threads)
+        run = run_cli(name, ROOT / "configs" / "grpo.yaml", every_row + overrides + args.extra, args.out, args.warmup, args.steps, args.threads)
         runs.append(({"sweep": sweep, "setting": setting}, run))
     return runs
 
@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scaling", action="store_true", help="GRPO step time against completion length and group size")
     parser.add_argument("--lengths", type=int, nargs="+", default=[8, 16, 32, 64], help="max_new_tokens settings (--scaling)")
     parser.add_argument("--group-sizes", type=int, nargs="+", default=[2, 4, 8, 16], help="group sizes (--scaling)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further `lit-posttrain fit` arguments, for every run (last)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be at least 1 and --warmup at least 0, got {args.steps} and {args.warmup}")
@@ -379,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         f"machine: {torch.get_num_threads()} threads, {str(dtype).removeprefix('torch.')} matmul peak {peak / 1e9:.0f} "
         f"GFLOP/s (the higher of {peaks[0] / 1e9:.0f} before and {peaks[1] / 1e9:.0f} after the runs); model: {MODEL}, "
         f"{params / 1e6:.1f}M parameters in matmuls, LoRA; median of {args.steps} steps after {args.warmup} warm-up"
+        + (f"; every run with `{' '.join(args.extra)}`" if args.extra else "")
     )
     if dtype != torch.bfloat16:
         # Measured too, so that the table says why the runs are not in bf16 (smaller: it is slow here).

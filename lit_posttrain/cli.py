@@ -28,6 +28,7 @@ from lit_posttrain.callbacks.progress import StepProgressBar
 from lit_posttrain.cli_errors import check_failed, explain
 from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.methods.base import PostTrainingModule
+from lit_posttrain.models import default_precision
 from lit_posttrain.run_dir import run_dir
 
 
@@ -84,7 +85,11 @@ class LitPostTrainCLI(LightningCLI):
         rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
         if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_log.filters):
             rank_zero_log.addFilter(_DropAdvertisements())
-        kwargs.setdefault("trainer_defaults", {"logger": _default_loggers(), "default_root_dir": "runs"})
+        # Mixed precision where the hardware computes in bf16 (float32 master weights and Adam
+        # state, bf16 matmuls), as the field trains; float32 elsewhere (models.default_precision).
+        kwargs.setdefault(
+            "trainer_defaults", {"logger": _default_loggers(), "default_root_dir": "runs", "precision": default_precision()}
+        )
         # A config without `seed_everything` runs with seed 0: what Lightning picks anyway, without
         # its "No seed found" warning, and not a seed left in the environment by an earlier run in
         # the same process.

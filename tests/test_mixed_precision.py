@@ -97,3 +97,34 @@ def test_the_chunked_head_runs_its_backward_under_the_forwards_autocast():
     # 5 positions at a time instead of 12.
     torch.testing.assert_close(remade[0], kept[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(remade[1], kept[1], rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_and_the_cli_precision_follow_the_hardware(native, monkeypatch, tmp_path):
+    """The default: where bf16 is native, `lit-posttrain fit` trains in bf16-mixed and `dtype: auto`
+    keeps a fully fine-tuned policy's weights (and its reference's) in float32, the masters the
+    optimizer steps, while a LoRA policy's frozen base and a teacher stay in bf16; elsewhere
+    float32 and 32-true, as before."""
+    from lit_posttrain import models
+    from lit_posttrain.cli import LitPostTrainCLI
+
+    monkeypatch.setattr(models, "native_bf16", lambda: native)
+    monkeypatch.chdir(tmp_path)
+    cli = LitPostTrainCLI(args=["--model", "lit_posttrain.methods.opd.OPD", "--model.model", "tiny-random-llama",
+                                "--model.teacher", "tiny-random-llama", "--data.task", "lit_posttrain.data.arithmetic.Arithmetic"],
+                          run=False)  # fmt: skip
+    assert cli.trainer.precision == ("bf16-mixed" if native else "32-true")
+    module = cli.model
+    module.trainer = cli.trainer
+    module.configure_model()
+    storage = torch.bfloat16 if native else torch.float32
+    assert {p.dtype for p in module.policy.parameters()} == {torch.float32}
+    with module.reference() as reference:
+        assert {p.dtype for p in reference.parameters()} == {torch.float32}
+    assert {p.dtype for p in module.teacher.parameters()} == {storage}
+
+    lora = GRPO(model="tiny-random-llama", lora=LoRA(r=4))
+    lora.trainer = cli.trainer
+    lora.configure_model()
+    assert {p.dtype for p in lora.policy.parameters() if not p.requires_grad} == {storage}
+    assert {p.dtype for p in lora.policy.parameters() if p.requires_grad} == {torch.float32}

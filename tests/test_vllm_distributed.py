@@ -37,7 +37,7 @@ def test_each_process_has_its_own_engine_under_fsdp(tmp_path):
         "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"), "--config", str(ROOT / "configs" / "strategies" / "fsdp_cpu2.yaml"),
         "--model.class_path", "lit_posttrain.methods.opd.OPD", "--model.init_args.model", str(student),
         "--model.init_args.teacher", str(teacher), "--model.init_args.optim.lr", "0.01",
-        "--model.init_args.dtype", "float32", "--trainer.max_steps", "2", "--trainer.callbacks", "[]",
+        "--model.init_args.dtype", "float32", "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.callbacks", "[]",
         "--data.batch_size", "2", "--export_to", str(tmp_path / "model"),
     ]  # fmt: skip
     # One thread per process: two processes on two cores, as in tests/test_distributed.py.

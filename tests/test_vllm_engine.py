@@ -163,7 +163,7 @@ def test_grpo_trains_through_the_cli_with_vllm(tmp_path, monkeypatch, capfd):
         args=[
             "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"),
             *KEEP_STARTED,
-            "--model.init_args.dtype", "float32", "--trainer.max_steps", "3", "--trainer.callbacks", "[]",
+            "--model.init_args.dtype", "float32", "--trainer.precision", "32-true", "--trainer.max_steps", "3", "--trainer.callbacks", "[]",
             "--data.batch_size", "2", "--model.init_args.group_size", "4", "--export_to", str(tmp_path / "model"),
         ]
     )  # fmt: skip
@@ -209,7 +209,7 @@ def test_every_sampling_method_and_callback_runs_on_vllm(method, tmp_path, monke
         args=[
             "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(ROOT / "configs" / "engines" / "vllm.yaml"),
             *KEEP_STARTED,
-            *SAMPLING_METHODS[method], "--model.init_args.dtype", "float32", "--trainer.max_steps", "2",
+            *SAMPLING_METHODS[method], "--model.init_args.dtype", "float32", "--trainer.precision", "32-true", "--trainer.max_steps", "2",
             "--trainer.callbacks", json.dumps(callbacks), "--data.batch_size", "2", "--model.init_args.group_size", "2",
             "--model.init_args.rollouts.every_n_steps", "2",
             "--export", "false",  # the export is the GRPO test's and the FSDP test's
@@ -232,7 +232,7 @@ def test_an_exported_checkpoint_is_a_folder_vllm_serves(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = LitPostTrainCLI(
         args=[
-            "fit", "--config", str(ROOT / "configs" / "sft.yaml"), "--model.init_args.dtype", "float32",
+            "fit", "--config", str(ROOT / "configs" / "sft.yaml"), "--model.init_args.dtype", "float32", "--trainer.precision", "32-true",
             "--model.init_args.optim.lr", "1e-3", "--model.init_args.optim.warmup_steps", "0",
             "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--data.batch_size", "4",
             "--trainer.callbacks+", "lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.save_last", "true",

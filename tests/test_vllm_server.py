@@ -47,7 +47,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    process = serve.start(BUILTIN, port, "--max-model-len", "256", log=tmp_path_factory.mktemp("server") / "server.log")
+    # float32 as the module below, on every CPU (`auto` is bf16 where the CPU has native bf16).
+    process = serve.start(
+        BUILTIN, port, "--max-model-len", "256", "--dtype", "float32", log=tmp_path_factory.mktemp("server") / "server.log"
+    )
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=60)
@@ -113,7 +116,7 @@ def _fit_with_both_engines(server: str, root: Path, *extra: str) -> dict[str, Pa
     with the server: the two runs' folders."""
     cli = str(Path(sys.executable).parent / "lit-posttrain")
     common = [
-        "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.dtype", "float32",
+        "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.dtype", "float32", "--trainer.precision", "32-true",
         "--trainer.max_steps", "3", "--trainer.callbacks", "[]", "--data.batch_size", "2", "--model.init_args.group_size", "4",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs", *extra,
     ]  # fmt: skip

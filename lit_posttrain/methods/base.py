@@ -54,7 +54,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
     Args:
         model: model source: "builtin:smollm2-135m-instruct", "tiny-random-llama[:SEED]", a local Hugging Face folder, or a hub id (downloaded once into the hub cache).
         lora: train LoRA adapters instead of every weight (null: full fine-tuning).
-        dtype: weight dtype: "auto" (bfloat16 where the hardware supports it, else float32), "bfloat16", "float32" or "float16".
+        dtype: weight dtype: "auto" (bfloat16 where the hardware supports it, else float32; under mixed precision, float32 for weights the optimizer steps, with full fine-tuning), "bfloat16", "float32" or "float16".
         teacher: model source of a frozen teacher, for the methods that distil from one (OPD); it must share the policy's tokenizer.
         optim: optimizer and learning-rate schedule.
         engine: how completions are sampled (rollouts, evaluation); default HFEngine().
@@ -103,7 +103,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         self.trust_remote_code, self.attn_implementation = trust_remote_code, attn_implementation
         # Now, so that a bad source or a teacher with another tokenizer stops the run at start-up.
         self.model_folder, self.tokenizer, self.teacher_folder = resolve_sources(model, teacher, trust_remote_code, revision)
-        self.weight_dtype = resolve_dtype(dtype)
+        self.dtype_setting = dtype  # resolved with the precision, when the model is built (weight_dtype)
         self.policy: torch.nn.Module | None = None
         self._teacher: torch.nn.Module | None = None
         self._reference: torch.nn.Module | None = None
@@ -119,12 +119,19 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
             self.model_folder, self.weight_dtype, self.lora, self.gradient_checkpointing, self.trust_remote_code, self.attn_implementation
         )
         if self.teacher_folder is not None:
-            self.__dict__["_teacher"] = self._frozen(self.teacher_folder)
+            self.__dict__["_teacher"] = self._frozen(self.teacher_folder, resolve_dtype(self.dtype_setting))
         # ModelParallelStrategy hands the module a device mesh before this hook: shard the policy
         # (FSDP2). The teacher and, with full fine-tuning, the reference stay whole on every rank:
         # they are frozen and only run forward.
         if self._device_mesh is not None:
             shard_policy(self.policy, self._device_mesh, lora=self.lora is not None, compute_dtype=self.mixed_precision_dtype)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype the policy's weights are built in (`dtype`): under mixed precision "auto"
+        keeps a fully fine-tuned policy's in float32, the master weights the optimizer steps; a
+        LoRA policy's frozen base and the frozen models take bf16 where it is native either way."""
+        return resolve_dtype(self.dtype_setting, trained_in_mixed_precision=self.mixed_precision_dtype is not None and self.lora is None)
 
     @property
     def mixed_precision_dtype(self) -> torch.dtype | None:
@@ -159,13 +166,14 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
                 yield self.policy
             return
         if self._reference is None:
-            self.__dict__["_reference"] = self._frozen(self.model_folder).to(self.device)
+            # In the policy's dtype: at the start the two agree exactly, under mixed precision too.
+            self.__dict__["_reference"] = self._frozen(self.model_folder, self.weight_dtype).to(self.device)
         yield self._reference
 
-    def _frozen(self, folder: str) -> torch.nn.Module:
+    def _frozen(self, folder: str, dtype: torch.dtype) -> torch.nn.Module:
         # Kept in `__dict__`, out of the module's children: not checkpointed (reloaded from its
         # source), not optimised, not sharded.
-        return freeze(load_model(folder, self.weight_dtype, self.trust_remote_code, self.attn_implementation))
+        return freeze(load_model(folder, dtype, self.trust_remote_code, self.attn_implementation))
 
     def policy_logp(
         self, tokens_BT: Tensor, attention_BT: Tensor, temperature: float = 1.0, first_scored: int | None = None
