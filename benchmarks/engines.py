@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from lit_posttrain.models import resolve_dtype
+    from lit_posttrain.precision import resolve_dtype
 
     dtype = resolve_dtype("auto")
     peak = matmul_peak(dtype)

@@ -200,7 +200,8 @@ def offline_task_config(settings: Settings, seed: int, out: Path) -> Path:
     from self_samples import write_offline_task
 
     from lit_posttrain.data.arithmetic import Arithmetic
-    from lit_posttrain.models import resolve_dtype, resolve_model_source
+    from lit_posttrain.models import resolve_model_source
+    from lit_posttrain.precision import resolve_dtype
     from lit_posttrain.rewards import NumericMatch
 
     folder = out / "offline" / f"seed{seed}"

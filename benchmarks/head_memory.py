@@ -35,7 +35,8 @@ def one(length: int, head: str, prompts: int, group: int, prompt_tokens: int) ->
 
     from lit_posttrain import head as head_module
     from lit_posttrain import logprobs
-    from lit_posttrain.models import LoRA, apply_lora, load_model, resolve_dtype, resolve_model_source
+    from lit_posttrain.models import LoRA, apply_lora, load_model, resolve_model_source
+    from lit_posttrain.precision import resolve_dtype
 
     if head == "full":
         logprobs.plain_head = lambda model: None  # the path every forward took before the chunked head

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from lit_posttrain.models import resolve_dtype, resolve_model_source
+    from lit_posttrain.models import resolve_model_source
+    from lit_posttrain.precision import resolve_dtype
 
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:

@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from lit_posttrain.models import resolve_dtype, resolve_model_source
+    from lit_posttrain.models import resolve_model_source
+    from lit_posttrain.precision import resolve_dtype
 
     params = non_embedding_params(resolve_model_source(MODEL))
     # The configs' `dtype: auto`: bf16 where the CPU runs it natively, else float32, whose peak is then the one to beat.

@@ -28,7 +28,7 @@ from lit_posttrain.callbacks.progress import StepProgressBar
 from lit_posttrain.cli_errors import check_failed, explain
 from lit_posttrain.data.datamodule import TaskDataModule
 from lit_posttrain.methods.base import PostTrainingModule
-from lit_posttrain.models import default_precision
+from lit_posttrain.precision import default_precision
 from lit_posttrain.run_dir import run_dir
 
 
@@ -86,7 +86,7 @@ class LitPostTrainCLI(LightningCLI):
         if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_log.filters):
             rank_zero_log.addFilter(_DropAdvertisements())
         # Mixed precision where the hardware computes in bf16 (float32 master weights and Adam
-        # state, bf16 matmuls), as the field trains; float32 elsewhere (models.default_precision).
+        # state, bf16 matmuls), as the field trains; float32 elsewhere (precision.default_precision).
         kwargs.setdefault(
             "trainer_defaults", {"logger": _default_loggers(), "default_root_dir": "runs", "precision": default_precision()}
         )

@@ -25,7 +25,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from lit_posttrain.models import resolve_dtype, resolve_model_source
+from lit_posttrain.models import resolve_model_source
+from lit_posttrain.precision import resolve_dtype
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lit_posttrain.models import load_model, load_tokenizer, resolve_dtype, resolve_model_source
+from lit_posttrain.models import load_model, load_tokenizer, resolve_model_source
+from lit_posttrain.precision import resolve_dtype
 
 pytestmark = pytest.mark.slow
 

@@ -105,10 +105,10 @@ def test_auto_dtype_and_the_cli_precision_follow_the_hardware(native, monkeypatc
     keeps a fully fine-tuned policy's weights (and its reference's) in float32, the masters the
     optimizer steps, while a LoRA policy's frozen base and a teacher stay in bf16; elsewhere
     float32 and 32-true, as before."""
-    from lit_posttrain import models
+    from lit_posttrain import precision
     from lit_posttrain.cli import LitPostTrainCLI
 
-    monkeypatch.setattr(models, "native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
     monkeypatch.chdir(tmp_path)
     cli = LitPostTrainCLI(args=["--model", "lit_posttrain.methods.opd.OPD", "--model.model", "tiny-random-llama",
                                 "--model.teacher", "tiny-random-llama", "--data.task", "lit_posttrain.data.arithmetic.Arithmetic"],

@@ -12,9 +12,9 @@ from lit_posttrain.models import (
     check_same_tokenizer,
     load_model,
     load_tokenizer,
-    resolve_dtype,
     resolve_model_source,
 )
+from lit_posttrain.precision import resolve_dtype
 from lit_posttrain.tiny import build_tiny_tokenizer
 
 

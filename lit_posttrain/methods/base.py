@@ -29,16 +29,9 @@ from lit_posttrain.data.task import Task
 from lit_posttrain.export import export_policy
 from lit_posttrain.logprobs import first_masked, token_logp
 from lit_posttrain.methods.cost import StepCostHooks
-from lit_posttrain.models import (
-    DType,
-    LoRA,
-    build_policy,
-    freeze,
-    load_model,
-    resolve_dtype,
-    resolve_sources,
-)
+from lit_posttrain.models import LoRA, build_policy, freeze, load_model, resolve_sources
 from lit_posttrain.optim import Optim, configure_adamw
+from lit_posttrain.precision import DType, resolve_dtype
 from lit_posttrain.rewards.guard import Scorer, ThreadScorer
 from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 from lit_posttrain.rollout.session import EngineSession
