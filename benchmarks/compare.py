@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from compare_report import Run, cell, run_in_order, write_atomically, write_charts, write_tables
+from compare_report import Run, cell, dtype_args, run_in_order, write_atomically, write_charts, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is not installed
@@ -158,9 +158,7 @@ def run_command(
         sys.executable, "-m", "lit_posttrain.cli", "fit",
         "--config", str(ROOT / spec.config), "--config", str(task_config),
         "--seed_everything", str(seed), "--data.seed", str(seed),
-        "--model.init_args.model", settings.model, "--model.init_args.dtype", settings.dtype,
-        # float32 weights train in float32: no autocast, whatever the CPU's default precision.
-        *(["--trainer.precision", "32-true"] if settings.dtype == "float32" else []),
+        "--model.init_args.model", settings.model, *dtype_args(settings.dtype),
         # One generation limit for every method, in training and in evaluation alike.
         "--model.init_args.engine", json.dumps(engine),
         # A student needs its teacher as a full model; the others keep only their small adapters.

@@ -50,6 +50,12 @@ def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def dtype_args(dtype: str) -> list[str]:
+    """`lit-posttrain fit` arguments for a run's weight dtype: float32 weights train in float32, no
+    autocast, whatever the machine's default precision (bf16-mixed where bf16 is native)."""
+    return ["--model.init_args.dtype", dtype, *(["--trainer.precision", "32-true"] if dtype == "float32" else [])]
+
+
 def execute(run: Run, skip_existing: bool, summarise) -> None:
     """Run `run.command` into `run.run_dir` (its output in `output.log`) and keep
     `summarise(run_dir, wall_s)` as its result, in `result.json` written when the run has finished.

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from compare_report import Run, run_in_order, write_atomically
+from compare_report import Run, dtype_args, run_in_order, write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # lit_posttrain, when run from a checkout that is not installed
@@ -239,9 +239,7 @@ def run_command(settings: Settings, method: str, task: Path, seed: int, run_dir:
         sys.executable, "-m", "lit_posttrain.cli", "fit",
         "--config", str(ROOT / spec.config), "--config", str(task),
         "--seed_everything", str(seed), "--data.seed", str(seed),
-        "--model.init_args.model", settings.model, "--model.init_args.dtype", settings.dtype,
-        # float32 weights train in float32: no autocast, whatever the CPU's default precision.
-        *(["--trainer.precision", "32-true"] if settings.dtype == "float32" else []),
+        "--model.init_args.model", settings.model, *dtype_args(settings.dtype),
         "--model.init_args.engine", json.dumps(engine), "--model.init_args.optim.lr", str(lr),
         "--model.init_args.optim.warmup_steps", str(settings.warmup_steps),
         "--data.batch_size", str(settings.batch_size), "--trainer.max_steps", str(settings.steps),
