@@ -219,6 +219,8 @@ def load_model(
 def apply_lora(model: PreTrainedModel, lora: LoRA) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    from lit_posttrain.lora_linear import FusedLoRALinear
+
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -226,6 +228,8 @@ def apply_lora(model: PreTrainedModel, lora: LoRA) -> torch.nn.Module:
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
+    # peft's own layer with a forward that adds the adapter inside the matmul (lora_linear.py).
+    config._register_custom_module({torch.nn.Linear: FusedLoRALinear})
     return get_peft_model(model, config)
 
 
