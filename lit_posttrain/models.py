@@ -206,14 +206,22 @@ def load_tokenizer(folder: str, trust_remote_code: bool = False) -> PreTrainedTo
 def load_model(
     folder: str, dtype: torch.dtype, trust_remote_code: bool = False, attn_implementation: str | None = None
 ) -> PreTrainedModel:
-    """The model in `folder`, with transformers' attention kernel `attn_implementation` if given."""
+    """The model in `folder`, with transformers' attention kernel `attn_implementation` if given.
+    Otherwise, where transformers chooses SDPA and the model takes registered attention functions,
+    `attention.ATTENTION`: SDPA, but matmuls for short keys on a CPU, where they are faster."""
+    from lit_posttrain.attention import ATTENTION
+
     attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
     marker = Path(folder) / RANDOM_WEIGHTS_MARKER
     if marker.exists():  # a `random:` shape: weights initialised from its seed, none on disk
         with torch.random.fork_rng():
             torch.manual_seed(json.loads(marker.read_text())["seed"])
-            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype, **attention)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **attention)
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype, **attention)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **attention)
+    if attn_implementation is None and model.config._attn_implementation == "sdpa" and model._supports_attention_backend:
+        model.set_attn_implementation(ATTENTION)
+    return model
 
 
 def apply_lora(model: PreTrainedModel, lora: LoRA) -> torch.nn.Module:

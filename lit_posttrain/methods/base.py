@@ -55,7 +55,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~20% slower).
         trust_remote_code: allow model folders to run their own Python code; off unless you trust the source.
         revision: the hub model's branch, tag or commit (a hub id `model` only); policy, reference, vLLM and exports read that snapshot.
-        attn_implementation: transformers' attention kernel for the policy, reference and teacher ("sdpa", "eager", "flash_attention_2"; null: transformers' choice).
+        attn_implementation: transformers' attention kernel for the policy, reference and teacher ("sdpa", "eager", "flash_attention_2"; null: SDPA, with short keys on a CPU as plain matmuls, which are faster there: lit_posttrain/attention.py).
     """
 
     # What a method declares (README.md, "Adding a method"): whether it trains on the task's

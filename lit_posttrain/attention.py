@@ -1,0 +1,75 @@
+"""transformers' SDPA attention, except on a CPU with short keys, where the attention runs as two
+matmuls and a softmax: the model's default attention here (`load_model`), registered with
+transformers as `ATTENTION`.
+
+torch's CPU flash-attention kernel, which SDPA picks on the CPU, costs about the same below 192
+keys whatever the length: its forward and backward took 29-32 ms a layer for 2,048 tokens of
+rows of 32 to 160 tokens (the built-in model's 9 heads of 64, bf16, a 2-core Intel Xeon with AMX),
+against 9-23 ms for the matmuls and softmax up to 128 keys, and 20-26 ms for the kernel from 192
+keys on, where the matmuls fall behind (32 ms at 192, 50 ms at 384) and their rows x heads x
+queries x keys probabilities grow with the square of the length. So the matmuls take keys up
+to `SHORT_KEYS`; the probabilities they keep for the backward (float32 and bf16, 6 bytes each)
+then add at most 9 heads x 128 keys x 6 bytes = 7 KB a token and layer for the built-in model,
+bounded by the micro-batch as the rest of the activations are. Everything else (a GPU, longer
+keys, a position bias, a paged cache) is transformers' SDPA unchanged, and so are the values: the
+masks are SDPA's (`sdpa_mask`), padded and cached rows included (tested against SDPA to float32
+rounding, values and gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTENTION = "sdpa_short_matmuls"
+SHORT_KEYS = 128
+
+
+def takes_matmuls(query_BHQD: Tensor, key_BKSD: Tensor, **kwargs) -> bool:
+    """Whether this call runs as matmuls (else transformers' SDPA)."""
+    return (
+        query_BHQD.device.type == "cpu"
+        and key_BKSD.shape[2] <= SHORT_KEYS
+        and kwargs.get("position_bias") is None
+        and kwargs.get("cache") is None
+    )
+
+
+def attention(
+    module: torch.nn.Module, query_BHQD: Tensor, key_BKSD: Tensor, value_BKSD: Tensor, attention_mask: Tensor | None,
+    dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None, **kwargs,
+) -> tuple[Tensor, None]:  # fmt: skip
+    """transformers' attention-function signature: `(output_BQHD, None)`. K is the key/value heads
+    (grouped-query attention repeats them to H), S the keys (cached ones included)."""
+    if not takes_matmuls(query_BHQD, key_BKSD, **kwargs):
+        return sdpa_attention_forward(
+            module, query_BHQD, key_BKSD, value_BKSD, attention_mask,
+            dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
+        )  # fmt: skip
+    groups = query_BHQD.shape[1] // key_BKSD.shape[1]
+    key_BHSD, value_BHSD = repeat_kv(key_BKSD, groups), repeat_kv(value_BKSD, groups)
+    queries, keys = query_BHQD.shape[2], key_BHSD.shape[2]
+    scaling = query_BHQD.shape[-1] ** -0.5 if scaling is None else scaling
+    scores_BHQS = torch.matmul(query_BHQD, key_BHSD.transpose(2, 3)) * scaling
+    if attention_mask is None:
+        # SDPA's `is_causal`: query i sees keys 0..i (top-left aligned), and only with several queries.
+        causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and queries > 1
+        allowed_QS = torch.ones(queries, keys, dtype=torch.bool, device=scores_BHQS.device).tril() if causal else None
+    elif attention_mask.dtype == torch.bool:
+        allowed_QS = attention_mask  # B x 1 x Q x S, broadcast over heads
+    else:
+        scores_BHQS, allowed_QS = scores_BHQS + attention_mask, None  # an additive float mask
+    if allowed_QS is not None:
+        # The dtype's lowest, not -inf: a padded query that sees no key gets uniform weights, not NaN
+        # (its output is never used).
+        scores_BHQS = scores_BHQS.masked_fill(~allowed_QS, torch.finfo(scores_BHQS.dtype).min)
+    probs_BHQS = torch.softmax(scores_BHQS, dim=-1, dtype=torch.float32).to(query_BHQD.dtype)
+    probs_BHQS = torch.nn.functional.dropout(probs_BHQS, p=dropout, training=dropout > 0)
+    return torch.matmul(probs_BHQS, value_BHSD).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
