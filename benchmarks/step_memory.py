@@ -1,8 +1,8 @@
 """Peak memory and time of one GRPO training step at real completion lengths, through a real
 Trainer, with micro-batches (`micro_batching`) and without.
 
-The step as the shipped configs run it (the built-in model, LoRA r16, `dtype: auto`, GRPO's
-preset loss, AdamW), on 8 prompts x 8 completions of random tokens after 64-token prompts, every
+The step as the shipped configs run it (the built-in model, LoRA r16, `dtype: auto`, the CLI's
+default precision, GRPO's preset loss, AdamW), on 8 prompts x 8 completions of random tokens after 64-token prompts, every
 completion full length and each group's rewards half 0 and half 1 (no row is skipped). Sampling
 is left out: the step is handed that rollout (`synthetic.SyntheticRollouts`), so what is measured is the loss forward, the backward and the optimizer step. Each
 setting runs in a fresh process (peak resident memory is a process's high-water mark), one at a
@@ -37,6 +37,7 @@ def one(length: int, budget: str, prompts: int, group: int, prompt_tokens: int) 
     from lit_posttrain.methods.grpo import GRPO
     from lit_posttrain.micro_batching import MicroBatching
     from lit_posttrain.models import LoRA
+    from lit_posttrain.precision import default_precision
     from lit_posttrain.rollout import HFEngine
 
     torch.manual_seed(0)
@@ -46,9 +47,10 @@ def one(length: int, budget: str, prompts: int, group: int, prompt_tokens: int) 
         micro_batching=None if budget == "default" else MicroBatching(max_tokens=None if budget == "none" else int(budget)),
     )  # fmt: skip
     data = TaskDataModule(task=Arithmetic(num_train=prompts, num_eval=4), batch_size=prompts)
+    # The CLI's default precision (bf16-mixed where bf16 is native, else 32-true), as a shipped config runs.
     trainer = L.Trainer(
         max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-        enable_model_summary=False,
+        enable_model_summary=False, precision=default_precision(),
     )  # fmt: skip
     start = time.perf_counter()
     trainer.fit(module, data)
@@ -56,6 +58,7 @@ def one(length: int, budget: str, prompts: int, group: int, prompt_tokens: int) 
     return {
         "completion_tokens": length, "rows": rows, "prompt_tokens": prompt_tokens,
         "micro_batch_tokens": module.micro_batching.max_tokens, "dtype": str(module.weight_dtype).removeprefix("torch."),
+        "precision": str(trainer.precision),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "fit_s": round(seconds, 1), "tokens_per_s": round(rows * length / seconds, 1),
     }  # fmt: skip
