@@ -208,8 +208,10 @@ def load_model(
 ) -> PreTrainedModel:
     """The model in `folder`, with transformers' attention kernel `attn_implementation` if given.
     Otherwise, where transformers chooses SDPA and the model takes registered attention functions,
-    `attention.ATTENTION`: SDPA, but matmuls for short keys on a CPU, where they are faster."""
+    `attention.ATTENTION`: SDPA, but matmuls for short keys on a CPU, where they are faster.
+    Llama-family norms get a backward of their own (`rms_norm.py`: less kept, the same values)."""
     from lit_posttrain.attention import ATTENTION
+    from lit_posttrain.rms_norm import use_own_rms_norm
 
     attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
     marker = Path(folder) / RANDOM_WEIGHTS_MARKER
@@ -221,6 +223,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **attention)
     if attn_implementation is None and model.config._attn_implementation == "sdpa" and model._supports_attention_backend:
         model.set_attn_implementation(ATTENTION)
+    use_own_rms_norm(model)
     return model
 
 
