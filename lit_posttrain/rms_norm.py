@@ -54,7 +54,7 @@ def use_own_rms_norm(model: torch.nn.Module) -> int:
     """Make every norm of `model` whose class is in `NORMS` an instance of `Own<class>`, its subclass
     with this module's forward; how many. A subclass, not a forward set on each instance: a model
     pickled with its norms (a checkpoint's hyper-parameters can hold an engine's copy) loads again."""
-    norms = [m for m in model.modules() if type(m).__name__ in NORMS]
+    norms = [m for m in model.modules() if type(m).__name__ in NORMS and type(m).__module__ == _module_of(type(m).__name__)]
     for norm in norms:
         norm.__class__ = own_class(type(norm))
     return len(norms)
@@ -77,6 +77,12 @@ def __getattr__(name: str) -> type:
     if name.startswith("Own") and base in NORMS:
         import importlib
 
-        family = base.removesuffix("RMSNorm").lower()
-        return own_class(getattr(importlib.import_module(f"transformers.models.{family}.modeling_{family}"), base))
+        return own_class(getattr(importlib.import_module(_module_of(base)), base))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _module_of(norm: str) -> str:
+    """transformers' module that defines `norm` (a class of `NORMS`): a model's own code (remote code)
+    may name a class alike and compute otherwise."""
+    family = norm.removesuffix("RMSNorm").lower()
+    return f"transformers.models.{family}.modeling_{family}"

@@ -6,7 +6,7 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from lit_posttrain.models import load_model
-from lit_posttrain.rms_norm import NORMS, _RMSNorm, own_class, use_own_rms_norm
+from lit_posttrain.rms_norm import NORMS, _module_of, _RMSNorm, own_class, use_own_rms_norm
 
 
 def test_every_listed_norm_has_llama_s_forward():
@@ -16,8 +16,7 @@ def test_every_listed_norm_has_llama_s_forward():
 
     expected = inspect.getsource(LlamaRMSNorm.forward)
     for name in NORMS:
-        family = name.removesuffix("RMSNorm").lower()
-        module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        module = importlib.import_module(_module_of(name))
         assert inspect.getsource(getattr(module, name).forward) == expected, name
 
 
@@ -57,6 +56,8 @@ def test_load_model_gives_the_norms_their_own_backward(tiny_model_dir):
     norms = [m for m in model.modules() if isinstance(m, LlamaRMSNorm)]
     assert norms and all(type(m) is own_class(LlamaRMSNorm) for m in norms)
     assert use_own_rms_norm(model) == 0 and use_own_rms_norm(torch.nn.Linear(2, 2)) == 0
+    remote = type("LlamaRMSNorm", (torch.nn.Module,), {"__module__": "some_model.modeling"})()
+    assert use_own_rms_norm(remote) == 0  # a model's own class of the same name is left alone
     # a pickled model loads again, its norms still ours (checkpoints can hold one)
     loaded = pickle.loads(pickle.dumps(model))
     assert all(type(m) is own_class(LlamaRMSNorm) for m in loaded.modules() if isinstance(m, LlamaRMSNorm))
