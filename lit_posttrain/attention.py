@@ -1,6 +1,6 @@
 """transformers' SDPA attention, except on a CPU with short keys, where the attention runs as two
-matmuls and a softmax: the model's default attention here (`load_model`), registered with
-transformers as `ATTENTION`.
+matmuls and a softmax: the model's default attention here (`load_model` calls
+`use_default_attention`), registered with transformers as `ATTENTION`.
 
 torch's CPU flash-attention kernel, which SDPA picks on the CPU, costs about the same below 192
 keys whatever the length: its forward and backward took 29-32 ms a layer for 2,048 tokens of
@@ -69,6 +69,15 @@ def attention(
     probs_BHQS = torch.softmax(scores_BHQS, dim=-1, dtype=torch.float32).to(query_BHQD.dtype)
     probs_BHQS = torch.nn.functional.dropout(probs_BHQS, p=dropout, training=dropout > 0)
     return torch.matmul(probs_BHQS, value_BHSD).transpose(1, 2).contiguous(), None
+
+
+def use_default_attention(model: torch.nn.Module) -> bool:
+    """Switch `model` to `ATTENTION` where transformers chose SDPA for it and the model takes
+    registered attention functions (remote code may not); whether it did."""
+    if model.config._attn_implementation != "sdpa" or not model._supports_attention_backend:
+        return False
+    model.set_attn_implementation(ATTENTION)
+    return True
 
 
 AttentionInterface.register(ATTENTION, attention)

@@ -206,11 +206,9 @@ def load_tokenizer(folder: str, trust_remote_code: bool = False) -> PreTrainedTo
 def load_model(
     folder: str, dtype: torch.dtype, trust_remote_code: bool = False, attn_implementation: str | None = None
 ) -> PreTrainedModel:
-    """The model in `folder`, with transformers' attention kernel `attn_implementation` if given.
-    Otherwise, where transformers chooses SDPA and the model takes registered attention functions,
-    `attention.ATTENTION`: SDPA, but matmuls for short keys on a CPU, where they are faster.
-    Llama-family norms get a backward of their own (`rms_norm.py`: less kept, the same values)."""
-    from lit_posttrain.attention import ATTENTION
+    """The model in `folder`, with transformers' attention kernel `attn_implementation` if given, else
+    `attention.ATTENTION` where it applies; Llama-family norms with `rms_norm.py`'s backward."""
+    from lit_posttrain.attention import use_default_attention
     from lit_posttrain.rms_norm import use_own_rms_norm
 
     attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -221,8 +219,8 @@ def load_model(
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype, **attention)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **attention)
-    if attn_implementation is None and model.config._attn_implementation == "sdpa" and model._supports_attention_backend:
-        model.set_attn_implementation(ATTENTION)
+    if attn_implementation is None:
+        use_default_attention(model)
     use_own_rms_norm(model)
     return model
 
