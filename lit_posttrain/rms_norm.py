@@ -26,8 +26,9 @@ NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_SH: Tensor, weight_H: Tensor, eps: float) -> Tensor:
-        rstd_S1 = torch.rsqrt(x_SH.float().pow(2).mean(-1, keepdim=True) + eps)
-        normed_SH = (x_SH.float() * rstd_S1).to(x_SH.dtype)
+        h_SH = x_SH.float()  # transformers' `hidden_states.to(torch.float32)`, made once
+        rstd_S1 = torch.rsqrt(h_SH.pow(2).mean(-1, keepdim=True) + eps)
+        normed_SH = (h_SH * rstd_S1).to(x_SH.dtype)
         ctx.save_for_backward(x_SH, rstd_S1, weight_H)
         return weight_H * normed_SH
 
