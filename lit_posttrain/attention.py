@@ -21,18 +21,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION = "sdpa_short_matmuls"
 SHORT_KEYS = 128
 
 
-def takes_matmuls(query_BHQD: Tensor, key_BKSD: Tensor, **kwargs) -> bool:
+def takes_matmuls(query_BHQD: Tensor, key_BKSD: Tensor, attention_mask: Tensor | None = None, **kwargs) -> bool:
     """Whether this call runs as matmuls (else transformers' SDPA)."""
     return (
         query_BHQD.device.type == "cpu"
         and key_BKSD.shape[2] <= SHORT_KEYS
+        and (attention_mask is None or attention_mask.shape[1] == 1)  # one mask for every head
         and kwargs.get("position_bias") is None
         and kwargs.get("cache") is None
     )
@@ -44,31 +45,38 @@ def attention(
 ) -> tuple[Tensor, None]:  # fmt: skip
     """transformers' attention-function signature: `(output_BQHD, None)`. K is the key/value heads
     (grouped-query attention repeats them to H), S the keys (cached ones included)."""
-    if not takes_matmuls(query_BHQD, key_BKSD, **kwargs):
+    if not takes_matmuls(query_BHQD, key_BKSD, attention_mask, **kwargs):
         return sdpa_attention_forward(
             module, query_BHQD, key_BKSD, value_BKSD, attention_mask,
             dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
         )  # fmt: skip
-    groups = query_BHQD.shape[1] // key_BKSD.shape[1]
-    key_BHSD, value_BHSD = repeat_kv(key_BKSD, groups), repeat_kv(value_BKSD, groups)
-    queries, keys = query_BHQD.shape[2], key_BHSD.shape[2]
-    scaling = query_BHQD.shape[-1] ** -0.5 if scaling is None else scaling
-    scores_BHQS = torch.matmul(query_BHQD, key_BHSD.transpose(2, 3)) * scaling
+    # Grouped-query attention without repeating the keys and values for every query head: the G
+    # query heads that share a key/value head are stacked along the queries (head h is key/value
+    # head h // G, as transformers' repeat_kv orders them; M = G x Q), so one batched matmul over
+    # the K key/value heads does it, and the backward sums no repeated copies.
+    batch, heads, queries, width = query_BHQD.shape
+    kv_heads, keys = key_BKSD.shape[1], key_BKSD.shape[2]
+    groups = heads // kv_heads
+    scaling = width**-0.5 if scaling is None else scaling
+    # The scale on the queries, the smaller tensor (rows x heads x queries x width, not x keys).
+    query_BKMD = (query_BHQD * scaling).reshape(batch, kv_heads, groups * queries, width)
+    scores_BKGQS = torch.matmul(query_BKMD, key_BKSD.transpose(2, 3)).view(batch, kv_heads, groups, queries, keys)
     if attention_mask is None:
         # SDPA's `is_causal`: query i sees keys 0..i (top-left aligned), and only with several queries.
         causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and queries > 1
-        allowed_QS = torch.ones(queries, keys, dtype=torch.bool, device=scores_BHQS.device).tril() if causal else None
+        allowed = torch.ones(queries, keys, dtype=torch.bool, device=scores_BKGQS.device).tril() if causal else None
     elif attention_mask.dtype == torch.bool:
-        allowed_QS = attention_mask  # B x 1 x Q x S, broadcast over heads
+        allowed = attention_mask[:, :, None]  # B x 1 x 1 x Q x S, broadcast over heads
     else:
-        scores_BHQS, allowed_QS = scores_BHQS + attention_mask, None  # an additive float mask
-    if allowed_QS is not None:
+        scores_BKGQS, allowed = scores_BKGQS + attention_mask[:, :, None], None  # an additive float mask
+    if allowed is not None:
         # The dtype's lowest, not -inf: a padded query that sees no key gets uniform weights, not NaN
-        # (its output is never used).
-        scores_BHQS = scores_BHQS.masked_fill(~allowed_QS, torch.finfo(scores_BHQS.dtype).min)
-    probs_BHQS = torch.softmax(scores_BHQS, dim=-1, dtype=torch.float32).to(query_BHQD.dtype)
-    probs_BHQS = torch.nn.functional.dropout(probs_BHQS, p=dropout, training=dropout > 0)
-    return torch.matmul(probs_BHQS, value_BHSD).transpose(1, 2).contiguous(), None
+        # (its output is never used). In place: the matmul's backward does not need its output.
+        scores_BKGQS = scores_BKGQS.masked_fill_(~allowed, torch.finfo(scores_BKGQS.dtype).min)
+    probs_BKGQS = torch.softmax(scores_BKGQS, dim=-1, dtype=torch.float32).to(query_BHQD.dtype)
+    probs_BKGQS = torch.nn.functional.dropout(probs_BKGQS, p=dropout, training=dropout > 0)
+    out_BKMD = torch.matmul(probs_BKGQS.view(batch, kv_heads, groups * queries, keys), value_BKSD)
+    return out_BKMD.view(batch, heads, queries, width).transpose(1, 2).contiguous(), None
 
 
 def use_default_attention(model: torch.nn.Module) -> bool:

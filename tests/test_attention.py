@@ -85,3 +85,42 @@ def test_generation_with_a_cache_equals_sdpa_s(tiny_model_dir):
         expected = sdpa.generate(prompt_BT, attention_mask=attention_BT, output_logits=True, return_dict_in_generate=True, **kwargs)
     assert torch.equal(out.sequences, expected.sequences)
     torch.testing.assert_close(torch.stack(out.logits), torch.stack(expected.logits), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["padded", "additive", "causal", "one_query"])
+def test_grouped_query_heads_equal_sdpa_s(mask):
+    """The built-in model's layout, several query heads to a key/value head (the tiny model has
+    one each), called as transformers calls it: values and gradients equal SDPA's."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from lit_posttrain.attention import attention
+
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, width = 3, 6, 2, 16
+    queries = 1 if mask == "one_query" else 7
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, heads // kv_heads
+    inputs = [
+        torch.randn(batch, heads, queries, width, generator=generator),
+        torch.randn(batch, kv_heads, 7, width, generator=generator),
+        torch.randn(batch, kv_heads, 7, width, generator=generator),
+    ]
+    allowed_BQS = torch.ones(7, 7, dtype=torch.bool).tril()[-queries:].expand(batch, queries, 7).clone()
+    allowed_BQS[0, :, :2] = False  # the first row left-padded by two
+    attention_mask = {
+        "padded": allowed_BQS[:, None],
+        "additive": torch.zeros(batch, 1, queries, 7).masked_fill(~allowed_BQS[:, None], -1e4),
+        "causal": None,
+        "one_query": allowed_BQS[:, None],
+    }[mask]
+    # A query that sees no key (row 0's padding) is never used, and the two kernels differ there.
+    seen_BQ11 = allowed_BQS.any(-1)[:, :, None, None] if attention_mask is not None else torch.ones(1, 1, 1, 1, dtype=torch.bool)
+    weights = torch.linspace(-1, 1, batch * queries * heads * width).view(batch, queries, heads, width) * seen_BQ11
+    results = []
+    for function in (attention, sdpa_attention_forward):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out_BQHD, _ = function(module, *leaves, attention_mask, scaling=0.3)
+        (out_BQHD * weights).sum().backward()
+        results.append([out_BQHD.detach() * seen_BQ11, *(t.grad for t in leaves)])
+    for ours, sdpa in zip(*results, strict=True):
+        torch.testing.assert_close(ours, sdpa, atol=1e-5, rtol=1e-5)
