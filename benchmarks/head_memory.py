@@ -8,10 +8,11 @@ mark), one at a time:
 
     .venv/bin/python benchmarks/head_memory.py --lengths 128 256 512 --heads chunked full
 
-Each process runs with `MALLOC_MMAP_THRESHOLD_=65536`: glibc otherwise raises its mmap threshold
-as large blocks are freed and serves later ones from a heap it does not give back, and the peak
-then moved by ~2 GiB between identical runs here. Also reported: the bytes autograd saved for the
-backward (each storage once), which no allocator moves.
+Each process keeps the C allocator's settings from the environment, as a run of the CLI does
+(benchmarks/isolated.py); the tables in benchmarks/README.md were measured with
+`MALLOC_MMAP_THRESHOLD_=65536`, which hands every freed block from 64 KiB up back to the system
+(set it again to compare). Also reported: the bytes autograd saved for the backward (each storage
+once), which no allocator moves.
 
 `--heads full` beyond 32 rows x 128 tokens is refused unless `--allow-oom`: 64 rows x 128 tokens
 in float32 was killed for memory at this machine's 24 GiB.

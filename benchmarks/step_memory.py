@@ -6,7 +6,9 @@ default precision, GRPO's preset loss, AdamW), on 8 prompts x 8 completions of r
 completion full length and each group's rewards half 0 and half 1 (no row is skipped). Sampling
 is left out: the step is handed that rollout (`synthetic.SyntheticRollouts`), so what is measured is the loss forward, the backward and the optimizer step. Each
 setting runs in a fresh process (peak resident memory is a process's high-water mark), one at a
-time, with `MALLOC_MMAP_THRESHOLD_=65536` (benchmarks/isolated.py says why):
+time, with the C allocator's settings from the environment, as a run of the CLI has them
+(benchmarks/isolated.py; `MALLOC_MMAP_THRESHOLD_=65536` in front of the command measures the
+leanest and slowest setting, which runs before 2026-12-04 used):
 
     .venv/bin/python benchmarks/step_memory.py --lengths 256 1024 --budgets 4096 none
 
