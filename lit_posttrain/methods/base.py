@@ -203,6 +203,7 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         return self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT)), mask_BT
 
     def setup(self, stage: str) -> None:
+        self.sampler.compute_dtype = self.mixed_precision_dtype
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.needs_demonstrations and datamodule is not None:
             datamodule.task.check_demonstrations(type(self).__name__)

@@ -24,10 +24,16 @@ class EngineSession:
         self.engine = engine
         self.scorer = scorer
         self.started = False
+        # The dtype the trainer computes the policy in under mixed precision (bf16 for
+        # `bf16-mixed`), None otherwise; set by the module once the trainer is known.
+        self.compute_dtype: torch.dtype | None = None
 
     def start(self, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
-        """The engine, set up for `policy` on first use."""
+        """The engine, set up for `policy` on first use. An engine that keeps a model of its own
+        (VLLMEngine) computes in `compute_dtype` where it is set, as the trainer does."""
         if not self.started:
+            if hasattr(self.engine, "compute_dtype"):
+                self.engine.compute_dtype = self.compute_dtype
             self.engine.setup(policy, tokenizer)
             self.started = True
         return self.engine

@@ -15,6 +15,10 @@ product are pushed instead, as full weights (`merge_lora` chooses). A policy sha
 gathered first. The prefix cache is reset after every push: cached prompts were computed with the
 old weights.
 
+The engine computes in the run's compute dtype (`compute_dtype`, set by the run: bf16 under
+bf16-mixed, whose fully fine-tuned policy keeps float32 masters), else in the policy's weights'
+dtype; pushed float32 weights are cast to it as vLLM loads them.
+
 The engine's numerics differ slightly from the trainer's (other kernels): methods recompute the
 log-probs they optimise, log the gap (`train/sampler_abs_diff`, `train/sampler_kl`) and can weight
 it away (a `sampler_correction` of the policy-gradient loss, `losses.importance`).
@@ -108,6 +112,9 @@ class VLLMEngine:
         self.syncs = 0  # weight pushes so far; with LoRA, the current adapter's id
         self._lora_request = None
         self._adapter_dir: Path | None = None
+        # Set by the run before `setup` (rollout.session): under mixed precision the policy's
+        # float32 master weights compute in bf16, and so does vLLM's copy, as verl's rollouts do.
+        self.compute_dtype: torch.dtype | None = None
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -123,7 +130,7 @@ class VLLMEngine:
         self.max_model_len = self.max_model_len or min(getattr(config, "max_position_embeddings", 2048) or 2048, 2048)
         checks.check_servable(folder, config, self.platform)
         self.eos_ids = eos_token_ids(base, tokenizer)
-        dtype = next(base.parameters()).dtype
+        dtype = self.compute_dtype or next(base.parameters()).dtype
         kwargs = checks.memory_kwargs(self.platform, self.memory_fraction, config, dtype, self.max_model_len) | self._lora_kwargs(policy)
         self.threads = self.threads or torch.get_num_threads()
         # In-process engine core: the weights are pushed as tensors, without crossing processes.
