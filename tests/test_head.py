@@ -1,6 +1,8 @@
 """The output head in chunks (lit_posttrain.head) against the full-logits computation it replaces:
 values and gradients in float32, on hand-made tensors and through the model's forward passes."""
 
+import math
+
 import pytest
 import torch
 
@@ -255,3 +257,17 @@ def test_under_fsdp2_the_head_runs_in_chunks_with_the_full_paths_values_and_grad
     assert isinstance(sharded.lm_head.weight, DTensor)  # the backward resharded the root
     with pytest.raises(RuntimeError, match="an FSDP2 shard: run the head after the model's forward"):
         head_logp(torch.randn(4, model.config.hidden_size), sharded.lm_head, torch.zeros(4, dtype=torch.long))
+
+
+def test_the_in_place_logsumexp_is_torchs_to_the_bit_and_leaves_the_softmax():
+    from lit_posttrain.head import _logsumexp_
+
+    logits_CV = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0)) * 30
+    logits_CV[1, :500] = -math.inf  # masked entries
+    logits_CV[2] = -math.inf  # a row with nothing allowed: -inf, as torch's
+    for softmax in (True, False):
+        overwritten = logits_CV.clone()
+        lse_C = _logsumexp_(overwritten, softmax=softmax)
+        assert torch.equal(lse_C, torch.logsumexp(logits_CV, -1))
+        expected = torch.softmax(logits_CV, -1) if softmax else (logits_CV - logits_CV.amax(-1, keepdim=True)).exp()
+        torch.testing.assert_close(overwritten[[0, 1, 3, 4]], expected[[0, 1, 3, 4]], rtol=1e-6, atol=1e-7)
