@@ -44,7 +44,7 @@ def attention(
     dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None, **kwargs,
 ) -> tuple[Tensor, None]:  # fmt: skip
     """transformers' attention-function signature: `(output_BQHD, None)`. K is the key/value heads
-    (grouped-query attention repeats them to H), S the keys (cached ones included)."""
+    (with grouped-query attention each serves H / K query heads), S the keys (cached ones included)."""
     if not takes_matmuls(query_BHQD, key_BKSD, attention_mask, **kwargs):
         return sdpa_attention_forward(
             module, query_BHQD, key_BKSD, value_BKSD, attention_mask,
