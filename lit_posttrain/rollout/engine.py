@@ -36,6 +36,9 @@ class RolloutEngine(Protocol):
     thread while the trainer trains, never at the same time as `sync_weights`; an engine that
     samples the trained weights themselves says so with `samples_from_copy(policy) -> False`
     (HFEngine without its merged LoRA copy) and is refused for it.
+    An engine that computes with a model of its own may declare a `compute_dtype` attribute: the
+    run sets it before `setup` to its mixed-precision compute dtype (bf16 under bf16-mixed, where a
+    fully fine-tuned policy's weights are float32 masters), None otherwise (VLLMEngine does).
     """
 
     max_new_tokens: int

@@ -112,9 +112,7 @@ class VLLMEngine:
         self.syncs = 0  # weight pushes so far; with LoRA, the current adapter's id
         self._lora_request = None
         self._adapter_dir: Path | None = None
-        # Set by the run before `setup` (rollout.session): under mixed precision the policy's
-        # float32 master weights compute in bf16, and so does vLLM's copy, as verl's rollouts do.
-        self.compute_dtype: torch.dtype | None = None
+        self.compute_dtype: torch.dtype | None = None  # set by the run before `setup` (above)
 
     # --- start-up -----------------------------------------------------------------------------
 
