@@ -17,7 +17,7 @@ def run_isolated(command: list[str], label: dict, env: dict | None = None, marke
     defaults unless `MALLOC_*` variables are set. These move both numbers a benchmark reports:
     before 2026-12-04 every isolated run set `MALLOC_MMAP_THRESHOLD_=65536` (each block from 64
     KiB up mapped apart and handed back when freed, so that the peak was the memory in use), and
-    a GRPO step of 8 x 8 completions of 1,024 tokens took 1.7x as long as with glibc's defaults
+    a GRPO step of 8 x 8 completions of 1,024 tokens took 1.6-1.7x as long as with glibc's defaults
     for a quarter less peak memory (3.43 against 4.66 GiB; benchmarks/README.md). Set it in the
     environment to measure that setting again."""
     env = {**os.environ, **(env or {})}
