@@ -6,12 +6,13 @@ A forward that asks the model for its logits keeps rows x positions x vocabulary
 for the built-in model) and, for the backward, a float32 copy: at 8 x 8 completions of 1,024
 tokens that alone is 13 GB. Here the head runs on a chunk of positions at a time, forward and
 again in the backward (Liger's fused linear cross-entropy bounds it the same way), so at most one
-chunk's float32 logits exist: `HEAD_CHUNK_BYTES`. Where every position fits in one chunk (short
-answers) its softmax is kept for the backward instead, so the head runs once, as before. A frozen
-head (LoRA) needs no weight gradient: the hidden states' is made in the forward, chunk by chunk,
-and the backward runs no head. The result and its gradients equal the full-logits path's (tested
-in float32 to 1e-5); in bf16 the logits are rounded as the model's head rounds them, then divided
-by the temperature in float32.
+chunk's float32 logits exist: `HEAD_CHUNK_BYTES` (a trained head's chunk holds at least half as
+many positions as the head has inputs: `TRAINED_HEAD_POSITIONS_PER_INPUT`). Where every position
+fits in one chunk (short answers) its softmax is kept for the backward instead, so the head runs
+once, as before. A frozen head (LoRA) needs no weight gradient: the hidden states' is made in the
+forward, chunk by chunk, and the backward runs no head. The result and its gradients equal the
+full-logits path's (tested in float32 to 1e-5); in bf16 the logits are rounded as the model's head
+rounds them, then divided by the temperature in float32.
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-# A chunk's float32 logits (and its softmax in the backward) stay under this many bytes.
+# A chunk's float32 logits (and its softmax in the backward) stay under this many bytes ...
 HEAD_CHUNK_BYTES = 64 * 2**20
+# ... unless the head is trained: each chunk then adds a product the size of the weight (vocabulary x
+# inputs) into the weight's float32 gradient, which costs about as much as the logits of half as
+# many positions as the head has inputs; a chunk of fewer is mostly that sum. Qwen2-0.5B's head
+# (151,936 x 896), forward and backward over 3,584 positions in bf16, took 12.5 s in chunks of 110
+# positions (64 MiB) and 5.9 s in chunks of 441 (256 MiB), 6.8 s in chunks of 882 (2-core Intel
+# Xeon with AMX). So a trained head's chunks take at least this many positions per input of the
+# head; their logits are then at most half the weight's float32 gradient, which the run holds anyway.
+TRAINED_HEAD_POSITIONS_PER_INPUT = 0.5
 
 
 def plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:
@@ -57,8 +66,11 @@ def logit_width(states_NX: Tensor, head: torch.nn.Linear | None) -> int:
     return head.weight.shape[0] if head is not None else states_NX.shape[-1]
 
 
-def _positions_a_chunk(width: int) -> int:
-    return max(1, HEAD_CHUNK_BYTES // (4 * width))
+def _positions_a_chunk(width: int, weight_VH: Tensor | None = None) -> int:
+    """Positions a chunk of `width` logits from a head of weight `weight_VH` (None: logits given)."""
+    trained = weight_VH is not None and weight_VH.requires_grad and torch.is_grad_enabled()
+    least = int(TRAINED_HEAD_POSITIONS_PER_INPUT * weight_VH.shape[1]) if trained else 1
+    return max(least, HEAD_CHUNK_BYTES // (4 * width))
 
 
 def head_logp(hidden_SH: Tensor, head: torch.nn.Linear, target_S: Tensor, temperature: float = 1.0) -> Tensor:
@@ -66,10 +78,10 @@ def head_logp(hidden_SH: Tensor, head: torch.nn.Linear, target_S: Tensor, temper
     chunks of positions. `S` is any leading shape (rows x positions), the same for both."""
     hidden_NH, target_N = hidden_SH.reshape(-1, hidden_SH.shape[-1]), target_S.reshape(-1)
     weight_VH, bias_V = _gathered(head.weight), head.bias
-    chunk = _positions_a_chunk(weight_VH.shape[0])
     # A frozen head (LoRA) needs only the hidden states' gradient, and that is a per-position
     # vector times the upstream gradient: made in the forward, the backward runs no head at all.
     frozen = not weight_VH.requires_grad and (bias_V is None or not bias_V.requires_grad)
+    chunk = _positions_a_chunk(weight_VH.shape[0], weight_VH)
     ahead = frozen and torch.is_grad_enabled() and hidden_NH.requires_grad
     logp_N = _ChunkedHeadLogp.apply(hidden_NH, weight_VH, bias_V, target_N, temperature, chunk, ahead)
     return logp_N.view(target_S.shape)
@@ -168,8 +180,8 @@ class _ChunkedHeadLogp(torch.autograd.Function):
             grad_CV = _logit_grad(probs_CV, target_N[start:stop], grad_C, ctx.temperature, hidden_NH.dtype)
             if needs_hidden:
                 grad_hidden_NH[start:stop] = (grad_CV @ weight_VH).to(hidden_NH.dtype)
-            if needs_weight:
-                grad_weight_VH += (grad_CV.T @ hidden_CH).float()
+            if needs_weight:  # added into the float32 sum as it is read: no float32 copy of a chunk's product
+                grad_weight_VH.add_(grad_CV.T @ hidden_CH)
             if needs_bias:
                 grad_bias_V += grad_CV.float().sum(0)
         grad_weight_VH = grad_weight_VH.to(weight_VH.dtype) if needs_weight else None
@@ -185,7 +197,7 @@ def map_logits_in_chunks(states_NX: Tensor, head: torch.nn.Linear | None, fn, *e
     first `vocab` entries. With gradients each chunk's logits are freed after its forward and made
     again in the backward (activation checkpointing per chunk)."""
     width = vocab or logit_width(states_NX, head)
-    chunk = _positions_a_chunk(width)
+    chunk = _positions_a_chunk(width, None if head is None else head.weight)
 
     if head is not None:
         _gathered(head.weight)

@@ -43,6 +43,27 @@ def test_chunked_head_equals_the_full_log_softmax(monkeypatch, bias, temperature
         assert torch.allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained_head", "frozen_head"])
+def test_a_trained_head_s_chunks_take_half_as_many_positions_as_it_has_inputs(monkeypatch, frozen):
+    """Each chunk of a trained head adds a weight-sized product into the weight's gradient, so its
+    chunks are not smaller than half its inputs in positions, whatever the byte budget says; the
+    values and gradients stay the full path's."""
+    monkeypatch.setattr(head_module, "HEAD_CHUNK_BYTES", 1 * 4 * 7)  # 1 position a chunk (vocabulary 7)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 7).requires_grad_(not frozen)
+    hidden_NH = torch.randn(20, 8, requires_grad=True)
+    target_N = torch.randint(0, 7, (20,))
+    heads_run, real_logits = [], head_module._logits
+    monkeypatch.setattr(head_module, "_logits", lambda hidden_CH, *a: heads_run.append(len(hidden_CH)) or real_logits(hidden_CH, *a))
+    logp_N = head_logp(hidden_NH, linear, target_N)
+    assert heads_run == ([1] * 20 if frozen else [4] * 5)  # 8 inputs: 4 positions a chunk
+    full_N = torch.log_softmax(linear(hidden_NH), -1).gather(-1, target_N[:, None]).squeeze(-1)
+    assert torch.allclose(logp_N, full_N, atol=1e-6)
+    params = [hidden_NH] if frozen else [hidden_NH, *linear.parameters()]
+    for got, want in zip(torch.autograd.grad(logp_N.sum(), params), torch.autograd.grad(full_N.sum(), params), strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
 def test_a_head_that_is_not_a_plain_linear_takes_the_full_path():
     model = load_model(resolve_model_source("tiny-random-llama"), torch.float32)
     assert plain_head(model) is model.lm_head
