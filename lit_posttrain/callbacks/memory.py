@@ -7,13 +7,12 @@ count the tensors Python still reaches and, separately, hand freed memory back t
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import gc
 
 import lightning as L
 import torch
+
+from lit_posttrain.allocator import release_freed_memory
 
 
 def live_objects() -> tuple[int, int, int]:
@@ -33,30 +32,6 @@ def live_objects() -> tuple[int, int, int]:
             continue
         storages[storage.data_ptr()] = storage.nbytes()
     return len(objects), len(storages), sum(storages.values())
-
-
-@functools.cache
-def _glibc_malloc_trim():
-    """glibc's `malloc_trim`, or None where the C library is not glibc (macOS, musl)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-def release_freed_memory() -> bool:
-    """Return the C allocator's free pages to the system (glibc `malloc_trim(0)`); False where
-    that is not available. It changes resident memory, never tensors; the pages it returns are
-    faulted back in when next used, which slowed a step by about half when called every step."""
-    trim = _glibc_malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
 
 
 class MemoryMonitor(L.Callback):

@@ -4,23 +4,22 @@ log-probs, sampling with the policy and scoring by the task, the optimizer, and 
 Elsewhere, each with one job: building and sharding the models (`lit_posttrain.models`,
 `lit_posttrain.sharding`), the forward passes (`lit_posttrain.logprobs`), the rollout engine's
 life and scoring (`rollout.session.EngineSession`), what each step costs
-(`methods.cost.StepCostHooks`), measurement (`lit_posttrain.measurement`), the export folder
+(`methods.cost.StepCostHooks`), the seeds sampling takes from the run and the step
+(`methods.seeds.RunSeeds`), measurement (`lit_posttrain.measurement`), the export folder
 (`lit_posttrain.export`). A method subclasses `PostTrainingModule` (or `OnPolicyModule`, to train
 on its own samples) and writes `training_step`; README.md, "Adding a method", gives the contract.
 """
 
 from __future__ import annotations
 
-import os
-import zlib
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from lit_posttrain.allocator import keep_freed_memory
 from lit_posttrain.callbacks.non_finite import NonFiniteGuard
 from lit_posttrain.callbacks.sigterm import CheckpointOnSigterm
 from lit_posttrain.data.batches import Row
@@ -29,6 +28,7 @@ from lit_posttrain.data.task import Task
 from lit_posttrain.export import export_policy
 from lit_posttrain.logprobs import first_masked, token_logp
 from lit_posttrain.methods.cost import StepCostHooks
+from lit_posttrain.methods.seeds import RunSeeds
 from lit_posttrain.models import LoRA, build_policy, freeze, load_model, resolve_sources
 from lit_posttrain.optim import Optim, configure_adamw
 from lit_posttrain.precision import DType, resolve_dtype
@@ -37,11 +37,8 @@ from lit_posttrain.rollout import HFEngine, Rollout, RolloutEngine
 from lit_posttrain.rollout.session import EngineSession
 from lit_posttrain.sharding import is_sharded, shard_policy
 
-# The step sampling belongs to where it is not the trainer's (`seeded_as_step`), per thread.
-_sampling_step: ContextVar[int | None] = ContextVar("lit_posttrain_sampling_step", default=None)
 
-
-class PostTrainingModule(StepCostHooks, L.LightningModule):
+class PostTrainingModule(StepCostHooks, RunSeeds, L.LightningModule):
     """Policy, reference and teacher models plus what every method needs around them.
 
     Args:
@@ -203,6 +200,11 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
         return self.policy_logp(tokens_BT, attention_BT, first_scored=first_masked(mask_BT)), mask_BT
 
     def setup(self, stage: str) -> None:
+        # A step's large activations reuse the heap's pages (lit_posttrain.allocator). One process
+        # only: under FSDP2 over two processes the heaps it keeps took a 0.5B full fine-tune past
+        # 24 GiB (22.7 GB in use, a rank killed) that fits in 18.5 with glibc's defaults.
+        if self.trainer.strategy.root_device.type == "cpu" and self.trainer.world_size == 1:
+            keep_freed_memory()
         self.sampler.compute_dtype = self.mixed_precision_dtype
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.needs_demonstrations and datamodule is not None:
@@ -227,31 +229,6 @@ class PostTrainingModule(StepCostHooks, L.LightningModule):
             generate_kwargs.setdefault("seed", [self.run_seed(n, row.prompt_ids) for row in rows])
         task = (task or self.task) if score else None
         return self.sampler.sample(self.policy, self.tokenizer, rows, n, task, **generate_kwargs)
-
-    def run_seed(self, *parts) -> int:
-        """A seed from the run's seed, the step and `parts`: the same after a resume, on any rank."""
-        return zlib.crc32(repr((os.environ.get("PL_GLOBAL_SEED", "0"), self.sampling_step, *parts)).encode())
-
-    @property
-    def sampling_step(self) -> int:
-        """The optimizer step that sampling in this thread belongs to (its seeds, a temperature
-        schedule): the trainer's, or the step that started a draw ahead of training (`seeded_as_step`)."""
-        step = _sampling_step.get()
-        if step is None:
-            step = self._trainer.global_step if self._trainer is not None else 0
-        return step
-
-    @staticmethod
-    @contextmanager
-    def seeded_as_step(step: int):
-        """Sampling in this thread as at optimizer step `step` (`sampling_step`): samples drawn ahead
-        of training, in a worker thread while the trainer's step moves on, belong to the step that
-        started them."""
-        token = _sampling_step.set(step)
-        try:
-            yield
-        finally:
-            _sampling_step.reset(token)
 
     # --- optimisation -------------------------------------------------------------------------
 
