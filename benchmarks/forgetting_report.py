@@ -653,15 +653,29 @@ def read_items(items: Path) -> tuple[list[Run], SimpleNamespace, str, dict, dict
     return runs, SimpleNamespace(**study["settings"]), study["command_line"], methods, study["provenance"]
 
 
+def trained_in(settings: SimpleNamespace, provenance: dict) -> str:
+    """The weights' dtype a study trained in: its `dtype`, or for "auto" what its machine chose
+    (`lit_posttrain.precision`: bf16 where the hardware computes in it natively, else float32), read
+    from the machine its provenance names: float32 on a CPU without a GPU whose torch capability
+    stops at AVX2 (studies 2-5's AMD EPYC). Any other machine's "auto" stays itself."""
+    machine = provenance["machine"]
+    if settings.dtype == "auto" and "no GPU" in machine and "CPU capability AVX2," in machine:
+        return "float32"
+    return settings.dtype if settings.dtype != "auto" else f"auto on {machine}"
+
+
 def read_studies(folders: list[Path]) -> tuple[list[Run], SimpleNamespace, str, dict, dict]:
     """Several studies' items as one: their runs and methods together (a method's seeds may come
     from several, each run from one); the first study's settings, which every other must share
-    but for seeds and cadence."""
+    but for seeds and cadence, and the dtype only as trained in (`trained_in`)."""
     runs, settings, command_line, methods, provenance = read_items(folders[0])
     lines, machines, codes = [command_line], [provenance["machine"]], [provenance["code"]]
+    weights = trained_in(settings, provenance)
     for folder in folders[1:]:
         more, other, line, more_methods, where = read_items(folder)
-        differ = {k for k, v in vars(other).items() if k not in ("seeds", "every") and getattr(settings, k, None) != v}
+        differ = {k for k, v in vars(other).items() if k not in ("seeds", "every", "dtype") and getattr(settings, k, None) != v}
+        if trained_in(other, where) != weights:
+            differ.add(f"dtype: trained in {trained_in(other, where)} against {weights}")
         if differ:
             raise SystemExit(f"{folder}: another study's settings ({', '.join(sorted(differ))} differ from {folders[0]}'s): not comparable in one report")
         if shared := {(r.method, r.seed) for r in more} & {(r.method, r.seed) for r in runs}:
@@ -704,7 +718,7 @@ def read_framings(folders: list[Path]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild the forgetting study's report and charts from its per-item results alone.")
     parser.add_argument("items", type=Path, nargs="+",
-                        help="the folders the study wrote (items/ of its --out), or folders of them; several are reported together (the committed ones: benchmarks/forgetting_items, _lr, _lr_seed1, _study4, _study5)")  # fmt: skip
+                        help="the folders the study wrote (items/ of its --out), or folders of them; several are reported together (the committed ones: benchmarks/forgetting_items, _lr, _lr_seed1, _study4, _study5, _study6)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("forgetting_report"), help="where report.md, checkpoints.csv and the charts go")
     args = parser.parse_args(argv)
     studies = study_folders(args.items)

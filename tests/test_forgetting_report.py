@@ -3,6 +3,7 @@ interpolated between checkpoints (a crossing exactly at a checkpoint included), 
 family of tests, and a rebuild from the per-item folder alone."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -103,6 +104,21 @@ def test_a_learning_rate_study_is_reported_with_the_first_and_draws_the_frontier
         read_studies([tmp_path / "first", tmp_path / "other"])
     with pytest.raises(SystemExit, match="grpo seed 0, grpo seed 1, sft seed 0, sft seed 1 also in an earlier folder"):
         read_studies([tmp_path / "first", tmp_path / "first"])
+    # "auto" is compared as the dtype it trained in: float32 on an AVX2-only CPU without a GPU.
+    def provenance_of(folder, machine, dtype):
+        study = json.loads((folder / "study.json").read_text())
+        study["provenance"]["machine"], study["settings"]["dtype"] = machine, dtype
+        (folder / "study.json").write_text(json.dumps(study))
+
+    avx2, amx = "AMD EPYC (2 cores, torch CPU capability AVX2, 2 threads), no GPU", "Intel Xeon (2 cores, torch CPU capability AVX512, 2 threads), no GPU"
+    write_items(arms, tmp_path / "explicit", SimpleNamespace(**vars(SETTINGS) | {"seeds": [0, 2]}), "cmd", arm_methods)
+    shutil.copytree(tmp_path / "first", tmp_path / "auto")
+    provenance_of(tmp_path / "auto", avx2, "auto")
+    provenance_of(tmp_path / "explicit", amx, "float32")
+    assert len(read_studies([tmp_path / "auto", tmp_path / "explicit"])[0]) == len(RUNS + arms)
+    provenance_of(tmp_path / "auto", amx, "auto")  # there "auto" is its own (bf16 where native): not comparable
+    with pytest.raises(SystemExit, match=r"dtype: trained in float32 against auto on Intel Xeon"):
+        read_studies([tmp_path / "auto", tmp_path / "explicit"])
     # A later study may add seeds to a method: its runs join the method's.
     write_items([run("sft", 5, [0.1, 0.3, 0.4], [0, 1, 1])], tmp_path / "seed5", SimpleNamespace(**vars(SETTINGS) | {"seeds": [5]}), "cmd", METHODS)
     runs, settings, *_ = read_studies([tmp_path / "first", tmp_path / "seed5"])
