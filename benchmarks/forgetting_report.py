@@ -658,10 +658,10 @@ def trained_in(settings: SimpleNamespace, provenance: dict) -> str:
     (`lit_posttrain.precision`: bf16 where the hardware computes in it natively, else float32), read
     from the machine its provenance names: float32 on a CPU without a GPU whose torch capability
     stops at AVX2 (studies 2-5's AMD EPYC). Any other machine's "auto" stays itself."""
+    if settings.dtype != "auto":
+        return settings.dtype
     machine = provenance["machine"]
-    if settings.dtype == "auto" and "no GPU" in machine and "CPU capability AVX2," in machine:
-        return "float32"
-    return settings.dtype if settings.dtype != "auto" else f"auto on {machine}"
+    return "float32" if "no GPU" in machine and "CPU capability AVX2," in machine else f"auto on {machine}"
 
 
 def read_studies(folders: list[Path]) -> tuple[list[Run], SimpleNamespace, str, dict, dict]:
@@ -674,8 +674,8 @@ def read_studies(folders: list[Path]) -> tuple[list[Run], SimpleNamespace, str, 
     for folder in folders[1:]:
         more, other, line, more_methods, where = read_items(folder)
         differ = {k for k, v in vars(other).items() if k not in ("seeds", "every", "dtype") and getattr(settings, k, None) != v}
-        if trained_in(other, where) != weights:
-            differ.add(f"dtype: trained in {trained_in(other, where)} against {weights}")
+        if (other_weights := trained_in(other, where)) != weights:
+            differ.add(f"dtype: trained in {other_weights} against {weights}")
         if differ:
             raise SystemExit(f"{folder}: another study's settings ({', '.join(sorted(differ))} differ from {folders[0]}'s): not comparable in one report")
         if shared := {(r.method, r.seed) for r in more} & {(r.method, r.seed) for r in runs}:
